@@ -1,0 +1,1 @@
+"""evaluator: votes and image pools in, the paper's tables and figures (and sounder statistics) out."""

@@ -1,0 +1,1 @@
+"""trainer: autoencoders, latent diffusion, SD fine-tuning, StyleGAN2 and the classifier."""
