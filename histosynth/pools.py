@@ -66,9 +66,7 @@ def read_pool(root: str | Path, classes: Sequence[str] | None = None) -> Pool:
     wanted = list(present if classes is None else classes)
     missing = [name for name in wanted if name not in present]
     if missing:
-        raise PoolError(
-            f"{root}: no folder for class {', '.join(missing)} (found: {', '.join(present)})"
-        )
+        raise PoolError(f"{root}: no folder for class {', '.join(missing)} (found: {', '.join(present)})")
     return Pool(root=root, files={name: _class_files(root / name) for name in wanted})
 
 

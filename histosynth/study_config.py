@@ -100,9 +100,7 @@ def parse_study_config(
 
     name = _field(study, "name", str, origin)
     if not _NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"{origin}: study.name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
-        )
+        raise ConfigError(f"{origin}: study.name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     seed = _field(study, "seed", int, origin)
     images_per_cell = _field(study, "images_per_cell", int, origin)
     if images_per_cell < 1:
@@ -112,9 +110,7 @@ def parse_study_config(
         raise ConfigError(f"{origin}: study.repeats must not be negative")
     confidence = _field(study, "confidence", str, origin, default="none")
     if confidence not in CONFIDENCE_SCALES:
-        raise ConfigError(
-            f"{origin}: study.confidence must be one of {', '.join(CONFIDENCE_SCALES)}"
-        )
+        raise ConfigError(f"{origin}: study.confidence must be one of {', '.join(CONFIDENCE_SCALES)}")
     classes = _classes(study, origin)
     return StudyConfig(
         name=name,
@@ -174,7 +170,7 @@ def _sources(sources: Mapping[str, Any], base_dir: Path, origin: str) -> dict[st
     resolved: dict[str, Path] = {}
     for name, folder in sources.items():
         if not name.strip() or any(ch in name for ch in ',"\n\r\t'):
-            raise ConfigError(f"{origin}: source name {name!r} is empty or has , \" or whitespace")
+            raise ConfigError(f'{origin}: source name {name!r} is empty or has , " or whitespace')
         if name.lower() in seen:
             raise ConfigError(f"{origin}: duplicate source name {name!r} (also {seen[name.lower()]!r})")
         seen[name.lower()] = name
