@@ -66,11 +66,8 @@ def to_rgb_uint8(array: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise ImageError(f"{path}: unsupported image shape {array.shape}")
-    channels = array.shape[2]
-    if channels in (1, 2):  # grayscale, grayscale + alpha
-        array = np.repeat(array[:, :, :1], 3, axis=2)
-    else:
-        array = array[:, :, :3]
+    grayscale = array.shape[2] in (1, 2)  # gray, or gray + alpha
+    array = np.repeat(array[:, :, :1], 3, axis=2) if grayscale else array[:, :, :3]
     return _scale_to_uint8(array, path)
 
 
