@@ -1,0 +1,214 @@
+"""`study create`: sample tiles from the pools and copy them, blinded, into the study's store.
+
+Blinding starts here. Each sampled tile is decoded, resized to 256 x 256 and re-encoded as a
+PNG with no metadata under a random id, so that format, size, chunks and file names are the
+same for every source; where a tile came from lives only in the database.
+
+Creation is all or nothing. Everything that can fail on input (config, pools, decoding) runs
+before the database is touched, into a private staging folder; the rows are then written in
+one transaction and the files moved into the store before it commits. On any error the
+staging folder, moved files and (when this call created it) the database file are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import random
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from histosynth.errors import ConfigError, StudyError
+from histosynth.images import PAPER_SIZE, load_rgb
+from histosynth.pools import list_classes, read_pool, sha256_file
+from histosynth.study_config import REAL_SOURCE, StudyConfig, load_study_config
+from rater_app.credentials import hash_secret, new_secret
+from rater_app.store import connect, image_store_dir, transaction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampledTile:
+    """One tile chosen for the study, before it is written anywhere."""
+
+    item_id: str
+    source: str
+    class_name: str
+    original_path: Path
+    sha256: str
+    png: bytes
+    png_sha256: str
+
+
+@dataclass(frozen=True)
+class CreatedStudy:
+    """What `create_study` made; `admin_secret` is shown to the user once and never stored."""
+
+    name: str
+    n_items: int
+    classes: list[str]
+    sources: list[str]
+    admin_secret: str
+    store_dir: Path
+
+
+def create_study(config_path: str | Path, db_path: str | Path) -> CreatedStudy:
+    """Create a study from its TOML definition in the database `db_path`.
+
+    Args:
+        config_path: the study definition (see DESIGN.md, "Study definition").
+        db_path: the SQLite file; created when missing.
+
+    Returns:
+        The study's summary, with the admin secret.
+
+    Raises:
+        ConfigError, PoolError, ImageError, StudyError: on any bad input; nothing is left behind.
+    """
+    config = load_study_config(config_path)
+    db_path = Path(db_path)
+    db_existed = db_path.exists()
+    if db_existed:
+        _refuse_existing_name(db_path, config.name)
+    classes = study_classes(config)
+    tiles = sample_tiles(config, classes)
+    admin_secret = new_secret()
+    try:
+        _write_study(db_path, config, classes, tiles, hash_secret(admin_secret))
+    except BaseException:
+        if not db_existed:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(db_path) + suffix).unlink(missing_ok=True)
+            _remove_if_empty(image_store_dir(db_path))
+        raise
+    log.info("study %s: %d tiles from %d sources", config.name, len(tiles), len(config.sources))
+    return CreatedStudy(
+        name=config.name,
+        n_items=len(tiles),
+        classes=classes,
+        sources=list(config.sources),
+        admin_secret=admin_secret,
+        store_dir=image_store_dir(db_path),
+    )
+
+
+def study_classes(config: StudyConfig) -> list[str]:
+    """The study's classes: as listed in the TOML, else every class folder of the real source."""
+    return list(config.classes) if config.classes is not None else list_classes(config.sources[REAL_SOURCE])
+
+
+def sample_tiles(config: StudyConfig, classes: list[str]) -> list[SampledTile]:
+    """Sample `images_per_cell` tiles per class and source, reproducibly, and encode them.
+
+    The random generator of each cell is seeded from the study seed, the source and the class,
+    so adding a source to a study does not change which tiles the other sources contribute.
+    """
+    k = config.images_per_cell
+    n_tiles = k * len(classes) * len(config.sources)
+    if config.repeats > n_tiles:
+        raise ConfigError(f"study.repeats is {config.repeats} but the study has only {n_tiles} tiles")
+    tiles: list[SampledTile] = []
+    for source, folder in config.sources.items():
+        pool = read_pool(folder, classes)
+        for class_name in classes:
+            files = pool.files[class_name]
+            if len(files) < k:
+                raise ConfigError(
+                    f"{pool.root / class_name}: {len(files)} images, study.images_per_cell needs {k}"
+                )
+            rng = random.Random(f"{config.seed}:{source}:{class_name}")
+            for path in rng.sample(files, k):
+                tiles.append(_encode_tile(source, class_name, path))
+    return tiles
+
+
+def blinded_png(rgb: np.ndarray) -> bytes:
+    """Encode RGB uint8 as a PNG with only the critical chunks: no text, time, gamma or profile."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def _encode_tile(source: str, class_name: str, path: Path) -> SampledTile:
+    png = blinded_png(load_rgb(path, size=PAPER_SIZE))
+    return SampledTile(
+        item_id=secrets.token_hex(12),
+        source=source,
+        class_name=class_name,
+        original_path=path.resolve(),
+        sha256=sha256_file(path),
+        png=png,
+        png_sha256=hashlib.sha256(png).hexdigest(),
+    )
+
+
+def _refuse_existing_name(db_path: Path, name: str) -> None:
+    with connect(db_path) as db:
+        if list(db.query("SELECT 1 FROM studies WHERE name = ?", [name])):
+            raise StudyError(f"{db_path}: a study named {name!r} already exists")
+
+
+def _write_study(
+    db_path: Path, config: StudyConfig, classes: list[str], tiles: list[SampledTile], admin_hash: str
+) -> None:
+    store = image_store_dir(db_path)
+    store.mkdir(parents=True, exist_ok=True)
+    staging = Path(store, f".staging-{secrets.token_hex(8)}")
+    staging.mkdir()
+    moved: list[Path] = []
+    try:
+        for tile in tiles:
+            (staging / f"{tile.item_id}.png").write_bytes(tile.png)
+        with connect(db_path, create=True) as db, transaction(db):
+            if list(db.query("SELECT 1 FROM studies WHERE name = ?", [config.name])):
+                raise StudyError(f"{db_path}: a study named {config.name!r} already exists")
+            study_id = db["studies"].insert(_study_record(config, classes, admin_hash)).last_pk
+            db["items"].insert_all(
+                {
+                    "id": tile.item_id,
+                    "study_id": study_id,
+                    "source": tile.source,
+                    "class": tile.class_name,
+                    "original_path": str(tile.original_path),
+                    "sha256": tile.sha256,
+                    "png_sha256": tile.png_sha256,
+                }
+                for tile in tiles
+            )
+            for tile in tiles:
+                target = store / f"{tile.item_id}.png"
+                (staging / target.name).replace(target)
+                moved.append(target)
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _study_record(config: StudyConfig, classes: list[str], admin_hash: str) -> dict:
+    return {
+        "name": config.name,
+        "seed": config.seed,
+        "classes": json.dumps(classes),
+        "sources": json.dumps({name: str(Path(folder).resolve()) for name, folder in config.sources.items()}),
+        "settings": json.dumps(config.settings()),
+        "admin_secret_hash": admin_hash,
+        "created_at": time.time(),
+    }
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()

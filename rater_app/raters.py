@@ -1,0 +1,152 @@
+"""Raters of a study: who they are, their secrets, and the order in which each sees the tiles.
+
+The order is drawn once, when the rater is added, from the study seed and the rater's name,
+and stored; reloading the page or restarting the server can therefore never reshuffle it,
+and two raters see different orders.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from histosynth.errors import StudyError
+from rater_app.credentials import hash_secret, new_secret
+from rater_app.store import connect, study_row, transaction
+
+ADMIN_NAME = "admin"
+_RATER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class NewRater:
+    """A rater just added; the secret is shown once and only its hash is kept."""
+
+    name: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class OrderedItem:
+    """One place in a rater's order: the item, and whether this is its repeated showing."""
+
+    item_id: str
+    repeat: int
+
+
+def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
+    """Add raters to a study, each with a fresh secret and their own stored order.
+
+    Raises:
+        StudyError: a name is invalid, reserved ("admin"), repeated, or already a rater.
+    """
+    _check_names(names)
+    added: list[NewRater] = []
+    with connect(db_path) as db, transaction(db):
+        row = study_row(db, study)
+        existing = {r["name"] for r in db.query("SELECT name FROM raters WHERE study_id = ?", [row["id"]])}
+        taken = [name for name in names if name in existing]
+        if taken:
+            raise StudyError(f"study {study!r} already has a rater named {taken[0]!r}")
+        items = _items_for_ordering(db, row["id"])
+        settings = json.loads(row["settings"])
+        classes = json.loads(row["classes"])
+        for name in names:
+            secret = new_secret()
+            rater_id = (
+                db["raters"]
+                .insert(
+                    {
+                        "study_id": row["id"],
+                        "name": name,
+                        "secret_hash": hash_secret(secret),
+                        "created_at": time.time(),
+                    }
+                )
+                .last_pk
+            )
+            order = rater_order(
+                items,
+                seed=row["seed"],
+                rater=name,
+                classes=classes,
+                block_by_class=settings["block_by_class"],
+                repeats=settings["repeats"],
+            )
+            db["assignments"].insert_all(
+                {"rater_id": rater_id, "position": position, "item_id": entry.item_id, "repeat": entry.repeat}
+                for position, entry in enumerate(order, start=1)
+            )
+            added.append(NewRater(name=name, secret=secret))
+    return added
+
+
+def list_raters(db_path: str, study: str) -> list[str]:
+    """Names of the study's raters in the order they were added."""
+    with connect(db_path) as db:
+        row = study_row(db, study)
+        return [
+            r["name"] for r in db.query("SELECT name FROM raters WHERE study_id = ? ORDER BY id", [row["id"]])
+        ]
+
+
+def rater_order(
+    items: Sequence[tuple[str, str]],
+    *,
+    seed: int,
+    rater: str,
+    classes: Sequence[str],
+    block_by_class: bool,
+    repeats: int,
+) -> list[OrderedItem]:
+    """The order in which one rater sees the study's items.
+
+    Args:
+        items: (item_id, class) pairs in a canonical order (the caller sorts them by class,
+            source and original path, so the order does not depend on the random ids).
+        seed: the study seed.
+        rater: the rater's name; with the seed it seeds the shuffle.
+        classes: the block order when `block_by_class`.
+        block_by_class: one block per class, each shuffled (the paper's design); otherwise
+            one shuffle of everything.
+        repeats: this many items, drawn at random, are shown a second time at the end, in a
+            shuffled block of their own, for intra-rater reliability.
+    """
+    rng = random.Random(f"{seed}:order:{rater}")
+    if block_by_class:
+        order: list[str] = []
+        for class_name in classes:
+            block = [item_id for item_id, item_class in items if item_class == class_name]
+            rng.shuffle(block)
+            order.extend(block)
+    else:
+        order = [item_id for item_id, _ in items]
+        rng.shuffle(order)
+    repeated = rng.sample(order, repeats)
+    return [OrderedItem(item_id, 0) for item_id in order] + [OrderedItem(item_id, 1) for item_id in repeated]
+
+
+def _items_for_ordering(db: sqlite_utils.Database, study_id: int) -> list[tuple[str, str]]:
+    rows = db.query(
+        "SELECT id, class FROM items WHERE study_id = ? ORDER BY class, source, original_path", [study_id]
+    )
+    return [(r["id"], r["class"]) for r in rows]
+
+
+def _check_names(names: Sequence[str]) -> None:
+    if not names:
+        raise StudyError("no rater names given")
+    for name in names:
+        if name.lower() == ADMIN_NAME:
+            raise StudyError(f"rater name {name!r} is reserved for the study's admin")
+        if not _RATER_NAME.match(name):
+            raise StudyError(f"rater name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-'")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise StudyError(f"rater name {repeated[0]!r} given twice")

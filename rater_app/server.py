@@ -1,0 +1,186 @@
+"""The rating server: login, blinded tile delivery and the Gradio page behind one gate.
+
+A FastAPI app wraps Gradio so that a single middleware decides about every request: apart
+from the login form, nothing - page, asset, Gradio API route, file route or tile - answers
+without a valid session of this study. Tiles are served by our own route, which checks that
+the tile is in the logged-in rater's order and sends the stored PNG unchanged, so the bytes a
+browser receives are identical in format and metadata for every source.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from histosynth.errors import StudyError
+from rater_app.auth import Identity, LoginThrottle, identity_for, login, logout
+from rater_app.export import export_votes
+from rater_app.store import connect, image_store_dir, study_row
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "histosynth_session"
+PUBLIC_PATHS = {"/login"}
+TILE_HEADERS = {
+    "Cache-Control": "private, max-age=86400, immutable",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def resolve_study(db_path: str | Path, study: str | None) -> dict:
+    """The study to serve: the named one, or the database's only study when none is named."""
+    with connect(db_path) as db:
+        if study is not None:
+            return study_row(db, study)
+        names = [row["name"] for row in db.query("SELECT name FROM studies ORDER BY name")]
+        if len(names) != 1:
+            found = ", ".join(names) if names else "none"
+            raise StudyError(f"{db_path}: name the study to serve with --study (studies here: {found})")
+        return study_row(db, names[0])
+
+
+def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
+    """The complete rating app for one study of `db_path`, ready for uvicorn."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from rater_app.ui import CSS, KEYBOARD_JS, build_blocks
+
+    db_path = str(Path(db_path).resolve())
+    row = resolve_study(db_path, study)
+    study_id, study_name = row["id"], row["name"]
+    store = image_store_dir(db_path)
+    throttle = LoginThrottle()
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    def current(request: Request) -> Identity | None:
+        identity = identity_for(db_path, request.cookies.get(SESSION_COOKIE))
+        return identity if identity is not None and identity.study_id == study_id else None
+
+    @app.middleware("http")
+    async def require_login(request: Request, call_next):
+        if request.url.path in PUBLIC_PATHS:
+            return await call_next(request)
+        identity = current(request)
+        if identity is None:
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                return RedirectResponse("/login", status_code=303)
+            return JSONResponse({"detail": "login required"}, status_code=401)
+        request.state.identity = identity
+        return await call_next(request)
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(name: str = "", error: str = "") -> str:
+        return _login_page(study_name, name, error)
+
+    @app.post("/login")
+    def login_submit(request: Request, name: str = Form(""), secret: str = Form("")) -> Response:
+        client = request.client.host if request.client else "unknown"
+        keys = (f"name:{name}", f"client:{client}")
+        if throttle.blocked(*keys):
+            log.warning("login throttled for %r from %s", name, client)
+            return _back_to_login(name, "Too many failed logins; wait a minute and try again.")
+        token = login(db_path, study_name, name.strip(), secret)
+        if token is None:
+            throttle.failed(*keys)
+            log.info("failed login for %r from %s", name, client)
+            return _back_to_login(name, "Name or secret not recognised.")
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/")
+        return response
+
+    @app.get("/logout")
+    def logout_route(request: Request) -> Response:
+        logout(db_path, request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/tiles/{item_id}.png")
+    def tile(item_id: str, request: Request) -> Response:
+        identity: Identity = request.state.identity
+        if identity.is_admin or not _assigned(db_path, identity.rater_id, item_id):
+            return PlainTextResponse("not found", status_code=404)
+        path = store / f"{item_id}.png"
+        try:
+            content = path.read_bytes()
+        except OSError:
+            log.error("tile %s is missing from the image store %s", item_id, store)
+            return PlainTextResponse("tile missing from the study's image store", status_code=500)
+        return Response(content, media_type="image/png", headers=TILE_HEADERS)
+
+    @app.get("/admin/votes.csv")
+    def admin_votes(request: Request) -> Response:
+        if not request.state.identity.is_admin:
+            return PlainTextResponse("not found", status_code=404)
+        return Response(
+            export_votes(db_path, study_name),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{study_name}-votes.csv"'},
+        )
+
+    def gradio_user(request: Request) -> str | None:
+        identity = getattr(request.state, "identity", None) or current(request)
+        return identity.name if identity is not None else None
+
+    blocks = build_blocks(db_path, study_id)
+    return gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        auth_dependency=gradio_user,
+        footer_links=[],
+        run_history=False,
+        blocked_paths=[db_path, str(store)],
+        show_error=True,
+        css=CSS,
+        head=KEYBOARD_JS,
+    )
+
+
+def serve(db_path: str | Path, study: str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Run the rating app until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    app = build_app(db_path, study)
+    log.info("rating app on http://%s:%d/ (study database %s)", host, port, db_path)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _assigned(db_path: str, rater_id: int | None, item_id: str) -> bool:
+    with connect(db_path) as db:
+        rows = db.query(
+            "SELECT 1 FROM assignments WHERE rater_id = ? AND item_id = ? LIMIT 1", [rater_id, item_id]
+        )
+        return any(True for _ in rows)
+
+
+def _back_to_login(name: str, error: str) -> Response:
+    return RedirectResponse(f"/login?name={quote(name)}&error={quote(error)}", status_code=303)
+
+
+def _login_page(study: str, name: str, error: str) -> str:
+    notice = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>histosynth - log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; display: flex; justify-content: center; margin-top: 10vh; }}
+form {{ display: grid; gap: 0.6rem; width: 18rem; }}
+input, button {{ font-size: 1rem; padding: 0.4rem; }}
+.error {{ color: #b00020; }}
+</style></head>
+<body><form method="post" action="/login">
+<h1>Rating study {escape(study)}</h1>
+{notice}
+<label>Name <input name="name" id="name" autocomplete="username" value="{escape(name)}" required></label>
+<label>Secret <input name="secret" id="secret" type="password"
+  autocomplete="current-password" required></label>
+<button type="submit" id="login">Log in</button>
+</form></body></html>"""

@@ -1,0 +1,214 @@
+"""The Gradio page a rater (or the study's admin) sees after logging in.
+
+The page holds no study data of its own: who is looking comes from the login
+(`gr.Request.username`), where they are from the database, and `gr.State` only remembers
+which tile is on screen and since when. A tile is an <img> pointing at the app's own
+`tiles/<id>.png` route, which serves the stored PNG byte for byte; the next tile is loaded
+by a hidden <img> so the switch after a vote is instant.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from rater_app.export import study_status
+from rater_app.raters import ADMIN_NAME
+from rater_app.store import connect
+from rater_app.voting import (
+    CONFIDENCE_LEVELS,
+    RaterSettings,
+    Tile,
+    VoteRefused,
+    first_unanswered,
+    rater_settings,
+    record_vote,
+    tile_at,
+)
+
+TILE_DISPLAY_PX = 512  # native 256 px shown at 2x
+CONFIDENCE_LABELS = {1: "1 - a guess", 2: "2", 3: "3", 4: "4", 5: "5", 6: "6 - certain"}
+
+KEYBOARD_JS = """
+<script>
+document.addEventListener("keydown", (event) => {
+  if (event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  if (target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" &&
+      ["text", "password", "number", "search"].includes(target.type)))) return;
+  const keys = {r: "vote-real", "1": "vote-real", s: "vote-synthetic", "2": "vote-synthetic",
+                b: "go-back", arrowleft: "go-back"};
+  const id = keys[event.key.toLowerCase()];
+  const button = id && document.getElementById(id);
+  if (button && !button.disabled && button.offsetParent !== null) {
+    event.preventDefault();
+    button.click();
+  }
+});
+</script>
+"""
+
+CSS = f"""
+#tile-frame {{ display: flex; justify-content: center; }}
+#tile-frame img.tile {{ width: {TILE_DISPLAY_PX}px; height: {TILE_DISPLAY_PX}px; max-width: none; }}
+#progress {{ text-align: center; }}
+"""
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What is on a rater's screen: the place in their order (None when done) and since when."""
+
+    position: int | None
+    shown_at: float
+
+
+def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
+    """The rating page and the admin page as one Blocks; the login decides which is visible."""
+    with gr.Blocks(title="histosynth rating", analytics_enabled=False, fill_width=False) as blocks:
+        shown = gr.State(None)
+        with gr.Column(visible=False) as rater_panel:
+            progress = gr.Markdown(elem_id="progress")
+            tile = gr.HTML(elem_id="tile-frame")
+            shown_item = gr.Textbox(visible=False)
+            confidence = gr.Radio(
+                choices=[(CONFIDENCE_LABELS[level], level) for level in CONFIDENCE_LEVELS],
+                label="Confidence",
+                visible=False,
+                elem_id="confidence",
+            )
+            with gr.Row():
+                back = gr.Button("Back (B)", elem_id="go-back", visible=False)
+                real = gr.Button("Real (R / 1)", variant="primary", elem_id="vote-real")
+                synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
+                resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
+            message = gr.Markdown(elem_id="message")
+        with gr.Column(visible=False) as admin_panel:
+            gr.Markdown("## Study progress")
+            status_table = gr.Dataframe(
+                headers=["rater", "answered", "total", "done"], interactive=False, elem_id="status"
+            )
+            refresh = gr.Button("Refresh", elem_id="refresh")
+            gr.HTML('<p><a href="admin/votes.csv" download="votes.csv">Download votes (CSV)</a></p>')
+        gr.HTML('<p style="text-align:right"><a href="logout">Log out</a></p>')
+
+        view = [tile, progress, shown_item, confidence, back, resume, real, synthetic, message, shown]
+
+        def on_load(request: gr.Request):
+            if request.username == ADMIN_NAME:
+                return gr.update(visible=False), gr.update(visible=True), _status_rows(db_path, study_id)
+            return gr.update(visible=True), gr.update(visible=False), gr.update()
+
+        def show_start(request: gr.Request):
+            if request.username == ADMIN_NAME:
+                return [gr.update()] * len(view)
+            settings = _settings_for(db_path, study_id, request.username)
+            return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+
+        def vote_handler(vote: str):
+            def handler(item_id: str, level: int | None, current: Shown | None, request: gr.Request):
+                settings = _settings_for(db_path, study_id, request.username)
+                if current is None or current.position is None:
+                    return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+                try:
+                    record_vote(
+                        db_path, settings.rater_id, current.position, item_id, vote, level, current.shown_at
+                    )
+                except VoteRefused as error:
+                    return _render(db_path, settings, current.position, note=str(error), keep=current)
+                return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+
+            return handler
+
+        def go_back(current: Shown | None, request: gr.Request):
+            settings = _settings_for(db_path, study_id, request.username)
+            if current is None or current.position is None:
+                position = settings.total if settings.allow_changes else None
+            else:
+                position = max(1, current.position - 1) if settings.allow_changes else current.position
+            return _render(db_path, settings, position)
+
+        def go_resume(request: gr.Request):
+            settings = _settings_for(db_path, study_id, request.username)
+            return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+
+        blocks.load(on_load, None, [rater_panel, admin_panel, status_table], api_visibility="private")
+        blocks.load(show_start, None, view, api_visibility="private")
+        for button, vote in ((real, "real"), (synthetic, "synthetic")):
+            button.click(
+                vote_handler(vote),
+                [shown_item, confidence, shown],
+                view,
+                api_visibility="private",
+                trigger_mode="once",
+            )
+        back.click(go_back, [shown], view, api_visibility="private", trigger_mode="once")
+        resume.click(go_resume, None, view, api_visibility="private", trigger_mode="once")
+        refresh.click(lambda: _status_rows(db_path, study_id), None, status_table, api_visibility="private")
+    return blocks
+
+
+def _render(
+    db_path: str, settings: RaterSettings, position: int | None, note: str = "", keep: Shown | None = None
+) -> list:
+    """Updates for every component of the rater view, showing `position` (None: finished)."""
+    confidence_visible = settings.confidence != "none"
+    if position is None:
+        done = f"**All {settings.total} tiles rated. Thank you!**"
+        if settings.allow_changes:
+            done += " You can still go back to review your answers."
+        return [
+            f'<div class="done">{done}</div>',
+            f"{settings.total} of {settings.total} answered",
+            "",
+            gr.update(visible=False, value=None),
+            gr.update(visible=settings.allow_changes),
+            gr.update(visible=False),
+            gr.update(interactive=False),
+            gr.update(interactive=False),
+            note,
+            Shown(None, time.time()),
+        ]
+    tile = tile_at(db_path, settings.rater_id, position)
+    at_frontier = tile.vote is None
+    answer = f" - your answer: **{tile.vote}**" if tile.vote else ""
+    return [
+        _tile_html(tile),
+        f"Tile **{tile.position} of {tile.total}** ({tile.answered} answered){answer}",
+        tile.item_id,
+        gr.update(visible=confidence_visible, value=tile.confidence),
+        gr.update(visible=settings.allow_changes and tile.position > 1),
+        gr.update(visible=not at_frontier),
+        gr.update(interactive=True),
+        gr.update(interactive=True),
+        note,
+        keep if keep is not None else Shown(tile.position, time.time()),
+    ]
+
+
+def _tile_html(tile: Tile) -> str:
+    item = html.escape(tile.item_id)
+    prefetch = ""
+    if tile.next_item_id:
+        prefetch = f'<img src="tiles/{html.escape(tile.next_item_id)}.png" alt="" style="display:none">'
+    return (
+        f'<img class="tile" id="tile-img" data-position="{tile.position}" src="tiles/{item}.png" '
+        f'alt="tile {tile.position}" width="{TILE_DISPLAY_PX}" height="{TILE_DISPLAY_PX}">{prefetch}'
+    )
+
+
+def _settings_for(db_path: str, study_id: int, name: str | None) -> RaterSettings:
+    with connect(db_path) as db:
+        rows = list(db.query("SELECT id FROM raters WHERE study_id = ? AND name = ?", [study_id, name]))
+    if not rows:
+        raise gr.Error("You are not a rater of this study; log in again.")
+    return rater_settings(db_path, rows[0]["id"])
+
+
+def _status_rows(db_path: str, study_id: int) -> list[list]:
+    with connect(db_path) as db:
+        name = next(iter(db.query("SELECT name FROM studies WHERE id = ?", [study_id])))["name"]
+    return [[p.rater, p.answered, p.total, "yes" if p.done else ""] for p in study_status(db_path, name)]
