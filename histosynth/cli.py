@@ -131,6 +131,175 @@ def rate(
     serve(db, study, host=host, port=port)
 
 
+@evaluate_app.command("fid")
+def evaluate_fid(
+    reference: Annotated[Path, typer.Option("--reference", help="Real pool <DIR>/<CLASS>/<image>.")],
+    pool: Annotated[list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for fid.csv, fid.md, fid.tex, fid.json.")],
+    classes: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Class to compare; repeat (default: the pools' classes)."),
+    ] = None,
+    extractor: Annotated[
+        str, typer.Option(help="'inception' (clean-fid) or module:callable returning the feature model.")
+    ] = "inception",
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(help="inception-2015-12-05.pt or its folder (default: <cache>/weights/)."),
+    ] = None,
+    mode: Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native'.")] = "clean",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option(help="Threads decoding and resizing images.")] = 4,
+    device: Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")] = None,
+    kid_subsets: Annotated[int, typer.Option(help="KID subsets.")] = 100,
+    kid_subset_size: Annotated[int, typer.Option(help="Largest KID subset.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(help="FID bootstrap replicates (0: none).")] = 20,
+    bootstrap_max_n: Annotated[
+        int, typer.Option(help="Bootstrap only rows with at most this many images.")
+    ] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed of KID subsets and bootstrap.")] = 0,
+    cache: Annotated[bool, typer.Option(help="Use the feature cache.")] = True,
+) -> None:
+    """FID and KID per class of each generated pool against the reference (the paper's Table 2)."""
+    from evaluator.fid import compute_fid
+
+    table = compute_fid(
+        reference,
+        parse_named_dirs(pool, "--pool"),
+        out,
+        classes=classes or None,
+        extractor=extractor,
+        inception_weights=inception_weights,
+        mode=mode,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        bootstrap=bootstrap,
+        bootstrap_max_n=bootstrap_max_n,
+        seed=seed,
+        use_cache=cache,
+        progress=True,
+    )
+    typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+    typer.echo(f"wrote {out / 'fid.csv'}", err=True)
+
+
+@evaluate_app.command("tsne")
+def evaluate_tsne(
+    reference: Annotated[Path, typer.Option("--reference", help="Real pool <DIR>/<CLASS>/<image>.")],
+    pool: Annotated[list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for tsne.csv, tsne.png, tsne.pdf.")],
+    classes: Annotated[
+        list[str] | None, typer.Option("--class", help="Class to map; repeat (default: the pools' classes).")
+    ] = None,
+    extractor: Annotated[
+        str, typer.Option(help="'inception' (clean-fid) or module:callable returning the feature model.")
+    ] = "inception",
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(help="inception-2015-12-05.pt or its folder (default: <cache>/weights/)."),
+    ] = None,
+    mode: Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native'.")] = "clean",
+    per_source: Annotated[int, typer.Option(help="Images per class and source, drawn at random.")] = 500,
+    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity.")] = 30.0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option(help="Threads decoding and resizing images.")] = 4,
+    device: Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subsets, PCA and t-SNE.")] = 0,
+    cache: Annotated[bool, typer.Option(help="Use the feature cache.")] = True,
+) -> None:
+    """t-SNE of features per class, reference vs each pool (the paper's Fig. 2B)."""
+    from evaluator.tsne import compute_tsne
+
+    table = compute_tsne(
+        reference,
+        parse_named_dirs(pool, "--pool"),
+        out,
+        classes=classes or None,
+        extractor=extractor,
+        inception_weights=inception_weights,
+        mode=mode,
+        per_source=per_source,
+        perplexity=perplexity,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+        seed=seed,
+        use_cache=cache,
+        progress=True,
+    )
+    typer.echo(f"wrote {out / 'tsne.png'} ({len(table)} points)", err=True)
+
+
+@evaluate_app.command("msssim")
+def evaluate_msssim(
+    autoencoder: Annotated[
+        Path, typer.Option("--autoencoder", help="diffusers AutoencoderKL/VQModel folder.")
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", help="Pool of images to reconstruct, <DIR>/<CLASS>/<image>.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for msssim.csv, .md, .tex, .png, .pdf.")],
+    classes: Annotated[
+        list[str] | None, typer.Option("--class", help="Class to measure; repeat (default: all).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Resize to SIZE x SIZE, bilinear (0: native size).")] = 256,
+    max_per_class: Annotated[
+        int | None, typer.Option(help="Measure a random subset of this many images per class.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
+    device: Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
+) -> None:
+    """MS-SSIM of an autoencoder's reconstructions, mean and std per class and overall."""
+    from evaluator.msssim import compute_msssim
+
+    summary, _ = compute_msssim(
+        autoencoder,
+        data,
+        out,
+        classes=classes or None,
+        size=size or None,
+        max_per_class=max_per_class,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        progress=True,
+    )
+    typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    typer.echo(f"wrote {out / 'msssim.csv'}", err=True)
+
+
+@app.command("demo")
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo data and database live.")] = Path(
+        "histosynth-demo"
+    ),
+    launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Start the rating app.")] = True,
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+) -> None:
+    """Build the demo data (first run), create the demo study with three raters, and serve it."""
+    from urllib.parse import quote
+
+    from rater_app.demo import prepare_demo
+
+    logins = prepare_demo(folder)
+    base = f"http://{host}:{port}"
+    typer.echo(f"demo study {logins.study!r} in {logins.db_path}")
+    typer.echo("name\tsecret\tlogin-url")
+    for rater in logins.raters:
+        typer.echo(f"{rater.name}\t{rater.secret}\t{base}/login?name={quote(rater.name)}")
+    typer.echo(f"admin\t{logins.admin_secret}\t{base}/login?name=admin")
+    if launch:
+        from rater_app.server import serve
+
+        typer.echo(f"serving on {base}/ (Ctrl-C stops)")
+        serve(logins.db_path, logins.study, host=host, port=port)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -87,6 +87,36 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
     return added
 
 
+def reset_secrets(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
+    """Give existing raters new secrets (the old ones stop working); their votes stay."""
+    renewed = [NewRater(name=name, secret=new_secret()) for name in names]
+    with connect(db_path) as db, transaction(db):
+        row = study_row(db, study)
+        for rater in renewed:
+            cursor = db.execute(
+                "UPDATE raters SET secret_hash = ? WHERE study_id = ? AND name = ?",
+                [hash_secret(rater.secret), row["id"], rater.name],
+            )
+            if cursor.rowcount != 1:
+                raise StudyError(f"study {study!r} has no rater named {rater.name!r}")
+            db.execute(
+                """DELETE FROM sessions
+                   WHERE rater_id = (SELECT id FROM raters WHERE study_id = ? AND name = ?)""",
+                [row["id"], rater.name],
+            )
+    return renewed
+
+
+def reset_admin_secret(db_path: str, study: str) -> str:
+    """Issue a new admin secret for a study and end the admin's open sessions."""
+    secret = new_secret()
+    with connect(db_path) as db, transaction(db):
+        row = study_row(db, study)
+        db.execute("UPDATE studies SET admin_secret_hash = ? WHERE id = ?", [hash_secret(secret), row["id"]])
+        db.execute("DELETE FROM sessions WHERE study_id = ? AND rater_id IS NULL", [row["id"]])
+    return secret
+
+
 def list_raters(db_path: str, study: str) -> list[str]:
     """Names of the study's raters in the order they were added."""
     with connect(db_path) as db:
