@@ -1,0 +1,148 @@
+"""Fixtures shared by the study and rater-app tests: tiny pools, study files, a live server.
+
+Pools are made of small random images written in the formats real data sets use; the live
+server is the real `histosynth rate` command in a subprocess on a free loopback port, stopped
+when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-quic"]
+
+
+def write_tile(path: Path, rng: np.random.Generator, size: int = 64) -> Path:
+    """A random RGB tile (smooth enough to compress like tissue), saved in the suffix's format."""
+    base = rng.integers(0, 255, size=(size // 8, size // 8, 3), dtype=np.uint8)
+    image = Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def make_pool(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: make_pool(name, classes, per_class, suffix=".png", stem=None) -> pool folder."""
+
+    def make(
+        name: str,
+        classes: tuple[str, ...] = ("ADI", "TUM"),
+        per_class: int = 4,
+        suffix: str = ".png",
+        stem: str | None = None,
+        seed: int = 0,
+    ) -> Path:
+        rng = np.random.default_rng(zlib.crc32(f"{name}:{seed}".encode()))
+        root = tmp_path / "pools" / name
+        for class_name in classes:
+            for index in range(per_class):
+                write_tile(root / class_name / f"{stem or name}-{class_name}-{index:03d}{suffix}", rng)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: write_study(sources, **study_fields) -> path of a study TOML in tmp_path."""
+
+    def write(sources: dict[str, Path], name: str = "pilot", file_name: str = "study.toml", **fields) -> Path:
+        settings = {"name": name, "seed": 7, "images_per_cell": 2, **fields}
+        lines = ["[study]"]
+        for key, value in settings.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("\n[sources]")
+        lines.extend(f'"{source}" = "{Path(folder).as_posix()}"' for source, folder in sources.items())
+        path = tmp_path / file_name
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    return write
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def histosynth(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the installed CLI exactly as a user would."""
+    command = [sys.executable, "-m", "histosynth", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=check, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def rating_server() -> Iterator[Callable[..., str]]:
+    """Factory: rating_server(db, study=None) starts `histosynth rate` and returns its base URL."""
+    processes: list[subprocess.Popen] = []
+
+    def start(db: Path, study: str | None = None) -> str:
+        port = free_port()
+        args = [sys.executable, "-m", "histosynth", "rate", "--db", str(db), "--port", str(port)]
+        if study:
+            args += ["--study", study]
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.stdout.read().decode()}")
+            try:
+                if httpx.get(f"{base}/login", timeout=1).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start within 60 s")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def browser():
+    """A headless Debian Chromium driven by Playwright; skips where Chromium is not installed."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
