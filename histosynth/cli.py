@@ -300,6 +300,69 @@ def demo(
         serve(logins.db_path, logins.study, host=host, port=port)
 
 
+@evaluate_app.command("memorization")
+def evaluate_memorization(
+    train: Annotated[Path, typer.Option("--train", help="Training pool <DIR>/<CLASS>/<image>.")],
+    pool: Annotated[list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for memorization.csv, tables, figure, gallery.")],
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Held-out real pool, e.g. CRC-VAL-HE-7K.")
+    ] = None,
+    baseline_name: Annotated[
+        str | None, typer.Option(help="Baseline's name in the outputs (default: its folder name).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Random tiles per class and source.")] = 200,
+    classes: Annotated[
+        list[str] | None, typer.Option("--class", help="Class to audit; repeat (default: all).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Side tiles are resized to (bilinear), as in the paper.")] = 256,
+    native_size: Annotated[
+        bool, typer.Option("--native-size", help="Compare at the tiles' own size (all must share it).")
+    ] = False,
+    flips: Annotated[bool, typer.Option(help="Also try the 4 rotations of the mirrored tile.")] = False,
+    across_classes: Annotated[
+        bool, typer.Option(help="Compare with the training tiles of all classes, not only the tile's own.")
+    ] = False,
+    threshold: Annotated[
+        str, typer.Option(help="Flag tiles above the baseline's 'max' or a percentile such as 'p99.9'.")
+    ] = "max",
+    alpha: Annotated[float, typer.Option(help="Significance level of the verdict.")] = 0.05,
+    top_k: Annotated[int, typer.Option(help="Closest pairs per source in the gallery.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the random sample of tiles.")] = 0,
+    memory_mb: Annotated[float, typer.Option(help="Working memory of the correlation search (MiB).")] = 2048,
+    workers: Annotated[int | None, typer.Option(help="Decoding threads (default: CPU count).")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache of decoded training tiles (default: user cache dir).")
+    ] = None,
+) -> None:
+    """Closest training tile of generated (and held-out) tiles by pixel correlation (the paper's Fig. 4)."""
+    from evaluator.memorization import run_memorization
+
+    result, _ = run_memorization(
+        train,
+        parse_named_dirs(pool, "--pool"),
+        out,
+        baseline,
+        top_k=top_k,
+        baseline_name=baseline_name,
+        n=n,
+        size=None if native_size else size,
+        flips=flips,
+        across_classes=across_classes,
+        classes=classes or None,
+        threshold=threshold,
+        alpha=alpha,
+        seed=seed,
+        cache_dir=cache_dir,
+        memory_mb=memory_mb,
+        workers=workers,
+        progress=sys.stderr.isatty(),
+    )
+    table = result.verdict if result.verdict is not None else result.summary
+    typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+    typer.echo(f"wrote {out / 'memorization.csv'}", err=True)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

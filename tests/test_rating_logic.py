@@ -33,8 +33,9 @@ def make_study(tmp_path, make_pool, write_study, **fields) -> Path:
 def orders(db: Path) -> dict[str, list[tuple[str, int, str]]]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            """SELECT r.name, a.item_id, a.repeat, i.class FROM assignments a JOIN raters r ON r.id = a.rater_id
-               JOIN items i ON i.id = a.item_id ORDER BY r.name, a.position"""
+            """SELECT r.name, a.item_id, a.repeat, i.class FROM assignments a
+               JOIN raters r ON r.id = a.rater_id JOIN items i ON i.id = a.item_id
+               ORDER BY r.name, a.position"""
         )
         result: dict[str, list] = {}
         for name, item, repeat, class_name in rows:
