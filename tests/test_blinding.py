@@ -1,0 +1,148 @@
+"""Blinding: nothing the browser receives names a source, generator, pool folder or file.
+
+The sources here are built to leak: folder and file names carry the generator's name, PNG
+files carry text chunks naming it and JPEG files carry EXIF naming it. A rater rates the
+whole study in Chromium while every response (URL, headers, body) is recorded; none may
+contain any of those names, and every image must arrive byte-identical to the stored PNG.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from rater_app.create import create_study
+from rater_app.raters import add_raters
+from rater_app.store import image_store_dir
+
+from .test_study_create import png_chunks
+
+GENERATORS = {"SecretGenKLF8": ".png", "styleGANsecret2": ".jpg"}
+CLASSES = ("CLASSADIPOSE", "CLASSTUMOUR")
+REAL_FOLDER = "realpool-NCTCRC"
+
+
+def leaky_pools(root: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(5)
+    sources = {"real": root / REAL_FOLDER}
+    for generator in GENERATORS:
+        sources[generator] = root / f"pool-{generator}"
+    for source, folder in sources.items():
+        suffix = GENERATORS.get(source, ".tif")
+        for class_name in CLASSES:
+            for index in range(2):
+                path = folder / class_name / f"{source}_{folder.name}_{class_name}_{index}{suffix}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = rng.integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+                image = Image.fromarray(pixels).resize((224, 224), Image.Resampling.BILINEAR)
+                if suffix == ".png":
+                    info = PngInfo()
+                    info.add_text("generator", source)
+                    info.add_text("Software", f"{source} sampler, {folder}")
+                    image.save(path, pnginfo=info)
+                elif suffix == ".jpg":
+                    exif = Image.Exif()
+                    exif[0x010E] = f"made by {source}"  # ImageDescription
+                    exif[0x0131] = source  # Software
+                    image.save(path, exif=exif.tobytes(), quality=95)
+                else:
+                    image.save(path)
+    return sources
+
+
+def forbidden_tokens(db: Path, sources: dict[str, Path]) -> set[str]:
+    tokens = set(GENERATORS) | set(CLASSES) | {REAL_FOLDER} | {f.name for f in sources.values()}
+    tokens |= {g.lower() for g in GENERATORS}
+    with sqlite3.connect(db) as conn:
+        for (original,) in conn.execute("SELECT original_path FROM items"):
+            tokens |= {Path(original).name, Path(original).stem}
+    return tokens
+
+
+@pytest.mark.browser
+def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser, write_study) -> None:
+    sources = leaky_pools(tmp_path / "pools")
+    db = tmp_path / "study.db"
+    create_study(write_study(sources, images_per_cell=2), db)
+    secret = add_raters(str(db), "pilot", ["ann"])[0].secret
+    tokens = forbidden_tokens(db, sources)
+    base = rating_server(db)
+
+    received: list[tuple[str, dict, bytes]] = []
+    page = browser.new_page()
+
+    def record(response) -> None:
+        try:
+            body = response.body()
+        except Exception:  # redirects and aborted requests have no body
+            body = b""
+        received.append((response.url, dict(response.headers), body))
+
+    page.on("response", record)
+    page.goto(f"{base}/login?name=ann")
+    page.fill("#secret", secret)
+    page.click("#login")
+    total = 2 * len(CLASSES) * len(sources)
+    for position in range(1, total + 1):
+        page.wait_for_selector(f"#tile-img[data-position='{position}']", timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#tile-img').complete")
+        page.keyboard.press("r" if position % 2 else "s")
+    page.wait_for_selector(f"text=All {total} tiles rated", timeout=30_000)
+    page.close()
+
+    store = image_store_dir(db)
+    images = [(url, body) for url, headers, body in received if headers.get("content-type") == "image/png"]
+    assert len({url for url, _ in images}) == total
+    for url, body in images:
+        item = url.rsplit("/", 1)[1]
+        assert body == (store / item).read_bytes()  # lossless, not re-encoded
+        assert set(png_chunks(body)) == {"IHDR", "IDAT", "IEND"}
+    payloads = b"".join(body for url, _, body in received if "/gradio_api/" in url)
+    with sqlite3.connect(db) as conn:
+        item_ids = [row[0] for row in conn.execute("SELECT id FROM items")]
+    assert all(item.encode() in payloads for item in item_ids), "component payloads were not all captured"
+    for url, headers, body in received:
+        text = url + "\n" + "\n".join(f"{k}: {v}" for k, v in headers.items()) + "\n"
+        text += body.decode("latin-1")
+        leaked = sorted(token for token in tokens if token in text)
+        assert not leaked, f"{url} reveals {leaked}"
+
+
+def test_routes_need_a_login(tmp_path, rating_server, write_study, make_pool) -> None:
+    sources = {"real": make_pool("real", per_class=2), "KLF8-DM": make_pool("klf8", per_class=2)}
+    db = tmp_path / "study.db"
+    create_study(write_study(sources), db)
+    secret = add_raters(str(db), "pilot", ["ann"])[0].secret
+    base = rating_server(db)
+    with sqlite3.connect(db) as conn:
+        item = conn.execute("SELECT id FROM items LIMIT 1").fetchone()[0]
+    paths = [
+        "/",
+        "/config",
+        "/gradio_api/info",
+        "/gradio_api/config",
+        "/theme.css",
+        f"/tiles/{item}.png",
+        "/admin/votes.csv",
+        f"/gradio_api/file={db}",
+        "/gradio_api/queue/data?session_hash=x",
+    ]
+    with httpx.Client(base_url=base) as anonymous:
+        for path in paths:
+            response = anonymous.get(path)
+            assert response.status_code in (401, 303), path
+        assert anonymous.post("/gradio_api/queue/join", json={}).status_code == 401
+    with httpx.Client(base_url=base) as client:
+        response = client.post("/login", data={"name": "ann", "secret": secret})
+        assert response.status_code == 303 and "histosynth_session" in response.cookies
+        assert client.get(f"/tiles/{item}.png").headers["content-type"] == "image/png"
+        assert client.get("/admin/votes.csv").status_code == 404
+        assert client.get(f"/gradio_api/file={db}").status_code in (403, 404)
+        info = client.get("/gradio_api/info").json()
+        assert info["named_endpoints"] == {}  # internal events are not listed
