@@ -47,12 +47,14 @@ def resolve_study(db_path: str | Path, study: str | None) -> dict:
 
 def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     """The complete rating app for one study of `db_path`, ready for uvicorn."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    db_path = str(Path(db_path).resolve())
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    # Gradio's temp/upload folder is per deployment (beside the database), never a shared /tmp/gradio.
+    os.environ["GRADIO_TEMP_DIR"] = db_path + ".gradio"
     import gradio as gr
 
     from rater_app.ui import CSS, KEYBOARD_JS, build_blocks
 
-    db_path = str(Path(db_path).resolve())
     row = resolve_study(db_path, study)
     study_id, study_name = row["id"], row["name"]
     store = image_store_dir(db_path)
@@ -139,6 +141,7 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         run_history=False,
         blocked_paths=[db_path, str(store)],
         show_error=True,
+        max_file_size="1mb",  # the app takes no uploads; keep Gradio's upload route small
         css=CSS,
         head=KEYBOARD_JS,
     )

@@ -10,14 +10,16 @@ by a hidden <img> so the switch after a vote is instant.
 from __future__ import annotations
 
 import html
+import logging
 import time
 from dataclasses import dataclass
 
 import gradio as gr
 
+from histosynth.errors import StudyError
 from rater_app.export import study_status
 from rater_app.raters import ADMIN_NAME
-from rater_app.store import connect
+from rater_app.store import connect, image_store_dir
 from rater_app.voting import (
     CONFIDENCE_LEVELS,
     RaterSettings,
@@ -29,7 +31,10 @@ from rater_app.voting import (
     tile_at,
 )
 
+log = logging.getLogger(__name__)
+
 TILE_DISPLAY_PX = 512  # native 256 px shown at 2x
+NOT_SAVED = "Your answer could not be saved. Please try again; if it persists, tell the study admin."
 CONFIDENCE_LABELS = {1: "1 - a guess", 2: "2", 3: "3", 4: "4", 5: "5", 6: "6 - certain"}
 
 KEYBOARD_JS = """
@@ -119,6 +124,11 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
                     )
                 except VoteRefused as error:
                     return _render(db_path, settings, current.position, note=str(error), keep=current)
+                except StudyError as error:
+                    log.error(
+                        "vote of %s at position %s not saved: %s", settings.name, current.position, error
+                    )
+                    return _render(db_path, settings, current.position, note=NOT_SAVED, keep=current)
                 return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
 
             return handler
@@ -173,6 +183,15 @@ def _render(
             Shown(None, time.time()),
         ]
     tile = tile_at(db_path, settings.rater_id, position)
+    available = (image_store_dir(db_path) / f"{tile.item_id}.png").is_file()
+    if not available:
+        log.error(
+            "tile %s (position %d of %s) is missing from the image store",
+            tile.item_id,
+            position,
+            settings.name,
+        )
+        note = "This tile could not be loaded from the study's image store. Please tell the study admin."
     at_frontier = tile.vote is None
     answer = f" - your answer: **{tile.vote}**" if tile.vote else ""
     return [
@@ -182,8 +201,8 @@ def _render(
         gr.update(visible=confidence_visible, value=tile.confidence),
         gr.update(visible=settings.allow_changes and tile.position > 1),
         gr.update(visible=not at_frontier),
-        gr.update(interactive=True),
-        gr.update(interactive=True),
+        gr.update(interactive=available),
+        gr.update(interactive=available),
         note,
         keep if keep is not None else Shown(tile.position, time.time()),
     ]

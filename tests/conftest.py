@@ -16,6 +16,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -98,12 +99,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class RunningServer:
+    """A `histosynth rate` subprocess and its base URL."""
+
+    url: str
+    process: subprocess.Popen
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown hooks, as in a power cut."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
 @pytest.fixture
-def rating_server() -> Iterator[Callable[..., str]]:
-    """Factory: rating_server(db, study=None) starts `histosynth rate` and returns its base URL."""
+def rating_server() -> Iterator[Callable[..., RunningServer]]:
+    """Factory: rating_server(db, study=None) starts `histosynth rate` on a free loopback port."""
     processes: list[subprocess.Popen] = []
 
-    def start(db: Path, study: str | None = None) -> str:
+    def start(db: Path, study: str | None = None) -> RunningServer:
         port = free_port()
         args = [sys.executable, "-m", "histosynth", "rate", "--db", str(db), "--port", str(port)]
         if study:
@@ -119,7 +133,7 @@ def rating_server() -> Iterator[Callable[..., str]]:
                 raise RuntimeError(f"server exited: {process.stdout.read().decode()}")
             try:
                 if httpx.get(f"{base}/login", timeout=1).status_code == 200:
-                    return base
+                    return RunningServer(base, process)
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise RuntimeError("server did not start within 60 s")

@@ -96,7 +96,7 @@ def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser,
     create_study(write_study(sources, images_per_cell=2), db)
     secret = add_raters(str(db), "pilot", ["ann"])[0].secret
     tokens = forbidden_tokens(db, sources)
-    base = rating_server(db)
+    base = rating_server(db).url
 
     received: list[tuple[str, dict, bytes]] = []
     page = browser.new_page()
@@ -145,7 +145,7 @@ def test_routes_need_a_login(tmp_path, rating_server, write_study, make_pool) ->
     db = tmp_path / "study.db"
     create_study(write_study(sources), db)
     secret = add_raters(str(db), "pilot", ["ann"])[0].secret
-    base = rating_server(db)
+    base = rating_server(db).url
     with sqlite3.connect(db) as conn:
         item = conn.execute("SELECT id FROM items LIMIT 1").fetchone()[0]
     paths = [

@@ -58,7 +58,7 @@ def stored_votes(db: Path, rater: str) -> list[tuple[int, str]]:
 
 def test_rate_with_keyboard_reload_and_resume(study_db, rating_server, browser) -> None:
     db, secrets = study_db()
-    base = rating_server(db)
+    base = rating_server(db).url
     page = browser.new_page()
     page.goto(base + "/")
     assert page.url.endswith("/login")  # every page needs a login
@@ -84,7 +84,7 @@ def test_rate_with_keyboard_reload_and_resume(study_db, rating_server, browser) 
 
 def test_back_changes_a_vote_and_keeps_history(study_db, rating_server, browser) -> None:
     db, secrets = study_db()
-    base = rating_server(db)
+    base = rating_server(db).url
     page = browser.new_page()
     log_in(page, base, "ben", secrets["ben"])
     wait_for_position(page, 1)
@@ -108,7 +108,7 @@ def test_back_changes_a_vote_and_keeps_history(study_db, rating_server, browser)
 
 def test_confidence_is_required_and_stored(study_db, rating_server, browser) -> None:
     db, secrets = study_db(confidence="6-point")
-    base = rating_server(db)
+    base = rating_server(db).url
     page = browser.new_page()
     log_in(page, base, "ann", secrets["ann"])
     wait_for_position(page, 1)
@@ -124,7 +124,7 @@ def test_confidence_is_required_and_stored(study_db, rating_server, browser) -> 
 
 def test_wrong_secret_and_admin_view(study_db, rating_server, browser) -> None:
     db, secrets = study_db()
-    base = rating_server(db)
+    base = rating_server(db).url
     page = browser.new_page()
     log_in(page, base, "ann", "not-the-secret")
     page.wait_for_selector("text=Name or secret not recognised")
@@ -152,7 +152,7 @@ def test_demo_prepares_and_serves(tmp_path, rating_server, browser) -> None:
     assert result.returncode == 0, result.stderr
     logins = dict(line.split("\t")[:2] for line in result.stdout.splitlines() if "\t" in line)
     assert {"rater1", "rater2", "rater3", "admin"} <= set(logins)
-    base = rating_server(tmp_path / "demo" / "demo.db")
+    base = rating_server(tmp_path / "demo" / "demo.db").url
     page = browser.new_page()
     log_in(page, base, "rater2", logins["rater2"])
     wait_for_position(page, 1)

@@ -1,0 +1,135 @@
+"""A scripted rater that drives the running app over HTTP exactly as a browser does.
+
+It logs in through the login form, reads the page config, joins Gradio's queue with the same
+events the page fires (load, vote buttons) and follows the streamed results, then fetches the
+tile image like the <img> would. Load tests, durability tests and the latency benchmark use it
+to stand in for many pathologists at once; it is also handy for rehearsing a deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import httpx
+
+_POSITION = re.compile(r'data-position="(\d+)"')
+_TILE_SRC = re.compile(r'id="tile-img"[^>]*src="tiles/([0-9a-f]+)\.png"')
+
+
+class RatingClientError(RuntimeError):
+    """The app answered something a browser would show as an error."""
+
+
+@dataclass(frozen=True)
+class TileView:
+    """What the page shows after an event: the tile's place and id, or None when finished."""
+
+    position: int | None
+    item_id: str | None
+    progress: str
+    message: str
+
+
+class SimulatedRater:
+    """One rater's browser session: `start()` once, then `vote(...)` per tile."""
+
+    def __init__(self, base_url: str, name: str, secret: str, timeout: float = 60.0) -> None:
+        self.name = name
+        self.secret = secret
+        self.client = httpx.Client(base_url=base_url, timeout=timeout)
+        self.session_hash = secrets.token_hex(6)
+        self.view: TileView | None = None
+        self._events: dict[str, tuple[int, int]] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def login(self) -> None:
+        """Post the login form and read the page config, as the browser does on first load."""
+        response = self.client.post("/login", data={"name": self.name, "secret": self.secret})
+        if response.status_code != 303 or response.headers.get("location") != "/":
+            raise RatingClientError(f"login failed for {self.name}")
+        config = self.client.get("/config").json()
+        elements = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+        for dependency in config["dependencies"]:
+            target, trigger = dependency["targets"][0]
+            outputs = len(dependency["outputs"])
+            if trigger == "load" and outputs > 3:
+                self._events["start"] = (dependency["id"], target)
+            elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic"):
+                self._events[elements[target]] = (dependency["id"], target)
+
+    def start(self) -> TileView:
+        """Fire the page's load event: the app answers with the first unanswered tile."""
+        return self._run("start", [])
+
+    def vote(self, vote: str, confidence: int | None = None) -> TileView:
+        """Click Real or Synthetic on the tile on screen and wait until the next one is loaded."""
+        if self.view is None or self.view.item_id is None:
+            raise RatingClientError("no tile on screen")
+        return self._run(f"vote-{vote}", [self.view.item_id, confidence, None])
+
+    def fetch_tile(self, item_id: str) -> bytes:
+        """Load a tile image the way the page's <img> does."""
+        response = self.client.get(f"/tiles/{item_id}.png")
+        if response.status_code != 200:
+            raise RatingClientError(f"tile {item_id}: HTTP {response.status_code}")
+        return response.content
+
+    def _run(self, event: str, data: list) -> TileView:
+        fn_index, trigger_id = self._events[event]
+        joined = self.client.post(
+            "/gradio_api/queue/join",
+            json={
+                "data": data,
+                "event_data": None,
+                "fn_index": fn_index,
+                "trigger_id": trigger_id,
+                "session_hash": self.session_hash,
+            },
+        )
+        if joined.status_code != 200:
+            raise RatingClientError(f"queue/join answered HTTP {joined.status_code}: {joined.text[:200]}")
+        event_id = joined.json()["event_id"]
+        output = self._await(event_id)
+        html, progress, _item, *_rest, message, _state = output
+        position = _POSITION.search(html or "")
+        source = _TILE_SRC.search(html or "")
+        self.view = TileView(
+            position=int(position.group(1)) if position else None,
+            item_id=source.group(1) if source else None,
+            progress=progress if isinstance(progress, str) else "",
+            message=message if isinstance(message, str) else "",
+        )
+        if self.view.item_id is not None:
+            self.fetch_tile(self.view.item_id)
+        return self.view
+
+    def _await(self, event_id: str) -> list:
+        deadline = time.monotonic() + self.client.timeout.read
+        url = f"/gradio_api/queue/data?session_hash={self.session_hash}"
+        while time.monotonic() < deadline:
+            with self.client.stream("GET", url) as stream:
+                for line in stream.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    message = json.loads(line[5:])
+                    if message.get("event_id") != event_id:
+                        continue
+                    if message.get("msg") == "process_completed":
+                        if not message.get("success"):
+                            raise RatingClientError(f"event failed: {message.get('output')}")
+                        return message["output"]["data"]
+        raise RatingClientError(f"no answer for event {event_id}")
+
+
+def simulated_rater(base_url: str, name: str, secret: str) -> SimulatedRater:
+    """A logged-in, started simulated rater."""
+    rater = SimulatedRater(base_url, name, secret)
+    rater.login()
+    rater.start()
+    return rater
