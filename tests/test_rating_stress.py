@@ -1,0 +1,210 @@
+"""The rating app under load and failure: many raters at once, a killed server, hostile requests.
+
+Raters are `SimulatedRater`s that speak to a real server over loopback with the same routes
+and Gradio events as the browser.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rater_app.create import create_study
+from rater_app.raters import add_raters
+from rater_app.simulated_rater import RatingClientError, TileView, simulated_rater
+from rater_app.store import image_store_dir
+
+
+def make_study(tmp_path, make_pool, write_study, raters: int, **fields) -> tuple[Path, dict[str, str]]:
+    classes = ("ADI", "TUM")
+    sources = {
+        "real": make_pool("real", classes=classes, per_class=3),
+        "KLF8-DM": make_pool("klf8", classes=classes, per_class=3),
+        "styleGAN2": make_pool("sg2", classes=classes, per_class=3),
+    }
+    db = tmp_path / "study.db"
+    create_study(write_study(sources, images_per_cell=3, **fields), db)
+    logins = add_raters(str(db), "pilot", [f"r{i:02d}" for i in range(raters)])
+    return db, {login.name: login.secret for login in logins}
+
+
+def votes_in_db(db: Path) -> dict[str, list[tuple[int, str, str]]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            """SELECT r.name, v.position, v.item_id, v.vote FROM votes v JOIN raters r ON r.id = v.rater_id
+               ORDER BY r.name, v.position"""
+        ).fetchall()
+    result: dict[str, list] = {}
+    for name, position, item, vote in rows:
+        result.setdefault(name, []).append((position, item, vote))
+    return result
+
+
+def orders_in_db(db: Path) -> dict[str, list[str]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            """SELECT r.name, a.item_id FROM assignments a JOIN raters r ON r.id = a.rater_id
+               ORDER BY r.name, a.position"""
+        ).fetchall()
+    result: dict[str, list] = {}
+    for name, item in rows:
+        result.setdefault(name, []).append(item)
+    return result
+
+
+def choice(name: str, position: int) -> str:
+    return "real" if (sum(map(ord, name)) + position) % 3 else "synthetic"
+
+
+def test_twenty_raters_at_once(tmp_path, make_pool, write_study, rating_server) -> None:
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=20)
+    server = rating_server(db)
+    orders_before = orders_in_db(db)
+    total = 2 * 3 * 3
+
+    def rate_all(name: str) -> list[tuple[int, str, str]]:
+        rater = simulated_rater(server.url, name, secrets[name])
+        sent = []
+        try:
+            while rater.view.position is not None:
+                position, item = rater.view.position, rater.view.item_id
+                vote = choice(name, position)
+                rater.vote(vote)
+                sent.append((position, item, vote))
+        finally:
+            rater.close()
+        return sent
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        sent = dict(zip(secrets, pool.map(rate_all, secrets), strict=True))
+    stored = votes_in_db(db)
+    assert stored == sent  # nothing lost, nothing duplicated, values intact
+    assert all(len(votes) == total for votes in stored.values())
+    assert orders_in_db(db) == orders_before
+    for name, votes in stored.items():
+        assert [item for _, item, _ in votes] == orders_before[name]
+
+
+def test_votes_survive_sigkill(tmp_path, make_pool, write_study, rating_server) -> None:
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=5)
+    server = rating_server(db)
+    acknowledged: dict[str, list[tuple[int, str, str]]] = {name: [] for name in secrets}
+    raters = {name: simulated_rater(server.url, name, secret) for name, secret in secrets.items()}
+    stop = threading.Event()
+
+    def keep_voting(name: str) -> None:
+        rater = raters[name]
+        while not stop.is_set() and rater.view.position is not None:
+            position, item = rater.view.position, rater.view.item_id
+            vote = choice(name, position)
+            try:
+                rater.vote(vote)
+            except (httpx.HTTPError, RatingClientError):
+                return  # the server died mid-request: this vote was never acknowledged
+            acknowledged[name].append((position, item, vote))
+
+    threads = [threading.Thread(target=keep_voting, args=(name,)) for name in secrets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while sum(map(len, acknowledged.values())) < 25 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sum(map(len, acknowledged.values())) >= 25
+
+    restarted = rating_server(db)
+    stored = votes_in_db(db)
+    for name, acks in acknowledged.items():
+        votes = stored.get(name, [])
+        assert votes[: len(acks)] == acks  # every acknowledged vote, exactly once, in order
+        assert len(votes) - len(acks) <= 1  # at most the one in flight at the kill
+        rater = raters[name]
+        rater.client.base_url = restarted.url  # same browser, same session cookie
+        view = rater.start()
+        assert view.position == len(votes) + 1  # resumes at the first unanswered tile
+        rater.close()
+
+
+def test_raters_cannot_reach_each_other(tmp_path, make_pool, write_study, rating_server) -> None:
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
+    other_sources = {"real": make_pool("other-real"), "gen": make_pool("other-gen")}
+    create_study(write_study(other_sources, name="other", file_name="other.toml"), db)
+    with sqlite3.connect(db) as conn:
+        foreign_item = conn.execute(
+            "SELECT i.id FROM items i JOIN studies s ON s.id = i.study_id WHERE s.name = 'other'"
+        ).fetchone()[0]
+    server = rating_server(db, "pilot")
+    ann = simulated_rater(server.url, "r00", secrets["r00"])
+    ben = simulated_rater(server.url, "r01", secrets["r01"])
+    # images of another study are not served, even though the file is in the same store
+    assert (image_store_dir(db) / f"{foreign_item}.png").is_file()
+    with pytest.raises(RatingClientError, match="404"):
+        ann.fetch_tile(foreign_item)
+    # a vote naming an item other than the one at the rater's current place is refused
+    ben_first = ben.view.item_id
+    ann.view = TileView(ann.view.position, foreign_item, "", "")
+    view = ann.vote("real")
+    assert "not assigned" in view.message and votes_in_db(db) == {}
+    # the admin export is not for raters; the progress page shows only one's own place
+    assert ann.client.get("/admin/votes.csv").status_code == 404
+    ann.start()
+    ann.vote("synthetic")
+    assert ben.start().position == 1 and ben.view.item_id == ben_first
+    assert list(votes_in_db(db)) == ["r00"]
+
+
+def test_failed_logins_are_throttled(tmp_path, make_pool, write_study, rating_server) -> None:
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=1)
+    server = rating_server(db)
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(5):
+            response = client.post("/login", data={"name": "r00", "secret": "wrong"})
+            assert "not%20recognised" in response.headers["location"]
+        response = client.post("/login", data={"name": "r00", "secret": secrets["r00"]})
+        assert "Too%20many" in response.headers["location"]  # even the right secret waits
+    with sqlite3.connect(db) as conn:
+        hashes = [row[0] for row in conn.execute("SELECT secret_hash FROM raters")]
+    assert hashes[0].startswith("scrypt$") and secrets["r00"] not in hashes[0]
+
+
+def route_paths(routes, prefix: str = "") -> list[str]:
+    """Every path the app answers, descending into mounted apps (Gradio mounts its own)."""
+    paths = []
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router wrapper
+        if included is not None:
+            paths += route_paths(included.routes, prefix)
+            continue
+        path = prefix + getattr(route, "path", "")
+        paths.append(path or "/")
+        children = getattr(getattr(route, "app", None), "routes", None) or getattr(route, "routes", None)
+        if children:
+            paths += route_paths(children, path)
+    return paths
+
+
+def test_every_route_needs_a_login(tmp_path, make_pool, write_study, rating_server) -> None:
+    from rater_app.server import build_app
+
+    db, _ = make_study(tmp_path, make_pool, write_study, raters=1)
+    server = rating_server(db)
+    paths = set(route_paths(build_app(db).routes))
+    concrete = {re.sub(r"\{[^}]+\}", "x", path.replace("{item_id}", "0" * 24)) for path in paths if path}
+    concrete |= {f"/gradio_api/file={db}", f"/gradio_api/file={image_store_dir(db)}"}
+    assert "/gradio_api/info" in concrete and "/config" in concrete and "/gradio_api/upload" in concrete
+    assert len(concrete) > 40
+    with httpx.Client(base_url=server.url) as anonymous:
+        for path in sorted(concrete - {"/login"}):
+            for method in ("GET", "POST"):
+                response = anonymous.request(method, path)
+                assert response.status_code in (303, 401), (method, path, response.status_code)
