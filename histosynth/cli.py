@@ -116,6 +116,18 @@ def study_export(
         typer.echo(f"wrote {out}", err=True)
 
 
+@study_app.command("audit")
+def study_audit(db: DbOption, study: StudyOption) -> None:
+    """Check the blinding: image format, size, mode and metadata, opaque ids, order vs source."""
+    from rater_app.audit import audit_study
+
+    report = audit_study(db, study)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 @app.command("rate")
 def rate(
     db: DbOption,
@@ -312,6 +324,9 @@ def evaluate_memorization(
         str | None, typer.Option(help="Baseline's name in the outputs (default: its folder name).")
     ] = None,
     n: Annotated[int, typer.Option("--n", help="Random tiles per class and source.")] = 200,
+    baseline_n: Annotated[
+        int | None, typer.Option(help="Baseline tiles per class (default: --n); more see fewer copies.")
+    ] = None,
     classes: Annotated[
         list[str] | None, typer.Option("--class", help="Class to audit; repeat (default: all).")
     ] = None,
@@ -346,6 +361,7 @@ def evaluate_memorization(
         top_k=top_k,
         baseline_name=baseline_name,
         n=n,
+        baseline_n=baseline_n,
         size=None if native_size else size,
         flips=flips,
         across_classes=across_classes,
@@ -361,6 +377,59 @@ def evaluate_memorization(
     table = result.verdict if result.verdict is not None else result.summary
     typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
     typer.echo(f"wrote {out / 'memorization.csv'}", err=True)
+
+
+@evaluate_app.command("ratings")
+def evaluate_ratings_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for expert_scores.*, fleiss_kappa.*, ...")],
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite study database (with --study).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name inside --db.")] = None,
+    votes: Annotated[
+        Path | None, typer.Option("--votes", help="Votes CSV: rater,item,class,source,vote[,confidence,...].")
+    ] = None,
+    include_unfinished: Annotated[
+        bool, typer.Option("--include-unfinished", help="Keep raters who did not rate every tile.")
+    ] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the confidence intervals.")] = 1000,
+    ci_level: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    correction: Annotated[
+        str, typer.Option(help="Multiple-testing correction (statsmodels multipletests method).")
+    ] = "holm",
+    alpha: Annotated[float, typer.Option(help="Significance level of the discrimination tests.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    ddof: Annotated[
+        int, typer.Option(help="Delta degrees of freedom of the std across raters (1: sample std).")
+    ] = 1,
+    figure: Annotated[bool, typer.Option(help="Draw Fig. 3B (expert_scores.png/.pdf).")] = True,
+) -> None:
+    """Expert rating scores, Fleiss' kappa, CIs, tests, ROC and timing from a study's votes (Fig. 3B)."""
+    from_csv = votes is not None and db is None and study is None
+    from_db = votes is None and db is not None and study is not None
+    if not (from_csv or from_db):
+        raise HistosynthError("give either --votes FILE or both --db FILE and --study NAME")
+    from evaluator.ratings_report import RatingSettings, evaluate_ratings
+    from evaluator.votes import read_votes
+
+    if from_csv:
+        frame = read_votes(votes)
+    else:
+        from rater_app.export import votes_frame
+
+        frame = votes_frame(db, study)
+    settings = RatingSettings(
+        include_unfinished=include_unfinished,
+        n_bootstrap=bootstrap,
+        ci_level=ci_level,
+        correction=correction,
+        alpha=alpha,
+        seed=seed,
+        ddof=ddof,
+    )
+    report = evaluate_ratings(frame, out, settings, figure=figure)
+    columns = ["class", "source", "score_mean", "score_std", "ci_low", "ci_high", "n_raters"]
+    table = report.expert_scores[columns]
+    typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    typer.echo(f"wrote {out / 'expert_scores.csv'} and more", err=True)
 
 
 def main() -> None:
