@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from histosynth.errors import StudyError
 from rater_app.auth import Identity, LoginThrottle, identity_for, login, logout
 from rater_app.export import export_votes
-from rater_app.store import connect, image_store_dir, study_row
+from rater_app.store import connect, ensure_writable, image_store_dir, study_row
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     from rater_app.ui import CSS, KEYBOARD_JS, build_blocks
 
     row = resolve_study(db_path, study)
+    ensure_writable(db_path)
     study_id, study_name = row["id"], row["name"]
     store = image_store_dir(db_path)
     throttle = LoginThrottle()

@@ -8,6 +8,7 @@ wait instead of an error.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,8 @@ import sqlite_utils
 from histosynth.errors import StudyError
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
+# How long a write waits for another writer's lock before it fails with a clear message.
+BUSY_TIMEOUT_MS = int(os.environ.get("HISTOSYNTH_BUSY_TIMEOUT_MS", "10000"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -146,6 +148,18 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         db.conn.execute("ROLLBACK")
         raise
     db.conn.execute("COMMIT")
+
+
+def ensure_writable(db_path: str | Path) -> None:
+    """Fail now, with a clear message, if votes could not be written to the database later.
+
+    Rewrites the schema version in a write transaction: the smallest write SQLite can do.
+    """
+    try:
+        with connect(db_path) as db, transaction(db):
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except StudyError as error:
+        raise StudyError(f"{error}; the rating app must be able to write votes there") from error
 
 
 def study_row(db: sqlite_utils.Database, name: str) -> dict:

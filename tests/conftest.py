@@ -105,6 +105,11 @@ class RunningServer:
 
     url: str
     process: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        """What the server wrote to stdout and stderr so far."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no shutdown hooks, as in a power cut."""
@@ -113,27 +118,33 @@ class RunningServer:
 
 
 @pytest.fixture
-def rating_server() -> Iterator[Callable[..., RunningServer]]:
-    """Factory: rating_server(db, study=None) starts `histosynth rate` on a free loopback port."""
+def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory: rating_server(db, study=None, env=None) starts `histosynth rate` on a free loopback port."""
     processes: list[subprocess.Popen] = []
 
-    def start(db: Path, study: str | None = None) -> RunningServer:
+    def start(db: Path, study: str | None = None, env: dict[str, str] | None = None) -> RunningServer:
         port = free_port()
         args = [sys.executable, "-m", "histosynth", "rate", "--db", str(db), "--port", str(port)]
         if study:
             args += ["--study", study]
-        process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        log = tmp_path / f"server-{port}.log"
+        with open(log, "wb") as output:
+            process = subprocess.Popen(
+                args,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         processes.append(process)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stdout.read().decode()}")
+                raise RuntimeError(f"server exited: {log.read_text()}")
             try:
                 if httpx.get(f"{base}/login", timeout=1).status_code == 200:
-                    return RunningServer(base, process)
+                    return RunningServer(base, process, log)
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise RuntimeError("server did not start within 60 s")
