@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from histosynth.errors import StudyError
 from rater_app.auth import Identity, LoginThrottle, identity_for, login, logout
 from rater_app.export import export_votes
-from rater_app.store import connect, ensure_writable, image_store_dir, study_row
+from rater_app.store import connect, ensure_writable, hold_open, image_store_dir, study_row
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +64,13 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     store = image_store_dir(db_path)
     throttle = LoginThrottle()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.wal_anchor = hold_open(db_path)
 
-    def current(request: Request) -> Identity | None:
-        identity = identity_for(db_path, request.cookies.get(SESSION_COOKIE))
+    def current(token: str | None) -> Identity | None:
+        identity = identity_for(db_path, token)
         return identity if identity is not None and identity.study_id == study_id else None
 
-    @app.middleware("http")
-    async def require_login(request: Request, call_next):
-        if request.url.path in PUBLIC_PATHS:
-            return await call_next(request)
-        identity = current(request)
-        if identity is None:
-            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-                return RedirectResponse("/login", status_code=303)
-            return JSONResponse({"detail": "login required"}, status_code=401)
-        request.state.identity = identity
-        return await call_next(request)
+    app.add_middleware(LoginGate, resolve=current)
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(name: str = "", error: str = "") -> str:
@@ -129,7 +123,7 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         )
 
     def gradio_user(request: Request) -> str | None:
-        identity = getattr(request.state, "identity", None) or current(request)
+        identity = getattr(request.state, "identity", None) or current(request.cookies.get(SESSION_COOKIE))
         return identity.name if identity is not None else None
 
     blocks = build_blocks(db_path, study_id)
@@ -146,6 +140,39 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         css=CSS,
         head=KEYBOARD_JS,
     )
+
+
+class LoginGate:
+    """ASGI middleware in front of everything: no valid session of this study, no answer.
+
+    A plain ASGI class rather than `@app.middleware("http")`, which would re-wrap every
+    streamed Gradio response; this one only looks at the cookie and passes the request on.
+    """
+
+    def __init__(self, app: ASGIApp, resolve: Callable[[str | None], Identity | None]) -> None:
+        self.app = app
+        self.resolve = resolve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        identity = self.resolve(connection.cookies.get(SESSION_COOKIE))
+        if identity is not None:
+            scope.setdefault("state", {})["identity"] = identity
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 4401})
+            return
+        wants_page = scope["method"] == "GET" and "text/html" in connection.headers.get("accept", "")
+        response = (
+            RedirectResponse("/login", status_code=303)
+            if wants_page
+            else JSONResponse({"detail": "login required"}, status_code=401)
+        )
+        await response(scope, receive, send)
 
 
 def serve(db_path: str | Path, study: str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:

@@ -43,7 +43,7 @@ class SimulatedRater:
         self.client = httpx.Client(base_url=base_url, timeout=timeout)
         self.session_hash = secrets.token_hex(6)
         self.view: TileView | None = None
-        self._events: dict[str, tuple[int, int]] = {}
+        self._events: dict[str, tuple[int, int, bool]] = {}
 
     def close(self) -> None:
         self.client.close()
@@ -58,10 +58,11 @@ class SimulatedRater:
         for dependency in config["dependencies"]:
             target, trigger = dependency["targets"][0]
             outputs = len(dependency["outputs"])
+            event = (dependency["id"], target, dependency.get("queue") is not False)
             if trigger == "load" and outputs > 3:
-                self._events["start"] = (dependency["id"], target)
+                self._events["start"] = event
             elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic"):
-                self._events[elements[target]] = (dependency["id"], target)
+                self._events[elements[target]] = event
 
     def start(self) -> TileView:
         """Fire the page's load event: the app answers with the first unanswered tile."""
@@ -81,21 +82,15 @@ class SimulatedRater:
         return response.content
 
     def _run(self, event: str, data: list) -> TileView:
-        fn_index, trigger_id = self._events[event]
-        joined = self.client.post(
-            "/gradio_api/queue/join",
-            json={
-                "data": data,
-                "event_data": None,
-                "fn_index": fn_index,
-                "trigger_id": trigger_id,
-                "session_hash": self.session_hash,
-            },
-        )
-        if joined.status_code != 200:
-            raise RatingClientError(f"queue/join answered HTTP {joined.status_code}: {joined.text[:200]}")
-        event_id = joined.json()["event_id"]
-        output = self._await(event_id)
+        fn_index, trigger_id, queued = self._events[event]
+        body = {
+            "data": data,
+            "event_data": None,
+            "fn_index": fn_index,
+            "trigger_id": trigger_id,
+            "session_hash": self.session_hash,
+        }
+        output = self._queued(body) if queued else self._direct(body)
         html, progress, _item, *_rest, message, _state = output
         position = _POSITION.search(html or "")
         source = _TILE_SRC.search(html or "")
@@ -108,6 +103,22 @@ class SimulatedRater:
         if self.view.item_id is not None:
             self.fetch_tile(self.view.item_id)
         return self.view
+
+    def _direct(self, body: dict) -> list:
+        """An event outside Gradio's queue: one POST, the outputs in its answer."""
+        response = self.client.post("/gradio_api/run/predict", json=body)
+        if response.status_code != 200:
+            raise RatingClientError(
+                f"run/predict answered HTTP {response.status_code}: {response.text[:200]}"
+            )
+        return response.json()["data"]
+
+    def _queued(self, body: dict) -> list:
+        """An event through Gradio's queue: join, then follow the session's event stream."""
+        joined = self.client.post("/gradio_api/queue/join", json=body)
+        if joined.status_code != 200:
+            raise RatingClientError(f"queue/join answered HTTP {joined.status_code}: {joined.text[:200]}")
+        return self._await(joined.json()["event_id"])
 
     def _await(self, event_id: str) -> list:
         deadline = time.monotonic() + self.client.timeout.read

@@ -150,6 +150,19 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     db.conn.execute("COMMIT")
 
 
+def hold_open(db_path: str | Path) -> sqlite3.Connection:
+    """Open an idle connection for the life of a server process.
+
+    In WAL mode the last connection to close checkpoints the log into the database and
+    fsyncs it; with per-operation connections every vote would pay for that. One idle
+    connection held open by the server keeps the WAL alive, so checkpoints happen in the
+    background as SQLite's auto-checkpoint decides.
+    """
+    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
 def ensure_writable(db_path: str | Path) -> None:
     """Fail now, with a clear message, if votes could not be written to the database later.
 

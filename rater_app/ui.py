@@ -9,6 +9,7 @@ by a hidden <img> so the switch after a vote is instant.
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import time
@@ -146,18 +147,18 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
             return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
 
         blocks.load(on_load, None, [rater_panel, admin_panel, status_table], api_visibility="private")
-        blocks.load(show_start, None, view, api_visibility="private")
+        # The rating events skip Gradio's queue: one HTTP round trip instead of join + stream,
+        # which halves the time from a key press to the next tile. They are short database calls.
+        rating = {"api_visibility": "private", "trigger_mode": "once", "queue": False}
+        blocks.load(show_start, None, view, **rating)
         for button, vote in ((real, "real"), (synthetic, "synthetic")):
-            button.click(
-                vote_handler(vote),
-                [shown_item, confidence, shown],
-                view,
-                api_visibility="private",
-                trigger_mode="once",
-            )
-        back.click(go_back, [shown], view, api_visibility="private", trigger_mode="once")
-        resume.click(go_resume, None, view, api_visibility="private", trigger_mode="once")
+            button.click(vote_handler(vote), [shown_item, confidence, shown], view, **rating)
+        back.click(go_back, [shown], view, **rating)
+        resume.click(go_resume, None, view, **rating)
         refresh.click(lambda: _status_rows(db_path, study_id), None, status_table, api_visibility="private")
+    # Votes of different raters must not wait for each other in one Gradio worker: SQLite's
+    # locking serialises the writes, everything else runs in parallel.
+    blocks.queue(default_concurrency_limit=None)
     return blocks
 
 
@@ -219,7 +220,9 @@ def _tile_html(tile: Tile) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _settings_for(db_path: str, study_id: int, name: str | None) -> RaterSettings:
+    """A rater's settings; cached, since neither a rater's order nor the study's settings change."""
     with connect(db_path) as db:
         rows = list(db.query("SELECT id FROM raters WHERE study_id = ? AND name = ?", [study_id, name]))
     if not rows:
