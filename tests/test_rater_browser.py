@@ -157,3 +157,16 @@ def test_demo_prepares_and_serves(tmp_path, rating_server, browser) -> None:
     log_in(page, base, "rater2", logins["rater2"])
     wait_for_position(page, 1)
     assert "1 of 84" in page.inner_text("#progress")  # 9 classes x 3 sources x 3 + 3 repeats
+
+
+def test_double_click_records_one_vote(study_db, rating_server, browser) -> None:
+    db, secrets = study_db()
+    base = rating_server(db).url
+    page = browser.new_page()
+    log_in(page, base, "ann", secrets["ann"])
+    wait_for_position(page, 1)
+    page.dblclick("#vote-synthetic")
+    wait_for_position(page, 2)
+    page.wait_for_timeout(500)  # let a second click, if one went out, arrive
+    assert stored_votes(db, "ann") == [(1, "synthetic")]
+    assert page.get_attribute("#tile-img", "data-position") == "2"
