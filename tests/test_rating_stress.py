@@ -6,6 +6,7 @@ and Gradio events as the browser.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -199,6 +200,7 @@ def test_every_route_needs_a_login(tmp_path, make_pool, write_study, rating_serv
     db, _ = make_study(tmp_path, make_pool, write_study, raters=1)
     server = rating_server(db)
     paths = set(route_paths(build_app(db).routes))
+    assert os.environ["GRADIO_TEMP_DIR"] == f"{db.resolve()}.gradio"  # Gradio's temp dir is per deployment
     concrete = {re.sub(r"\{[^}]+\}", "x", path.replace("{item_id}", "0" * 24)) for path in paths if path}
     concrete |= {f"/gradio_api/file={db}", f"/gradio_api/file={image_store_dir(db)}"}
     assert "/gradio_api/info" in concrete and "/config" in concrete and "/gradio_api/upload" in concrete
