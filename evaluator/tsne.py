@@ -1,0 +1,185 @@
+"""t-SNE maps of image features per class: reference vs each generated pool (the paper's Fig. 2B).
+
+For each class, features of a random subset of the reference and of every pool are embedded
+jointly (one t-SNE per class, so the sources share coordinates), after a PCA to at most 50
+dimensions as van der Maaten recommends for high-dimensional inputs. Generated images that
+cover the real distribution mix with the reference points; mode collapse shows as tight
+islands. Features come from the same cache as FID, so running both extracts them once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from evaluator.features import Extractor, load_extractor
+from evaluator.fid import pool_features, read_pools
+from evaluator.pool_report import figure_bytes, write_outputs
+from histosynth.errors import HistosynthError
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_LABEL = "reference"
+PCA_DIMENSIONS = 50
+EXACT_UP_TO = 300  # below this, exact t-SNE beats Barnes-Hut, whose per-iteration overhead dominates
+
+
+def compute_tsne(
+    reference: str | Path,
+    pools: Mapping[str, str | Path],
+    out: str | Path | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    extractor: str | Extractor = "inception",
+    inception_weights: str | Path | None = None,
+    mode: str = "clean",
+    per_source: int = 500,
+    perplexity: float = 30.0,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Embed each class's reference and pool features in 2-D and draw one panel per class.
+
+    Args:
+        reference: the real pool; pools: name -> generated pool folder (legend order).
+        out: when given, write `tsne.csv`, `tsne.png` and `tsne.pdf` there.
+        classes: classes to map (default: each pool's classes).
+        extractor, inception_weights, mode, batch_size, num_workers, device, use_cache,
+            progress: as for `evaluator.fid.compute_fid` (same feature cache).
+        per_source: at most this many images per class and source, drawn at random with
+            `seed`, so large pools stay legible and the embedding fast.
+        perplexity: t-SNE perplexity; lowered to (n - 1) / 3 for classes with few points.
+        seed: seeds the subsets, PCA and t-SNE.
+
+    Returns:
+        One row per embedded image: class, source, file, x, y.
+
+    Raises:
+        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images or options.
+    """
+    if per_source < 2:
+        raise HistosynthError(f"--per-source {per_source}: need at least 2 images per source")
+    if perplexity <= 0:
+        raise HistosynthError(f"--perplexity {perplexity}: must be positive")
+    reference_pool, generated = read_pools(reference, pools, classes)
+    if isinstance(extractor, str):
+        extractor = load_extractor(extractor, inception_weights=inception_weights, device=device)
+    options = dict(
+        mode=mode, batch_size=batch_size, num_workers=num_workers, use_cache=use_cache, progress=progress
+    )
+    sources = {
+        REFERENCE_LABEL: (
+            reference_pool,
+            pool_features(reference_pool, extractor, label="reference", **options),
+        )
+    }
+    for name, pool in generated.items():
+        if name == REFERENCE_LABEL:
+            raise HistosynthError(f"--pool {name}=...: the name {REFERENCE_LABEL!r} is taken by --reference")
+        sources[name] = (pool, pool_features(pool, extractor, label=name, **options))
+    rng = np.random.default_rng(seed)
+    class_order = list(dict.fromkeys(c for pool in generated.values() for c in pool.classes))
+    frames = []
+    for name in class_order:
+        picked = [
+            (source, *_subset(pool.files[name], features[name], per_source, rng))
+            for source, (pool, features) in sources.items()
+            if name in pool.files
+        ]
+        coordinates = embed(np.concatenate([f for _, _, f in picked]), perplexity=perplexity, seed=seed)
+        labels = [(source, path) for source, paths, _ in picked for path in paths]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "class": name,
+                    "source": [s for s, _ in labels],
+                    "file": [str(p) for _, p in labels],
+                    "x": coordinates[:, 0],
+                    "y": coordinates[:, 1],
+                }
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    if out is not None:
+        figure = tsne_figure(table, list(sources))
+        write_outputs(
+            out,
+            {
+                "tsne.csv": table.to_csv(index=False, float_format="%.5g"),
+                "tsne.png": figure_bytes(figure, "png"),
+                "tsne.pdf": figure_bytes(figure, "pdf"),
+            },
+        )
+    return table
+
+
+def embed(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of (n, d) features after PCA to at most 50 dimensions (exact up to 300 points).
+
+    Raises:
+        HistosynthError: fewer than 4 points (t-SNE needs a neighbourhood to preserve).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    n = len(features)
+    if n < 4:
+        raise HistosynthError(f"t-SNE needs at least 4 images per class, got {n}")
+    features = np.asarray(features, dtype=np.float64)
+    components = min(PCA_DIMENSIONS, n, features.shape[1])
+    if features.shape[1] > components:
+        features = PCA(n_components=components, random_state=seed).fit_transform(features)
+    usable = min(perplexity, (n - 1) / 3)
+    if usable < perplexity:
+        logger.info("t-SNE: perplexity lowered from %g to %.3g for %d points", perplexity, usable, n)
+    method = "exact" if n <= EXACT_UP_TO else "barnes_hut"
+    tsne = TSNE(n_components=2, perplexity=usable, init="pca", random_state=seed, method=method)
+    return tsne.fit_transform(features)
+
+
+def tsne_figure(table: pd.DataFrame, sources: Sequence[str]) -> Figure:
+    """One scatter panel per class, colours per source (reference first), shared legend."""
+    classes = list(dict.fromkeys(table["class"]))
+    columns = min(3, len(classes))
+    rows = math.ceil(len(classes) / columns)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * rows + 0.5), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    colours = {source: f"C{index}" for index, source in enumerate(sources)}
+    for ax, name in zip(axes.flat, classes, strict=False):
+        part = table[table["class"] == name]
+        for source in sources:
+            points = part[part["source"] == source]
+            if len(points):
+                ax.scatter(points["x"], points["y"], s=4, alpha=0.6, color=colours[source], label=source)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(classes) :]:
+        ax.set_axis_off()
+    legend: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(
+        list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), markerscale=3
+    )
+    return figure
+
+
+def _subset(
+    files: list[Path], features: np.ndarray, limit: int, rng: np.random.Generator
+) -> tuple[list[Path], np.ndarray]:
+    if len(files) <= limit:
+        return files, features
+    chosen = np.sort(rng.choice(len(files), limit, replace=False))
+    return [files[i] for i in chosen], features[chosen]

@@ -1,0 +1,113 @@
+"""t-SNE per class: table and figures on tiny pools, separation of distinct sources, shared feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from evaluator.features import Extractor
+from evaluator.fid import compute_fid
+from evaluator.tsne import compute_tsne, embed
+from histosynth.errors import HistosynthError
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HISTOSYNTH_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+class ColourStatistics:
+    """Counts images; features are per-channel means and standard deviations over 2x2 regions."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.images += len(batch)
+        mean = torch.nn.functional.adaptive_avg_pool2d(batch, 2)
+        square = torch.nn.functional.adaptive_avg_pool2d(batch**2, 2)
+        return torch.cat([mean.flatten(1), (square - mean**2).clamp_min(0).sqrt().flatten(1)], dim=1)
+
+
+@pytest.fixture
+def extractor() -> Extractor:
+    return Extractor("colour", "colour-statistics-v1", ColourStatistics(), torch.device("cpu"))
+
+
+def make_pool(root: Path, means: dict[str, float], count: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, mean in means.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            pixels = np.clip(rng.normal(mean, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index:02d}.png")
+    return root
+
+
+@pytest.fixture
+def pools(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "reference": make_pool(tmp_path / "reference", {"ADI": 210, "STR": 120}, 14, seed=1),
+        "faded": make_pool(tmp_path / "faded", {"ADI": 120, "STR": 40}, 9, seed=2),
+    }
+
+
+def test_tsne_writes_table_and_figures_and_separates_distinct_sources(
+    pools: dict[str, Path], extractor: Extractor, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    table = compute_tsne(
+        pools["reference"], {"faded": pools["faded"]}, out, extractor=extractor, per_source=10
+    )
+    assert list(table.columns) == ["class", "source", "file", "x", "y"]
+    counts = table.groupby(["class", "source"]).size().to_dict()
+    assert counts == {
+        ("ADI", "faded"): 9,
+        ("ADI", "reference"): 10,
+        ("STR", "faded"): 9,
+        ("STR", "reference"): 10,
+    }
+    assert np.isfinite(table[["x", "y"]].to_numpy()).all()
+    for name, part in table.groupby("class"):
+        points = part[["x", "y"]].to_numpy()
+        distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+        np.fill_diagonal(distances, np.inf)
+        neighbour_source = part["source"].to_numpy()[distances.argmin(axis=1)]
+        assert (neighbour_source == part["source"].to_numpy()).mean() >= 0.9, name
+    assert (out / "tsne.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "tsne.pdf").read_bytes().startswith(b"%PDF")
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "tsne.csv")[["class", "source"]], table[["class", "source"]]
+    )
+
+
+def test_tsne_reuses_the_features_fid_cached(pools: dict[str, Path], extractor: Extractor) -> None:
+    compute_fid(
+        pools["reference"], {"faded": pools["faded"]}, extractor=extractor, kid_subsets=2, bootstrap=0
+    )
+    seen = extractor.model.images
+    assert seen == 2 * 14 + 2 * 9
+    compute_tsne(pools["reference"], {"faded": pools["faded"]}, extractor=extractor)
+    assert extractor.model.images == seen
+
+
+def test_embed_lowers_perplexity_for_few_points_and_rejects_too_few() -> None:
+    rng = np.random.default_rng(0)
+    coordinates = embed(rng.normal(size=(6, 80)), perplexity=30, seed=0)
+    assert coordinates.shape == (6, 2) and np.isfinite(coordinates).all()
+    with pytest.raises(HistosynthError, match="at least 4"):
+        embed(rng.normal(size=(3, 5)))
+
+
+def test_tsne_rejects_bad_options(pools: dict[str, Path], extractor: Extractor, tmp_path: Path) -> None:
+    with pytest.raises(HistosynthError, match="'reference' is taken"):
+        compute_tsne(pools["reference"], {"reference": pools["faded"]}, tmp_path / "o", extractor=extractor)
+    with pytest.raises(HistosynthError, match="--per-source"):
+        compute_tsne(pools["reference"], {"faded": pools["faded"]}, extractor=extractor, per_source=1)
+    assert not (tmp_path / "o").exists()
