@@ -17,26 +17,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from evaluator.tables import latex_escape
 from histosynth.errors import HistosynthError
 
 ALL_CLASSES = "ALL"
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Escape a class or model name (e.g. `KLF8_DM`) for LaTeX."""
-    return "".join(_LATEX_SPECIAL.get(char, char) for char in str(text))
 
 
 def format_mean_std(mean: float, std: float | None, digits: int, latex: bool = False) -> str:
