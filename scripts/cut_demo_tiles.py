@@ -28,7 +28,9 @@ def tissue_fraction(tile: np.ndarray) -> float:
 def main(svs: Path, out: Path) -> None:
     region = np.asarray(Image.open(svs).convert("RGB"))
     rows, cols = region.shape[0] // TILE, region.shape[1] // TILE
-    tiles = [region[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] for r in range(rows) for c in range(cols)]
+    tiles = [
+        region[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] for r in range(rows) for c in range(cols)
+    ]
     fractions = np.array([tissue_fraction(t) for t in tiles])
     tissue = [tiles[i] for i in np.argsort(-fractions)[:TISSUE_TILES]]
     background = [tiles[i] for i in np.argsort(fractions)[:BACKGROUND_TILES]]
@@ -42,4 +44,6 @@ def main(svs: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(__file__).resolve().parents[1] / "rater_app" / "demo_tiles" / "cmu_tiles.jpg")
+    main(
+        Path(sys.argv[1]), Path(__file__).resolve().parents[1] / "rater_app" / "demo_tiles" / "cmu_tiles.jpg"
+    )

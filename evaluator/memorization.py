@@ -1,0 +1,366 @@
+"""Memorization audit: does a generator reproduce its training tiles?
+
+A generator trained on patient data may only be shared if it does not copy its training
+tiles. The paper's check (Niehues et al. 2024, Fig. 4): for n random generated tiles per
+class, in grayscale and under each of the 4 rotations, the highest Pearson correlation of
+pixels with any training tile of the class; the same for held-out real tiles (the baseline
+of chance similarity). `audit_memorization` does that check, optionally with mirrored
+rotations too and against all classes, keeps which training tile and transform gave each
+best match, and adds a verdict that can see a few copies among many (`memorization_stats`).
+`run_memorization` also writes the tables, the figure and a gallery of the closest pairs
+(`memorization_report`).
+
+Grayscale is ITU-R 601-2 luma as PIL's "L" mode computes it; tiles are resized bilinearly to
+`size` (256 in the paper) before conversion. The search itself is a blocked float32 GEMM over
+a uint8 cache of the training tiles (`memorization_search`, `memorization_cache`).
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import Progress
+
+from evaluator.memorization_cache import GrayMatrix, load_class_matrix, load_gray_stack
+from evaluator.memorization_search import TRANSFORMS, block_sizes, nearest_tiles
+from evaluator.memorization_stats import check_threshold_rule, summarize, verdict_table
+from histosynth.errors import HistosynthError
+from histosynth.images import PAPER_SIZE
+from histosynth.pools import Pool, list_classes, read_pool
+
+logger = logging.getLogger(__name__)
+
+TILE_COLUMNS = ["source", "class", "tile", "r", "train_class", "train_tile", "transform", "flagged"]
+
+
+@dataclass(frozen=True)
+class MemorizationResult:
+    """Everything the audit found; `memorization_report.write_report` renders it.
+
+    Attributes:
+        tiles: one row per audited tile (`TILE_COLUMNS`): its source, class and file, the best
+            r, the training tile and the transform (see `TRANSFORMS`) that gave it, and
+            whether it lies above its class's baseline threshold.
+        summary: the paper's table (`memorization_stats.SUMMARY_COLUMNS`).
+        verdict: threshold, count and shift tests per class and source; None without a baseline.
+        sources: the generated sources, in the order given.
+        baseline: the baseline's source name, or None.
+        classes: the audited classes.
+        size: the tile side compared (None: native size).
+        threshold: the threshold rule; alpha: the verdict's significance level.
+    """
+
+    tiles: pd.DataFrame
+    summary: pd.DataFrame
+    verdict: pd.DataFrame | None
+    sources: list[str]
+    baseline: str | None
+    classes: list[str]
+    size: int | None
+    threshold: str
+    alpha: float
+
+
+def audit_memorization(
+    train: str | Path,
+    pools: Mapping[str, str | Path],
+    baseline: str | Path | None = None,
+    *,
+    baseline_name: str | None = None,
+    n: int = 200,
+    baseline_n: int | None = None,
+    size: int | None = PAPER_SIZE,
+    flips: bool = False,
+    across_classes: bool = False,
+    classes: list[str] | None = None,
+    threshold: str = "max",
+    alpha: float = 0.05,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    memory_mb: float = 2048,
+    workers: int | None = None,
+    progress: bool = False,
+) -> MemorizationResult:
+    """Find each sampled tile's closest training tile and judge whether a generator copies.
+
+    Args:
+        train: the training pool (`<train>/<CLASS>/<tile>`), e.g. NCT-CRC-HE-100K.
+        pools: generated pools by source name.
+        baseline: held-out real tiles (e.g. CRC-VAL-HE-7K) with the same classes; without
+            it the table is produced but no verdict and no flags.
+        baseline_name: the baseline's name in the outputs; default its folder name.
+        n: tiles drawn at random per class and source (all of them where a class has fewer).
+        baseline_n: tiles drawn per class from the baseline; None uses n. More baseline
+            tiles give a threshold further into the tail and a count test that can see a
+            few copies (with m baseline tiles, one copy in n tiles is significant only once
+            n / (m + 1) is well below 1).
+        size: the side tiles are resized to (bilinear); None compares at the native size,
+            which all tiles must then share.
+        flips: try the 4 rotations of the mirrored tile as well (8 transforms, not 4).
+        across_classes: compare with the training tiles of every class, not only the
+            tile's own class (catches a generator that copies across its class labels).
+        classes: the classes to audit; None takes the first pool's, which every other pool
+            and the baseline must then have exactly.
+        threshold: `max` or `pQ` (e.g. `p99.9`): the order statistic of the baseline's best
+            correlations above which a tile is flagged.
+        alpha: significance level of the verdict.
+        seed: seeds the sampling; the same seed and folders give the same tiles.
+        cache_dir: where decoded training tiles are cached (see `memorization_cache`).
+        memory_mb: working memory of the correlation search, in MiB.
+        workers: decoding threads (None: the CPU count).
+        progress: show progress bars (for interactive runs).
+
+    Returns:
+        The per-tile matches, the summary table and (with a baseline) the verdict.
+
+    Raises:
+        HistosynthError: bad arguments, pools whose class sets differ, tiles of different
+            sizes, a training pool lacking an audited class.
+        PoolError: a missing or empty folder.
+        ImageError: an undecodable tile.
+    """
+    sources = _check_arguments(
+        pools, baseline, baseline_name, alpha, threshold, n=n, baseline_n=baseline_n, size=size
+    )
+    folders = {name: Path(folder) for name, folder in pools.items()}
+    base_name = None
+    if baseline is not None:
+        base_name = baseline_name or Path(baseline).name
+        folders[base_name] = Path(baseline)
+    classes = _resolve_classes(folders, classes)
+    read = {name: read_pool(folder, classes) for name, folder in folders.items()}
+    training = read_pool(train) if across_classes else read_pool(train, classes)
+    counts = {name: (baseline_n or n) if name == base_name else n for name in read}
+    samples = {name: _sample(pool, counts[name], seed, name) for name, pool in read.items()}
+    with _progress_bars(progress) as bar:
+        matrices = _load_training(training, size, cache_dir, workers, bar)
+        groups = [classes] if across_classes else [[name] for name in classes]
+        frames = []
+        for group in groups:
+            references = matrices if across_classes else [m for m in matrices if m.name == group[0]]
+            frames.append(_search_group(samples, group, references, size, flips, memory_mb, workers, bar))
+    tiles = pd.concat(frames, ignore_index=True)
+    tiles["flagged"] = False
+    verdict = None
+    if base_name is not None:
+        verdict, flagged = verdict_table(tiles, classes, sources, base_name, threshold, alpha)
+        tiles["flagged"] = flagged.to_numpy()
+        _warn_overlap(tiles, base_name)
+    order = sources + ([base_name] if base_name else [])
+    tiles = _ordered(tiles, order, classes)
+    return MemorizationResult(
+        tiles=tiles,
+        summary=summarize(tiles, classes, order),
+        verdict=verdict,
+        sources=sources,
+        baseline=base_name,
+        classes=classes,
+        size=size,
+        threshold=threshold,
+        alpha=alpha,
+    )
+
+
+def run_memorization(
+    train: str | Path,
+    pools: Mapping[str, str | Path],
+    out: str | Path,
+    baseline: str | Path | None = None,
+    *,
+    top_k: int = 8,
+    **options: object,
+) -> tuple[MemorizationResult, list[Path]]:
+    """Audit and write the report into `out` (the `histosynth evaluate memorization` command).
+
+    Args:
+        train, pools, baseline: as for `audit_memorization`.
+        out: the output folder (created); files appear only once everything is computed.
+        top_k: closest pairs per source shown in the gallery.
+        **options: the keyword options of `audit_memorization`.
+
+    Returns:
+        The result and the files written.
+    """
+    from evaluator.memorization_report import write_report
+
+    if top_k < 1:
+        raise HistosynthError(f"top_k must be at least 1, got {top_k}")
+    result = audit_memorization(train, pools, baseline, **options)  # type: ignore[arg-type]
+    return result, write_report(result, out, top_k=top_k)
+
+
+def _check_arguments(
+    pools: Mapping[str, str | Path],
+    baseline: str | Path | None,
+    baseline_name: str | None,
+    alpha: float,
+    threshold: str,
+    **counts: int | None,
+) -> list[str]:
+    if not pools:
+        raise HistosynthError("no generated pool to audit (give at least one NAME=DIR)")
+    for field, value in counts.items():
+        if value is not None and value < 1:
+            raise HistosynthError(f"{field} must be at least 1, got {value}")
+    if not 0 < alpha < 1:
+        raise HistosynthError(f"alpha must lie between 0 and 1, got {alpha}")
+    check_threshold_rule(threshold)
+    if baseline is not None and (baseline_name or Path(baseline).name) in pools:
+        raise HistosynthError(
+            f"baseline name {baseline_name or Path(baseline).name!r} is also a pool name; pass another"
+        )
+    return list(pools)
+
+
+def _resolve_classes(folders: dict[str, Path], classes: list[str] | None) -> list[str]:
+    """The audited classes; without an explicit list every pool must have the same class set."""
+    if classes is not None:
+        if not classes:
+            raise HistosynthError("classes: empty list")
+        return list(classes)
+    found = {name: list_classes(folder) for name, folder in folders.items()}
+    first_name, first = next(iter(found.items()))
+    if not first:
+        raise HistosynthError(f"{folders[first_name]}: no class folders (expected <pool>/<CLASS>/<image>)")
+    for name, present in found.items():
+        if present != first:
+            missing = sorted(set(first) - set(present))
+            extra = sorted(set(present) - set(first))
+            detail = "; ".join(
+                part
+                for part in (
+                    f"lacks {', '.join(missing)}" if missing else "",
+                    f"has extra {', '.join(extra)}" if extra else "",
+                )
+                if part
+            )
+            raise HistosynthError(
+                f"{folders[name]}: class folders differ from {folders[first_name]} ({detail}); "
+                f"all pools and the baseline must have the same classes"
+            )
+    return first
+
+
+def _sample(pool: Pool, n: int, seed: int, source: str) -> dict[str, list[Path]]:
+    """n tiles per class, drawn without replacement by a generator seeded by (seed, source, class),
+    so adding a pool or a class does not change the tiles drawn from the others."""
+    drawn = {}
+    for name, paths in pool.files.items():
+        rng = np.random.default_rng([seed, zlib.crc32(f"{source}/{name}".encode())])
+        if len(paths) > n:
+            paths = [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
+        else:
+            logger.info("%s/%s: %d tiles, fewer than n=%d; auditing all", source, name, len(paths), n)
+        drawn[name] = list(paths)
+    return drawn
+
+
+def _load_training(
+    training: Pool,
+    size: int | None,
+    cache_dir: str | Path | None,
+    workers: int | None,
+    bar: Callable[[str, int], Callable[[int], None]],
+) -> list[GrayMatrix]:
+    matrices = []
+    for name, paths in training.files.items():
+        advance = bar(f"training tiles {name}", len(paths))
+        matrix = load_class_matrix(name, training.root / name, paths, size, cache_dir, workers, advance)
+        if matrices and matrix.shape != matrices[0].shape:
+            raise HistosynthError(
+                f"{paths[0]}: training tiles of class {name} are {matrix.shape[1]}x{matrix.shape[0]} px but "
+                f"those of {matrices[0].name} are {matrices[0].shape[1]}x{matrices[0].shape[0]} px; "
+                f"pass a size to resize them"
+            )
+        matrices.append(matrix)
+    return matrices
+
+
+def _search_group(
+    samples: dict[str, dict[str, list[Path]]],
+    group: list[str],
+    references: list[GrayMatrix],
+    size: int | None,
+    flips: bool,
+    memory_mb: float,
+    workers: int | None,
+    bar: Callable[[str, int], Callable[[int], None]],
+) -> pd.DataFrame:
+    """Search the sampled tiles of `group`'s classes, from every source, in one pass."""
+    owners = [(source, name, path) for name in group for source in samples for path in samples[source][name]]
+    paths = [path for _, _, path in owners]
+    queries = load_gray_stack(paths, size, workers=workers)
+    expected = references[0].shape
+    if queries.shape[1] != expected[0] * expected[1]:
+        side = int(round(np.sqrt(queries.shape[1])))
+        raise HistosynthError(
+            f"{paths[0]}: tile is {side}x{side} px but the training tiles are "
+            f"{expected[1]}x{expected[0]} px; pass a size to compare them at one size"
+        )
+    chunks = -(-len(queries) // block_sizes(queries.shape[1], 8 if flips else 4, memory_mb)[0])
+    total = chunks * sum(len(matrix.pixels) for matrix in references)
+    label = "searching " + (group[0] if len(group) == 1 else "all classes")
+    matches = nearest_tiles(queries, references, flips, memory_mb, bar(label, total * chunks))
+    return pd.DataFrame(
+        {
+            "source": [source for source, _, _ in owners],
+            "class": [name for _, name, _ in owners],
+            "tile": [str(path) for path in paths],
+            "r": matches.r,
+            "train_class": [references[i].name for i in matches.matrix],
+            "train_tile": [
+                str(references[i].paths[row]) for i, row in zip(matches.matrix, matches.row, strict=True)
+            ],
+            "transform": [TRANSFORMS[k] for k in matches.transform],
+        }
+    )
+
+
+def _warn_overlap(tiles: pd.DataFrame, baseline: str) -> None:
+    """Held-out tiles that match a training tile almost exactly mean the baseline leaks."""
+    leaked = tiles[(tiles["source"] == baseline) & (tiles["r"] > 0.99)]
+    if len(leaked):
+        logger.warning(
+            "%d baseline tiles correlate above 0.99 with a training tile (e.g. %s ~ %s); "
+            "is the baseline really held out?",
+            len(leaked),
+            leaked.iloc[0]["tile"],
+            leaked.iloc[0]["train_tile"],
+        )
+
+
+def _ordered(tiles: pd.DataFrame, sources: list[str], classes: list[str]) -> pd.DataFrame:
+    source_rank = {name: i for i, name in enumerate(sources)}
+    class_rank = {name: i for i, name in enumerate(classes)}
+    keys = tiles.assign(_s=tiles["source"].map(source_rank), _c=tiles["class"].map(class_rank))
+    keys = keys.sort_values(["_s", "_c", "tile"], kind="stable")
+    return keys.drop(columns=["_s", "_c"]).reset_index(drop=True)[TILE_COLUMNS]
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Yield a factory of progress tasks, each a callback taking an increment.
+
+    Disabled bars print nothing (tests, pipes, `progress=False`)."""
+    with Progress(disable=not enabled, transient=True) as progress:
+
+        def task(description: str, total: int) -> Callable[[int], None]:
+            return _task(progress, description, total)
+
+        yield task
+
+
+def _task(progress: Progress, description: str, total: int) -> Callable[[int], None]:
+    task_id = progress.add_task(description, total=total)
+
+    def advance(amount: int) -> None:
+        progress.advance(task_id, amount)
+
+    return advance
