@@ -32,6 +32,23 @@ app.add_typer(evaluate_app, name="evaluate")
 DbOption = Annotated[Path, typer.Option("--db", help="SQLite study database file.")]
 StudyOption = Annotated[str, typer.Option("--study", help="Study name inside the database.")]
 
+# Options shared by the pool evaluators (fid, tsne, msssim, memorization).
+PoolsOption = Annotated[
+    list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")
+]
+ReferenceOption = Annotated[Path, typer.Option("--reference", help="Real pool <DIR>/<CLASS>/<image>.")]
+ExtractorOption = Annotated[
+    str, typer.Option(help="'inception' (clean-fid) or module:callable returning the feature model.")
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(help="inception-2015-12-05.pt or its folder (default: <cache>/weights/)."),
+]
+ModeOption = Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native'.")]
+WorkersOption = Annotated[int, typer.Option(help="Threads decoding and resizing images.")]
+DeviceOption = Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")]
+CacheOption = Annotated[bool, typer.Option(help="Use the feature cache.")]
+
 
 def parse_named_dirs(values: list[str], option: str) -> dict[str, Path]:
     """Parse repeated `NAME=DIR` options (e.g. `--pool KLF8-DM=pools/klf8`) in order.
@@ -145,24 +162,19 @@ def rate(
 
 @evaluate_app.command("fid")
 def evaluate_fid(
-    reference: Annotated[Path, typer.Option("--reference", help="Real pool <DIR>/<CLASS>/<image>.")],
-    pool: Annotated[list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")],
+    reference: ReferenceOption,
+    pool: PoolsOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for fid.csv, fid.md, fid.tex, fid.json.")],
     classes: Annotated[
         list[str] | None,
         typer.Option("--class", help="Class to compare; repeat (default: the pools' classes)."),
     ] = None,
-    extractor: Annotated[
-        str, typer.Option(help="'inception' (clean-fid) or module:callable returning the feature model.")
-    ] = "inception",
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(help="inception-2015-12-05.pt or its folder (default: <cache>/weights/)."),
-    ] = None,
-    mode: Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native'.")] = "clean",
+    extractor: ExtractorOption = "inception",
+    inception_weights: WeightsOption = None,
+    mode: ModeOption = "clean",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads decoding and resizing images.")] = 4,
-    device: Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")] = None,
+    workers: WorkersOption = 4,
+    device: DeviceOption = None,
     kid_subsets: Annotated[int, typer.Option(help="KID subsets.")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Largest KID subset.")] = 1000,
     bootstrap: Annotated[int, typer.Option(help="FID bootstrap replicates (0: none).")] = 20,
@@ -170,7 +182,7 @@ def evaluate_fid(
         int, typer.Option(help="Bootstrap only rows with at most this many images.")
     ] = 2048,
     seed: Annotated[int, typer.Option(help="Seed of KID subsets and bootstrap.")] = 0,
-    cache: Annotated[bool, typer.Option(help="Use the feature cache.")] = True,
+    cache: CacheOption = True,
 ) -> None:
     """FID and KID per class of each generated pool against the reference (the paper's Table 2)."""
     from evaluator.fid import compute_fid
@@ -200,27 +212,22 @@ def evaluate_fid(
 
 @evaluate_app.command("tsne")
 def evaluate_tsne(
-    reference: Annotated[Path, typer.Option("--reference", help="Real pool <DIR>/<CLASS>/<image>.")],
-    pool: Annotated[list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")],
+    reference: ReferenceOption,
+    pool: PoolsOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for tsne.csv, tsne.png, tsne.pdf.")],
     classes: Annotated[
         list[str] | None, typer.Option("--class", help="Class to map; repeat (default: the pools' classes).")
     ] = None,
-    extractor: Annotated[
-        str, typer.Option(help="'inception' (clean-fid) or module:callable returning the feature model.")
-    ] = "inception",
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(help="inception-2015-12-05.pt or its folder (default: <cache>/weights/)."),
-    ] = None,
-    mode: Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native'.")] = "clean",
+    extractor: ExtractorOption = "inception",
+    inception_weights: WeightsOption = None,
+    mode: ModeOption = "clean",
     per_source: Annotated[int, typer.Option(help="Images per class and source, drawn at random.")] = 500,
     perplexity: Annotated[float, typer.Option(help="t-SNE perplexity.")] = 30.0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads decoding and resizing images.")] = 4,
-    device: Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")] = None,
+    workers: WorkersOption = 4,
+    device: DeviceOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the subsets, PCA and t-SNE.")] = 0,
-    cache: Annotated[bool, typer.Option(help="Use the feature cache.")] = True,
+    cache: CacheOption = True,
 ) -> None:
     """t-SNE of features per class, reference vs each pool (the paper's Fig. 2B)."""
     from evaluator.tsne import compute_tsne
@@ -262,7 +269,7 @@ def evaluate_msssim(
         int | None, typer.Option(help="Measure a random subset of this many images per class.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
-    device: Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")] = None,
+    device: DeviceOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
 ) -> None:
     """MS-SSIM of an autoencoder's reconstructions, mean and std per class and overall."""
@@ -315,7 +322,7 @@ def demo(
 @evaluate_app.command("memorization")
 def evaluate_memorization(
     train: Annotated[Path, typer.Option("--train", help="Training pool <DIR>/<CLASS>/<image>.")],
-    pool: Annotated[list[str], typer.Option("--pool", help="Generated pool NAME=DIR; repeat for several.")],
+    pool: PoolsOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for memorization.csv, tables, figure, gallery.")],
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="Held-out real pool, e.g. CRC-VAL-HE-7K.")
