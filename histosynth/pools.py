@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -138,13 +139,16 @@ def _existing_dir(root: str | Path) -> Path:
 
 
 def _class_files(folder: Path) -> list[Path]:
-    files: list[Path] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name in IGNORED_NAMES or path.is_dir():
-            continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise PoolError(f"{path}: not an image ({', '.join(IMAGE_SUFFIXES)} expected)")
-        files.append(path)
-    if not files:
+    """Image files of a class folder sorted by name (scandir + string sort: fast for 10^4+ files)."""
+    with os.scandir(folder) as entries:
+        names = sorted(
+            entry.name
+            for entry in entries
+            if not entry.name.startswith(".") and entry.name not in IGNORED_NAMES and not entry.is_dir()
+        )
+    stray = next((name for name in names if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES), None)
+    if stray is not None:
+        raise PoolError(f"{folder / stray}: not an image ({', '.join(IMAGE_SUFFIXES)} expected)")
+    if not names:
         raise PoolError(f"{folder}: class folder holds no images")
-    return files
+    return [folder / name for name in names]
