@@ -210,8 +210,9 @@ input, button {{ font-size: 1rem; padding: 0.4rem; }}
 <body><form method="post" action="/login">
 <h1>Rating study {escape(study)}</h1>
 {notice}
-<label>Name <input name="name" id="name" autocomplete="username" value="{escape(name)}" required></label>
-<label>Secret <input name="secret" id="secret" type="password"
+<label>Name <input name="name" id="name" autocomplete="username" value="{escape(name)}" required
+  {"" if name else "autofocus"}></label>
+<label>Secret <input name="secret" id="secret" type="password" {"autofocus" if name else ""}
   autocomplete="current-password" required></label>
 <button type="submit" id="login">Log in</button>
 </form></body></html>"""
