@@ -89,7 +89,7 @@ def create_study(config_path: str | Path, db_path: str | Path) -> CreatedStudy:
         if not db_existed:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(db_path) + suffix).unlink(missing_ok=True)
-            _remove_if_empty(image_store_dir(db_path))
+        _remove_if_empty(image_store_dir(db_path))
         raise
     log.info("study %s: %d tiles from %d sources", config.name, len(tiles), len(config.sources))
     return CreatedStudy(
