@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 MISSING = "–"
+ALL_CLASSES = "ALL"  # the row over all classes, in every evaluator table
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
