@@ -447,3 +447,7 @@ def main() -> None:
     except HistosynthError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(1)
+    except OSError as error:  # a path the user gave cannot be read or written (not a folder, disk full...)
+        where = error.filename if error.filename is not None else "file system"
+        typer.echo(f"error: {where}: {error.strerror or error}", err=True)
+        sys.exit(1)

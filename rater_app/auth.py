@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 
 from rater_app.credentials import token_digest, verify_secret
@@ -55,6 +55,7 @@ def login(db_path: str, study: str, name: str, secret: str) -> str | None:
         token = secrets.token_urlsafe(32)
         now = time.time()
         with transaction(db):
+            db.execute("DELETE FROM sessions WHERE expires_at <= ?", [now])
             db["sessions"].insert(
                 {
                     "token_hash": token_digest(token),
@@ -95,33 +96,44 @@ def logout(db_path: str, token: str | None) -> None:
 
 
 class LoginThrottle:
-    """Allow at most `limit` failed logins per key within `window` seconds.
+    """Count failed logins in a sliding window, per (name, address) and per address.
 
-    Keys are the attempted name and the client address, so one attacker can neither hammer
-    one rater's secret nor spray many names from one address.
+    The pair limit stops one client from guessing one rater's secret; the looser address
+    limit stops it from spraying many names. Keying on the pair (not the name alone) means a
+    stranger who knows a rater's name cannot lock that rater out from another address.
     """
 
-    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
-        self.limit = limit
+    def __init__(self, pair_limit: int = 5, address_limit: int = 30, window: float = 60.0) -> None:
+        self.pair_limit = pair_limit
+        self.address_limit = address_limit
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[tuple[str, ...], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def blocked(self, *keys: str) -> bool:
-        """True when any key has used up its failures in the current window."""
+    def blocked(self, name: str, address: str) -> bool:
+        """True when this name from this address, or this address overall, has failed too often."""
         now = time.monotonic()
         with self._lock:
-            return any(len(self._recent(key, now)) >= self.limit for key in keys)
+            return (
+                self._count((name, address), now) >= self.pair_limit
+                or self._count((address,), now) >= self.address_limit
+            )
 
-    def failed(self, *keys: str) -> None:
-        """Count one failed login against every key."""
+    def failed(self, name: str, address: str) -> None:
+        """Count one failed login."""
         now = time.monotonic()
         with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
+            for key in ((name, address), (address,)):
+                self._count(key, now)
+                self._failures.setdefault(key, deque()).append(now)
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures[key]
+    def _count(self, key: tuple[str, ...], now: float) -> int:
+        failures = self._failures.get(key)
+        if failures is None:
+            return 0
         while failures and now - failures[0] > self.window:
             failures.popleft()
-        return failures
+        if not failures:  # forget idle keys, so sprayed names cannot grow memory without bound
+            del self._failures[key]
+            return 0
+        return len(failures)

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 import secrets
 import shutil
@@ -83,13 +84,17 @@ def create_study(config_path: str | Path, db_path: str | Path) -> CreatedStudy:
     classes = study_classes(config)
     tiles = sample_tiles(config, classes)
     admin_secret = new_secret()
+    created_parents = [folder for folder in reversed(db_path.absolute().parents) if not folder.exists()]
     try:
         _write_study(db_path, config, classes, tiles, hash_secret(admin_secret))
     except BaseException:
-        if not db_existed:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(str(db_path) + suffix).unlink(missing_ok=True)
-        _remove_if_empty(image_store_dir(db_path))
+        with contextlib.suppress(OSError):  # best effort: the original error is what the user needs
+            if not db_existed:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(str(db_path) + suffix).unlink(missing_ok=True)
+            image_store_dir(db_path).rmdir()
+            for folder in reversed(created_parents):
+                folder.rmdir()
         raise
     log.info("study %s: %d tiles from %d sources", config.name, len(tiles), len(config.sources))
     return CreatedStudy(
@@ -168,7 +173,8 @@ def _write_study(
     moved: list[Path] = []
     try:
         for tile in tiles:
-            (staging / f"{tile.item_id}.png").write_bytes(tile.png)
+            _write_durably(staging / f"{tile.item_id}.png", tile.png)
+        _fsync_folder(staging)
         with connect(db_path, create=True) as db, transaction(db):
             if list(db.query("SELECT 1 FROM studies WHERE name = ?", [config.name])):
                 raise StudyError(f"{db_path}: a study named {config.name!r} already exists")
@@ -189,6 +195,7 @@ def _write_study(
                 target = store / f"{tile.item_id}.png"
                 (staging / target.name).replace(target)
                 moved.append(target)
+            _fsync_folder(store)  # the renames reach the disk before the rows that point at them
     except BaseException:
         for path in moved:
             path.unlink(missing_ok=True)
@@ -209,6 +216,16 @@ def _study_record(config: StudyConfig, classes: list[str], admin_hash: str) -> d
     }
 
 
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -43,59 +43,60 @@ class OrderedItem:
 def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
     """Add raters to a study, each with a fresh secret and their own stored order.
 
+    The secrets are hashed (scrypt: tens of milliseconds each) before the write transaction
+    opens, so adding raters mid-study does not hold up anyone's votes.
+
     Raises:
         StudyError: a name is invalid, reserved ("admin"), repeated, or already a rater.
     """
     _check_names(names)
-    added: list[NewRater] = []
-    with connect(db_path) as db, transaction(db):
+    added = [NewRater(name=name, secret=new_secret()) for name in names]
+    hashes = {rater.name: hash_secret(rater.secret) for rater in added}
+    with connect(db_path) as db:
         row = study_row(db, study)
+        items = _items_for_ordering(db, row["id"])
+    settings = json.loads(row["settings"])
+    orders = {
+        name: rater_order(
+            items,
+            seed=row["seed"],
+            rater=name,
+            classes=json.loads(row["classes"]),
+            block_by_class=settings["block_by_class"],
+            repeats=settings["repeats"],
+        )
+        for name in names
+    }
+    with connect(db_path) as db, transaction(db):
         existing = {r["name"] for r in db.query("SELECT name FROM raters WHERE study_id = ?", [row["id"]])}
         taken = [name for name in names if name in existing]
         if taken:
             raise StudyError(f"study {study!r} already has a rater named {taken[0]!r}")
-        items = _items_for_ordering(db, row["id"])
-        settings = json.loads(row["settings"])
-        classes = json.loads(row["classes"])
         for name in names:
-            secret = new_secret()
-            rater_id = (
-                db["raters"]
-                .insert(
-                    {
-                        "study_id": row["id"],
-                        "name": name,
-                        "secret_hash": hash_secret(secret),
-                        "created_at": time.time(),
-                    }
-                )
-                .last_pk
-            )
-            order = rater_order(
-                items,
-                seed=row["seed"],
-                rater=name,
-                classes=classes,
-                block_by_class=settings["block_by_class"],
-                repeats=settings["repeats"],
-            )
+            record = {
+                "study_id": row["id"],
+                "name": name,
+                "secret_hash": hashes[name],
+                "created_at": time.time(),
+            }
+            rater_id = db["raters"].insert(record).last_pk
             db["assignments"].insert_all(
                 {"rater_id": rater_id, "position": position, "item_id": entry.item_id, "repeat": entry.repeat}
-                for position, entry in enumerate(order, start=1)
+                for position, entry in enumerate(orders[name], start=1)
             )
-            added.append(NewRater(name=name, secret=secret))
     return added
 
 
 def reset_secrets(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
     """Give existing raters new secrets (the old ones stop working); their votes stay."""
     renewed = [NewRater(name=name, secret=new_secret()) for name in names]
+    hashes = [hash_secret(rater.secret) for rater in renewed]  # before taking the write lock
     with connect(db_path) as db, transaction(db):
         row = study_row(db, study)
-        for rater in renewed:
+        for rater, secret_hash in zip(renewed, hashes, strict=True):
             cursor = db.execute(
                 "UPDATE raters SET secret_hash = ? WHERE study_id = ? AND name = ?",
-                [hash_secret(rater.secret), row["id"], rater.name],
+                [secret_hash, row["id"], rater.name],
             )
             if cursor.rowcount != 1:
                 raise StudyError(f"study {study!r} has no rater named {rater.name!r}")
@@ -110,9 +111,10 @@ def reset_secrets(db_path: str, study: str, names: Sequence[str]) -> list[NewRat
 def reset_admin_secret(db_path: str, study: str) -> str:
     """Issue a new admin secret for a study and end the admin's open sessions."""
     secret = new_secret()
+    secret_hash = hash_secret(secret)
     with connect(db_path) as db, transaction(db):
         row = study_row(db, study)
-        db.execute("UPDATE studies SET admin_secret_hash = ? WHERE id = ?", [hash_secret(secret), row["id"]])
+        db.execute("UPDATE studies SET admin_secret_hash = ? WHERE id = ?", [secret_hash, row["id"]])
         db.execute("DELETE FROM sessions WHERE study_id = ? AND rater_id IS NULL", [row["id"]])
     return secret
 

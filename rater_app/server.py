@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "histosynth_session"
 PUBLIC_PATHS = {"/login"}
+LOGIN_ERRORS = {
+    "unknown": "Name or secret not recognised.",
+    "throttled": "Too many failed logins; wait a minute and try again.",
+}
 TILE_HEADERS = {
     "Cache-Control": "private, max-age=86400, immutable",
     "X-Content-Type-Options": "nosniff",
@@ -66,35 +72,40 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.wal_anchor = hold_open(db_path)
 
+    sessions = SessionCache(lambda token: identity_for(db_path, token))
+
     def current(token: str | None) -> Identity | None:
-        identity = identity_for(db_path, token)
+        identity = sessions.get(token)
         return identity if identity is not None and identity.study_id == study_id else None
 
     app.add_middleware(LoginGate, resolve=current)
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(name: str = "", error: str = "") -> str:
-        return _login_page(study_name, name, error)
+        return _login_page(study_name, name, LOGIN_ERRORS.get(error, ""))
 
     @app.post("/login")
     def login_submit(request: Request, name: str = Form(""), secret: str = Form("")) -> Response:
-        client = request.client.host if request.client else "unknown"
-        keys = (f"name:{name}", f"client:{client}")
-        if throttle.blocked(*keys):
-            log.warning("login throttled for %r from %s", name, client)
-            return _back_to_login(name, "Too many failed logins; wait a minute and try again.")
-        token = login(db_path, study_name, name.strip(), secret)
+        name = name.strip()
+        address = request.client.host if request.client else "unknown"
+        if throttle.blocked(name, address):
+            log.warning("login throttled for %r from %s", name, address)
+            return _back_to_login(name, "throttled")
+        token = login(db_path, study_name, name, secret)
         if token is None:
-            throttle.failed(*keys)
-            log.info("failed login for %r from %s", name, client)
-            return _back_to_login(name, "Name or secret not recognised.")
+            throttle.failed(name, address)
+            log.info("failed login for %r from %s", name, address)
+            return _back_to_login(name, "unknown")
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/")
+        secure = request.url.scheme == "https"  # behind an HTTPS proxy the cookie never travels in clear
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/", secure=secure)
         return response
 
     @app.get("/logout")
     def logout_route(request: Request) -> Response:
-        logout(db_path, request.cookies.get(SESSION_COOKIE))
+        token = request.cookies.get(SESSION_COOKIE)
+        logout(db_path, token)
+        sessions.forget(token)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -140,6 +151,41 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         css=CSS,
         head=KEYBOARD_JS,
     )
+
+
+class SessionCache:
+    """Remember what a session token resolves to for a few seconds.
+
+    A page load fetches dozens of assets, each behind the login gate; without this every one
+    of them would open the database. A session ended elsewhere (a secret reset from the CLI)
+    stops working within `ttl` seconds; logging out here forgets it at once.
+    """
+
+    def __init__(self, resolve: Callable[[str], Identity | None], ttl: float = 5.0, size: int = 10_000):
+        self.resolve = resolve
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[Identity | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str | None) -> Identity | None:
+        if not token:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._entries.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        identity = self.resolve(token)
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[token] = (identity, now + self.ttl)
+        return identity
+
+    def forget(self, token: str | None) -> None:
+        with self._lock:
+            self._entries.pop(token or "", None)
 
 
 class LoginGate:
@@ -193,6 +239,7 @@ def _assigned(db_path: str, rater_id: int | None, item_id: str) -> bool:
 
 
 def _back_to_login(name: str, error: str) -> Response:
+    """Back to the form with an error code; only fixed texts are shown, never text from the URL."""
     return RedirectResponse(f"/login?name={quote(name)}&error={quote(error)}", status_code=303)
 
 

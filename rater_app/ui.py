@@ -14,6 +14,7 @@ import html
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import gradio as gr
 
@@ -35,6 +36,7 @@ from rater_app.voting import (
 log = logging.getLogger(__name__)
 
 TILE_DISPLAY_PX = 512  # native 256 px shown at 2x
+STATE_LOST = "The app was restarted; your last answer was not saved. Please answer this tile again."
 NOT_SAVED = "Your answer could not be saved. Please try again; if it persists, tell the study admin."
 CONFIDENCE_LABELS = {1: "1 - a guess", 2: "2", 3: "3", 4: "4", 5: "5", 6: "6 - certain"}
 
@@ -95,7 +97,9 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
         with gr.Column(visible=False) as admin_panel:
             gr.Markdown("## Study progress")
             status_table = gr.Dataframe(
-                headers=["rater", "answered", "total", "done"], interactive=False, elem_id="status"
+                headers=["rater", "answered", "total", "done", "last vote (UTC)"],
+                interactive=False,
+                elem_id="status",
             )
             refresh = gr.Button("Refresh", elem_id="refresh")
             gr.HTML('<p><a href="admin/votes.csv" download="votes.csv">Download votes (CSV)</a></p>')
@@ -117,7 +121,11 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
         def vote_handler(vote: str):
             def handler(item_id: str, level: int | None, current: Shown | None, request: gr.Request):
                 settings = _settings_for(db_path, study_id, request.username)
-                if current is None or current.position is None:
+                if current is None:  # the server restarted under this page: its shown time is gone
+                    return _render(
+                        db_path, settings, first_unanswered(db_path, settings.rater_id), note=STATE_LOST
+                    )
+                if current.position is None:
                     return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
                 try:
                     record_vote(
@@ -142,6 +150,11 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
                 position = max(1, current.position - 1) if settings.allow_changes else current.position
             return _render(db_path, settings, position)
 
+        def refresh_status(request: gr.Request):
+            if request.username != ADMIN_NAME:  # the event is callable by index, so check who asks
+                raise gr.Error("Only the study's admin sees everyone's progress.")
+            return _status_rows(db_path, study_id)
+
         def go_resume(request: gr.Request):
             settings = _settings_for(db_path, study_id, request.username)
             return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
@@ -155,7 +168,7 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
             button.click(vote_handler(vote), [shown_item, confidence, shown], view, **rating)
         back.click(go_back, [shown], view, **rating)
         resume.click(go_resume, None, view, **rating)
-        refresh.click(lambda: _status_rows(db_path, study_id), None, status_table, api_visibility="private")
+        refresh.click(refresh_status, None, status_table, api_visibility="private")
     # Votes of different raters must not wait for each other in one Gradio worker: SQLite's
     # locking serialises the writes, everything else runs in parallel.
     blocks.queue(default_concurrency_limit=None)
@@ -233,4 +246,13 @@ def _settings_for(db_path: str, study_id: int, name: str | None) -> RaterSetting
 def _status_rows(db_path: str, study_id: int) -> list[list]:
     with connect(db_path) as db:
         name = next(iter(db.query("SELECT name FROM studies WHERE id = ?", [study_id])))["name"]
-    return [[p.rater, p.answered, p.total, "yes" if p.done else ""] for p in study_status(db_path, name)]
+    return [
+        [p.rater, p.answered, p.total, "yes" if p.done else "", _utc(p.last_vote_at)]
+        for p in study_status(db_path, name)
+    ]
+
+
+def _utc(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")

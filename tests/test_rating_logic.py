@@ -96,6 +96,8 @@ def test_rater_names(tmp_path, make_pool, write_study) -> None:
 
 def test_votes_are_checked_and_committed(tmp_path, make_pool, write_study) -> None:
     db = make_study(tmp_path, make_pool, write_study)
+    other = {"real": make_pool("other-real"), "gen": make_pool("other-gen")}
+    create_study(write_study(other, name="other", file_name="other.toml"), db)
     add_raters(str(db), "pilot", ["ann", "ben"])
     ann, ben = rater_id(db, "ann"), rater_id(db, "ben")
     first = tile_at(str(db), ann, 1)
@@ -108,10 +110,15 @@ def test_votes_are_checked_and_committed(tmp_path, make_pool, write_study) -> No
     second = tile_at(str(db), ann, 2)
     with pytest.raises(VoteRefused, match="not assigned"):
         record_vote(str(db), ann, 2, first.item_id, "real", None, shown_at=0)  # wrong item for position
-    ben_item = tile_at(str(db), ben, 5).item_id
-    if ben_item != second.item_id:
-        with pytest.raises(VoteRefused, match="not assigned"):
-            record_vote(str(db), ann, 2, ben_item, "real", None, shown_at=0)
+    with sqlite3.connect(db) as conn:
+        other_study_item = conn.execute("SELECT id FROM items WHERE study_id != 1 LIMIT 1").fetchone()[0]
+    with pytest.raises(VoteRefused, match="not assigned"):
+        record_vote(str(db), ann, 2, other_study_item, "real", None, shown_at=0)
+    not_bens_first = next(
+        item for item in (first.item_id, second.item_id) if item != tile_at(str(db), ben, 1).item_id
+    )
+    with pytest.raises(VoteRefused, match="not assigned"):
+        record_vote(str(db), ben, 1, not_bens_first, "real", None, shown_at=0)
     with pytest.raises(VoteRefused, match="not assigned"):
         record_vote(str(db), ann, 999, second.item_id, "real", None, shown_at=0)
     with pytest.raises(VoteRefused, match="vote must be"):

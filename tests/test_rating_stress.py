@@ -165,17 +165,71 @@ def test_raters_cannot_reach_each_other(tmp_path, make_pool, write_study, rating
 
 
 def test_failed_logins_are_throttled(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=1)
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
     server = rating_server(db)
     with httpx.Client(base_url=server.url) as client:
-        for _ in range(5):
-            response = client.post("/login", data={"name": "r00", "secret": "wrong"})
-            assert "not%20recognised" in response.headers["location"]
+        for name in ("r00", " r00", "r00 ", "\tr00", "r00"):  # spaces do not make a fresh name
+            response = client.post("/login", data={"name": name, "secret": "wrong"})
+            assert response.headers["location"].endswith("error=unknown")
         response = client.post("/login", data={"name": "r00", "secret": secrets["r00"]})
-        assert "Too%20many" in response.headers["location"]  # even the right secret waits
+        assert response.headers["location"].endswith("error=throttled")  # even the right secret waits
+        assert "Too many failed logins" in client.get(response.headers["location"]).text
+        assert "evil text" not in client.get("/login?error=evil%20text").text  # no text from the URL
+        ok = client.post("/login", data={"name": "r01", "secret": secrets["r01"]})
+        assert ok.headers["location"] == "/"  # other raters from this address still get in
+    # the same rater from another address is not locked out by a stranger's guesses
+    elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=server.url, transport=elsewhere) as client:
+        response = client.post("/login", data={"name": "r00", "secret": secrets["r00"]})
+        assert response.headers["location"] == "/"
     with sqlite3.connect(db) as conn:
         hashes = [row[0] for row in conn.execute("SELECT secret_hash FROM raters")]
-    assert hashes[0].startswith("scrypt$") and secrets["r00"] not in hashes[0]
+    assert all(h.startswith("scrypt$") for h in hashes) and secrets["r00"] not in hashes[0]
+    assert hashes[0].split("$")[4] != hashes[1].split("$")[4]  # salted: a salt of its own per rater
+
+
+def test_raters_cannot_call_admin_events(tmp_path, make_pool, write_study, rating_server) -> None:
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
+    server = rating_server(db)
+    ann = simulated_rater(server.url, "r00", secrets["r00"])
+    config = ann.client.get("/config").json()
+    elements = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    refresh = next(d for d in config["dependencies"] if elements.get(d["targets"][0][0]) == "refresh")
+    body = {"data": [], "fn_index": refresh["id"], "session_hash": ann.session_hash, "event_data": None}
+    response = ann.client.post("/gradio_api/run/predict", json=body)
+    assert "r01" not in response.text and "only the study's admin" in response.text.lower()
+
+
+def test_identical_votes_at_once_store_one(tmp_path, make_pool, write_study, rating_server) -> None:
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=1)
+    server = rating_server(db)
+    rater = simulated_rater(server.url, "r00", secrets["r00"])
+    fn_index, trigger, _ = rater._events["vote-real"]
+    body = {
+        "data": [rater.view.item_id, None, None],
+        "fn_index": fn_index,
+        "trigger_id": trigger,
+        "session_hash": rater.session_hash,
+        "event_data": None,
+    }
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: rater.client.post("/gradio_api/run/predict", json=body), range(4)))
+    assert all(answer.status_code == 200 for answer in answers)
+    assert len(votes_in_db(db)["r00"]) == 1
+
+
+def test_vote_from_a_page_older_than_the_server(tmp_path, make_pool, write_study, rating_server) -> None:
+    from rater_app.ui import STATE_LOST
+
+    db, secrets = make_study(tmp_path, make_pool, write_study, raters=1)
+    server = rating_server(db)
+    rater = simulated_rater(server.url, "r00", secrets["r00"])
+    server.kill()
+    restarted = rating_server(db)
+    rater.client.base_url = restarted.url  # the page was loaded from the old process
+    view = rater.vote("real")
+    assert view.position == 1 and view.message == STATE_LOST and votes_in_db(db) == {}
+    assert rater.vote("real").position == 2 and len(votes_in_db(db)["r00"]) == 1
 
 
 def route_paths(routes, prefix: str = "") -> list[str]:
