@@ -15,6 +15,7 @@ features can stand in, e.g. a histology foundation model, or a tiny network in t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from histosynth.cache import cache_dir
 from histosynth.errors import HistosynthError, ImageError
 from histosynth.images import load_rgb
 
@@ -55,8 +57,8 @@ class Extractor:
 
     Attributes:
         spec: what the user asked for: "inception" or "module:callable".
-        identity: a string that changes whenever the features could change (weights file,
-            import path plus a hash of the module's state_dict).
+        identity: a string that changes whenever the features could change (a hash of the
+            Inception weights file, or the import path plus a hash of the module's state_dict).
         model: maps a float32 batch (N, 3, H, W) with values in [0, 255] to (N, D).
         device: where batches are sent; resolved once when the extractor is built.
     """
@@ -75,16 +77,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise HistosynthError(f"--device {device!r}: not a torch device ({error})") from error
-
-
-def cache_dir() -> Path:
-    """The user cache: $HISTOSYNTH_CACHE_DIR, else $XDG_CACHE_HOME/histosynth, else ~/.cache/histosynth."""
-    explicit = os.environ.get("HISTOSYNTH_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "histosynth"
 
 
 def inception_weights_path(path: str | Path | None = None) -> Path:
@@ -153,8 +145,32 @@ def _inception_extractor(weights: Path, device: torch.device) -> Extractor:
     except (RuntimeError, ValueError) as error:
         raise ExtractorError(f"{weights}: not a TorchScript Inception model ({error})") from error
     model = model.to(device).eval()
-    identity = f"inception:{INCEPTION_FILENAME}:{weights.stat().st_size}"
+    identity = f"inception:{INCEPTION_FILENAME}:{weights_digest(weights)}"
     return Extractor(spec="inception", identity=identity, model=model, device=device)
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of a weights file's bytes, part of the Inception extractor's cache key.
+
+    The size alone would let a re-exported or corrupted file of the same length reuse
+    features computed with other weights. Hashing ~95 MB takes a fraction of a second, and is
+    done once per process and file version (memoised on resolved path, size and mtime).
+    """
+    try:
+        stat = path.stat()
+        return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError as error:
+        raise ExtractorError(f"{path}: cannot read the weights file ({error})") from error
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of `path`; `size` and `mtime_ns` only key the memo, so a rewritten file is hashed again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _imported_extractor(spec: str, device: torch.device) -> Extractor:
@@ -193,13 +209,16 @@ def state_dict_digest(module: torch.nn.Module) -> str:
 
 
 def folder_fingerprint(files: Sequence[Path]) -> str:
-    """sha256 of the files' names (relative to their common folder), sizes and mtimes.
+    """sha256 of the files' common folder (resolved), their names relative to it, sizes and mtimes.
 
     Cheap enough for 100,000 tiles; renaming, adding, removing or rewriting a file changes it.
+    The resolved folder is part of it because names, sizes and mtimes alone do not tell two
+    folders apart: uncompressed tiles all have one size, and copies (e.g. stain-normalised
+    versions written with preserved mtimes) keep the names and times of their originals.
     """
-    paths = [Path(p) for p in files]
+    paths = [Path(p).absolute() for p in files]
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{root.resolve().as_posix()}\n".encode())
     for path in paths:
         try:
             stat = path.stat()

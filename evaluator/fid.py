@@ -29,13 +29,15 @@ import pandas as pd
 
 from evaluator.features import Extractor, compute_features, load_extractor
 from evaluator.kid import kernel_inception_distance
-from evaluator.pool_report import ALL_CLASSES, latex_section, markdown_section, pivot_cells, write_outputs
+from evaluator.pool_report import latex_section, markdown_section, pivot_cells, write_outputs
+from evaluator.tables import ALL_CLASSES
 from histosynth.errors import HistosynthError, PoolError
 from histosynth.pools import Pool, read_pool
 
 logger = logging.getLogger(__name__)
 
 FID_COLUMNS = ["class", "source", "fid", "kid_mean", "kid_std", "n_generated", "n_reference", "fid_boot_std"]
+FID_OUTPUTS = ("fid.csv", "fid.md", "fid.tex", "fid.json")
 
 
 def sqrtm_psd(sigma: np.ndarray) -> np.ndarray:
@@ -285,7 +287,8 @@ def compute_fid(
             "bootstrap_max_n": bootstrap_max_n,
             "seed": seed,
         }
-        write_outputs(out, render_fid_tables(table) | {"fid.json": json.dumps(settings, indent=2) + "\n"})
+        files = render_fid_tables(table) | {"fid.json": json.dumps(settings, indent=2) + "\n"}
+        write_outputs(out, files, owned=FID_OUTPUTS)
     return table
 
 

@@ -27,14 +27,8 @@ import torch
 from matplotlib.figure import Figure
 
 from evaluator.features import progress_bar, resolve_device
-from evaluator.pool_report import (
-    ALL_CLASSES,
-    figure_bytes,
-    latex_section,
-    markdown_section,
-    pivot_cells,
-    write_outputs,
-)
+from evaluator.pool_report import figure_bytes, latex_section, markdown_section, pivot_cells, write_outputs
+from evaluator.tables import ALL_CLASSES
 from histosynth.errors import HistosynthError, ImageError
 from histosynth.images import PAPER_SIZE, load_rgb
 from histosynth.pools import read_pool
@@ -44,6 +38,7 @@ logger = logging.getLogger(__name__)
 AUTOENCODER_CLASSES = ("AutoencoderKL", "VQModel")
 MIN_SIDE = 161  # pytorch-msssim: 4 downsamplings of an 11-px window need a side > (11 - 1) * 2**4
 SUMMARY_COLUMNS = ["class", "msssim_mean", "msssim_std", "n"]
+MSSSIM_OUTPUTS = ("msssim.csv", "msssim_images.csv", "msssim.md", "msssim.tex", "msssim.png", "msssim.pdf")
 
 
 def load_autoencoder(folder: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
@@ -150,6 +145,7 @@ def compute_msssim(
                 "msssim.png": figure_bytes(figure, "png"),
                 "msssim.pdf": figure_bytes(figure, "pdf"),
             },
+            owned=MSSSIM_OUTPUTS,
         )
     return summary, per_image
 

@@ -2,35 +2,22 @@
 
 Table 2 of Niehues et al. has one row per generator and one column per tissue class. The
 helpers here pivot the long CSV tables of `fid` and `msssim` into that shape for Markdown and
-LaTeX, and write every output file through a temporary name and a rename, only after all
-results exist, so a failed run never leaves a half-written folder behind.
+LaTeX, and write an output folder only after all results exist, through
+`evaluator.outputs.staged_output`, so a failed run never leaves a half-written folder behind
+and a successful one never leaves a file of an earlier run beside its own.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from evaluator.tables import latex_escape
-from histosynth.errors import HistosynthError
-
-ALL_CLASSES = "ALL"
-
-
-def format_mean_std(mean: float, std: float | None, digits: int, latex: bool = False) -> str:
-    """`12.3 ± 0.4`; just `12.3` when the spread is unknown (NaN or None)."""
-    if pd.isna(mean):
-        return "–"
-    if std is None or pd.isna(std):
-        return f"{mean:.{digits}f}"
-    plus_minus = r" $\pm$ " if latex else " ± "
-    return f"{mean:.{digits}f}{plus_minus}{std:.{digits}f}"
+from evaluator.outputs import staged_output
+from evaluator.tables import MISSING, format_estimate, latex_escape
 
 
 def pivot_cells(
@@ -53,7 +40,7 @@ def pivot_cells(
         rows, columns: the long table's columns that become the index and the header.
         digits: decimals shown; None shows the value as text (counts).
         scale: multiplies both value and spread (KID x 10^3).
-        latex: emit `$\\pm$` and escape names.
+        latex: escape names and cells for LaTeX (± becomes `$\\pm$`, the missing dash `--`).
         column_order: header order (default: first appearance).
     """
     order = list(column_order) if column_order is not None else list(dict.fromkeys(table[columns]))
@@ -63,12 +50,12 @@ def pivot_cells(
             text = str(row[value])
         else:
             std = row[spread] * scale if spread is not None else None
-            text = format_mean_std(row[value] * scale, std, digits, latex)
+            text = format_estimate(row[value] * scale, std, digits=digits)
         cells.setdefault(row[rows], {})[row[columns]] = text
-    frame = pd.DataFrame.from_dict(cells, orient="index").reindex(columns=order).fillna("–")
+    frame = pd.DataFrame.from_dict(cells, orient="index").reindex(columns=order).fillna(MISSING)
     frame.index.name = rows
     if latex:
-        frame = frame.rename(index=latex_escape, columns=latex_escape)
+        frame = frame.map(latex_escape).rename(index=latex_escape, columns=latex_escape)
         frame.index.name = latex_escape(rows)
     return frame
 
@@ -90,32 +77,27 @@ def figure_bytes(figure: Figure, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_outputs(out: str | Path, files: Mapping[str, str | bytes]) -> list[Path]:
-    """Write every output file into `out`, each atomically (temporary name, then rename).
+def write_outputs(out: str | Path, files: Mapping[str, str | bytes], owned: Iterable[str]) -> list[Path]:
+    """Write all `files` into `out` together, replacing the previous run's set.
 
-    Callers compute all results first and call this last, so bad input fails before
-    anything lands in `out`.
+    Callers compute all results first and call this last, so bad input fails before anything
+    lands in `out`; a failure while writing leaves `out` as it was.
+
+    Args:
+        out: the output folder (created if missing).
+        files: file name -> text (written as UTF-8) or bytes.
+        owned: every name the calling command can write; those in `out` that are not in
+            `files` are removed, so the folder never mixes two runs.
+
+    Returns:
+        The paths written, in the order of `files`.
 
     Raises:
         HistosynthError: `out` exists and is not a folder, or cannot be written.
     """
-    folder = Path(out).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise HistosynthError(f"--out {folder}: exists and is not a folder")
-    written: list[Path] = []
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    with staged_output(out, owned=owned) as staging:
         for name, content in files.items():
             data = content.encode("utf-8") if isinstance(content, str) else content
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    stream.write(data)
-                os.replace(temporary, folder / name)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            written.append(folder / name)
-    except OSError as error:
-        raise HistosynthError(f"--out {folder}: cannot write ({error})") from error
-    return written
+            (staging / name).write_bytes(data)
+    folder = Path(out).expanduser()
+    return [folder / name for name in files]

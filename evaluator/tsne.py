@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 REFERENCE_LABEL = "reference"
 PCA_DIMENSIONS = 50
 EXACT_UP_TO = 300  # below this, exact t-SNE beats Barnes-Hut, whose per-iteration overhead dominates
+TSNE_OUTPUTS = ("tsne.csv", "tsne.png", "tsne.pdf")
 
 
 def compute_tsne(
@@ -71,6 +72,10 @@ def compute_tsne(
         raise HistosynthError(f"--per-source {per_source}: need at least 2 images per source")
     if perplexity <= 0:
         raise HistosynthError(f"--perplexity {perplexity}: must be positive")
+    if REFERENCE_LABEL in pools:
+        raise HistosynthError(
+            f"--pool {REFERENCE_LABEL}=...: the name {REFERENCE_LABEL!r} is taken by --reference"
+        )
     reference_pool, generated = read_pools(reference, pools, classes)
     if isinstance(extractor, str):
         extractor = load_extractor(extractor, inception_weights=inception_weights, device=device)
@@ -84,8 +89,6 @@ def compute_tsne(
         )
     }
     for name, pool in generated.items():
-        if name == REFERENCE_LABEL:
-            raise HistosynthError(f"--pool {name}=...: the name {REFERENCE_LABEL!r} is taken by --reference")
         sources[name] = (pool, pool_features(pool, extractor, label=name, **options))
     rng = np.random.default_rng(seed)
     class_order = list(dict.fromkeys(c for pool in generated.values() for c in pool.classes))
@@ -119,6 +122,7 @@ def compute_tsne(
                 "tsne.png": figure_bytes(figure, "png"),
                 "tsne.pdf": figure_bytes(figure, "pdf"),
             },
+            owned=TSNE_OUTPUTS,
         )
     return table
 

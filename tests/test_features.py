@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import warnings
 from pathlib import Path
@@ -15,7 +17,6 @@ from evaluator.features import (
     INCEPTION_FILENAME,
     Extractor,
     ExtractorError,
-    cache_dir,
     compute_features,
     features_cache_path,
     inception_weights_path,
@@ -53,16 +54,6 @@ def tiles(tmp_path: Path) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
-
-
-def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert cache_dir() == tmp_path / "cache"
-    monkeypatch.delenv("HISTOSYNTH_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "histosynth"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache_dir() == tmp_path / "home" / ".cache" / "histosynth"
 
 
 def test_clean_mode_feeds_exactly_what_clean_fid_feeds(tiles: list[Path]) -> None:
@@ -112,6 +103,27 @@ def test_cache_is_written_once_atomically_and_reused(tiles: list[Path], isolated
     other = Extractor("stats", "pooled-statistics-v2", extractor.model, extractor.device)
     assert features_cache_path(tiles, other, "clean") != entries[0]
     assert features_cache_path(tiles[:-1], extractor, "clean") != entries[0]
+
+
+def test_folders_with_equal_names_sizes_and_mtimes_do_not_share_cached_features(tmp_path: Path) -> None:
+    # Uncompressed TIFF tiles of one size all have one file size; copies may keep their mtimes.
+    rng = np.random.default_rng(1)
+    folders = {"original": tmp_path / "original", "normalised": tmp_path / "normalised"}
+    for folder in folders.values():
+        folder.mkdir()
+        for index in range(3):
+            path = folder / f"tile-{index}.tif"
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+            os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    files = {name: sorted(folder.iterdir()) for name, folder in folders.items()}
+    original, normalised = files["original"], files["normalised"]
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in original]
+    assert [(p.stat().st_size, p.stat().st_mtime_ns) for p in normalised] == stats
+    extractor = pooled_statistics()
+    first = compute_features(original, extractor)
+    second = compute_features(normalised, extractor)
+    np.testing.assert_array_equal(second, compute_features(normalised, extractor, use_cache=False))
+    assert not np.array_equal(first, second)
 
 
 def test_native_mode_keeps_pixels_and_names_a_mismatched_file(tiles: list[Path], tmp_path: Path) -> None:
@@ -186,6 +198,23 @@ def test_inception_loads_a_local_torchscript_file_through_clean_fids_wrapper(
         np.testing.assert_allclose(extractor.model(batch).numpy(), expected.numpy(), rtol=1e-5)
     with pytest.raises(ExtractorError, match="native"):
         compute_features(tiles, extractor, mode="native")
+
+
+def test_inception_cache_key_hashes_the_weights_bytes(isolated_cache: Path) -> None:
+    weights = isolated_cache / "weights" / INCEPTION_FILENAME
+    weights.parent.mkdir(parents=True)
+    identities, sizes = [], []
+    for seed in (0, 1):  # same architecture, other values: a TorchScript file of the same size
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.script(_FakeInception()).save(str(weights))
+        os.utime(weights, ns=(seed, seed))  # a distinct mtime whatever the file system's resolution
+        sizes.append(weights.stat().st_size)
+        identities.append(load_extractor("inception", device="cpu").identity)
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() in identities[-1]
+    assert sizes[0] == sizes[1]
+    assert identities[0] != identities[1]
 
 
 def test_bad_extractor_specs_and_outputs_raise_extractor_errors(tiles: list[Path]) -> None:

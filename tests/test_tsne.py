@@ -12,6 +12,7 @@ from PIL import Image
 
 from evaluator.features import Extractor
 from evaluator.fid import compute_fid
+from evaluator.pool_report import write_outputs
 from evaluator.tsne import compute_tsne, embed
 from histosynth.errors import HistosynthError
 
@@ -105,9 +106,43 @@ def test_embed_lowers_perplexity_for_few_points_and_rejects_too_few() -> None:
         embed(rng.normal(size=(3, 5)))
 
 
+def test_a_failed_write_leaves_the_previous_outputs_together(
+    pools: dict[str, Path], extractor: Extractor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    compute_tsne(pools["reference"], {"faded": pools["faded"]}, out, extractor=extractor, per_source=6)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    write_bytes = Path.write_bytes
+
+    def disk_full_on_pdf(path: Path, data: bytes) -> int:
+        if path.name == "tsne.pdf":
+            raise OSError(28, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_on_pdf)
+    with pytest.raises(HistosynthError, match="No space left"):
+        compute_tsne(pools["reference"], {"faded": pools["faded"]}, out, extractor=extractor, seed=1)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "faded", "out", "reference"]
+
+
+def test_write_outputs_removes_the_owned_files_of_earlier_runs_only(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("old.csv", "notes.txt"):
+        (out / name).write_text("earlier")
+    written = write_outputs(
+        out, {"new.csv": "a\n", "new.png": b"\x89PNG"}, owned=("new.csv", "new.png", "old.csv")
+    )
+    assert written == [out / "new.csv", out / "new.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["new.csv", "new.png", "notes.txt"]
+    assert (out / "new.png").read_bytes() == b"\x89PNG"
+
+
 def test_tsne_rejects_bad_options(pools: dict[str, Path], extractor: Extractor, tmp_path: Path) -> None:
     with pytest.raises(HistosynthError, match="'reference' is taken"):
         compute_tsne(pools["reference"], {"reference": pools["faded"]}, tmp_path / "o", extractor=extractor)
+    assert extractor.model.images == 0  # refused before any feature was extracted
     with pytest.raises(HistosynthError, match="--per-source"):
         compute_tsne(pools["reference"], {"faded": pools["faded"]}, extractor=extractor, per_source=1)
     assert not (tmp_path / "o").exists()
