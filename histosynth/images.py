@@ -19,11 +19,6 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 PAPER_SIZE = 256  # the paper upscales 224x224 tiles bilinearly to 256x256
 
 
-def is_image_file(path: Path) -> bool:
-    """True for files whose suffix is one of the pool formats (case-insensitive)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def load_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     """Decode an image file into an (H, W, 3) uint8 array.
 
@@ -80,15 +75,17 @@ def _scale_to_uint8(array: np.ndarray, path: Path | str) -> np.ndarray:
         scale = 255.0 / np.iinfo(array.dtype).max
         return np.rint(array.astype(np.float64) * scale).astype(np.uint8)
     if np.issubdtype(array.dtype, np.signedinteger):
-        # PIL decodes 16-bit grayscale PNG as int32 mode "I"; values stay within 0..65535.
-        peak = 255 if array.max(initial=0) <= 255 else 65535
-        clipped = np.clip(array, 0, peak).astype(np.float64)
-        return np.rint(clipped * (255.0 / peak)).astype(np.uint8)
+        # PIL decodes 16-bit grayscale PNG as int32 mode "I": the range is 16-bit, whatever the
+        # pixel values, so a dark 16-bit tile keeps its darkness instead of being read as 8-bit.
+        if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+            raise ImageError(f"{path}: integer pixels outside 0..65535")
+        return np.rint(array.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageError(f"{path}: image holds NaN or infinite values")
-        peak = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
-        return np.rint(np.clip(array / peak, 0.0, 1.0) * 255.0).astype(np.uint8)
+        # Float images are taken as 0..1 (TIFF's SampleFormat=float convention); anything else
+        # is ambiguous, and guessing would make tiles of one pool differ in brightness.
+        if not np.isfinite(array).all() or array.min(initial=0.0) < 0.0 or array.max(initial=0.0) > 1.0:
+            raise ImageError(f"{path}: floating-point pixels must lie within 0..1")
+        return np.rint(array * 255.0).astype(np.uint8)
     raise ImageError(f"{path}: unsupported pixel type {array.dtype}")
 
 

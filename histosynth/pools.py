@@ -141,11 +141,13 @@ def _existing_dir(root: str | Path) -> Path:
 def _class_files(folder: Path) -> list[Path]:
     """Image files of a class folder sorted by name (scandir + string sort: fast for 10^4+ files)."""
     with os.scandir(folder) as entries:
-        names = sorted(
-            entry.name
-            for entry in entries
-            if not entry.name.startswith(".") and entry.name not in IGNORED_NAMES and not entry.is_dir()
+        visible = [e for e in entries if not e.name.startswith(".") and e.name not in IGNORED_NAMES]
+    nested = sorted(entry.name for entry in visible if entry.is_dir())
+    if nested:
+        raise PoolError(
+            f"{folder / nested[0]}: folder inside a class folder (expected <pool>/<CLASS>/<image>)"
         )
+    names = sorted(entry.name for entry in visible)
     stray = next((name for name in names if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES), None)
     if stray is not None:
         raise PoolError(f"{folder / stray}: not an image ({', '.join(IMAGE_SUFFIXES)} expected)")

@@ -96,3 +96,14 @@ def test_missing_and_unsupported_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ImageError, match="notes.txt"):
         load_rgb(tmp_path / "notes.txt")
+
+
+def test_dark_16bit_and_float_images_keep_their_range(tmp_path: Path) -> None:
+    dark = np.array([[0, 100, 255]], dtype=np.uint16)  # 16-bit values that happen to be <= 255
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    np.testing.assert_array_equal(load_rgb(tmp_path / "dark16.png")[0, :, 0], [0, 0, 1])
+    tifffile.imwrite(tmp_path / "float.tif", np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
+    np.testing.assert_array_equal(load_rgb(tmp_path / "float.tif")[0, :, 0], [0, 128, 255])
+    tifffile.imwrite(tmp_path / "float255.tif", np.array([[0.0, 128.0, 255.0]], dtype=np.float32))
+    with pytest.raises(ImageError, match="float255.tif: floating-point pixels must lie within 0..1"):
+        load_rgb(tmp_path / "float255.tif")

@@ -71,3 +71,10 @@ def test_bad_manifest(make_pool) -> None:
     (root / "pool.json").write_text(json.dumps([1]))
     with pytest.raises(PoolError, match="expected a JSON object"):
         read_manifest(root)
+
+
+def test_nested_folder_is_named(make_pool) -> None:
+    root = make_pool("real")
+    (root / "ADI" / "more").mkdir()
+    with pytest.raises(PoolError, match="more: folder inside a class folder"):
+        read_pool(root)

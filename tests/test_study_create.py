@@ -213,3 +213,23 @@ def test_config_errors_are_config_errors(tmp_path, write_study, make_pool) -> No
     with pytest.raises(ConfigError, match="needs 2"):
         create_study(write_study(sources), tmp_path / "s.db")
     assert not (tmp_path / "s.db").exists()
+
+
+def test_unwritable_paths_are_one_line_errors(tmp_path, three_sources, write_study) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    result = histosynth("study", "create", str(write_study(three_sources)), "--db", str(blocker / "s.db"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and str(blocker) in lines[0], result.stderr
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile",
+        "pools",
+        "study.toml",
+    ]
+    db = tmp_path / "s.db"
+    create_study(write_study(three_sources), db)
+    result = histosynth(
+        "study", "export", "--db", str(db), "--study", "pilot", "--out", str(blocker / "v.csv")
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and str(blocker) in lines[0], result.stderr
