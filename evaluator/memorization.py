@@ -307,7 +307,7 @@ def _search_group(
     chunks = -(-len(queries) // block_sizes(queries.shape[1], 8 if flips else 4, memory_mb)[0])
     total = chunks * sum(len(matrix.pixels) for matrix in references)
     label = "searching " + (group[0] if len(group) == 1 else "all classes")
-    matches = nearest_tiles(queries, references, flips, memory_mb, bar(label, total * chunks))
+    matches = nearest_tiles(queries, references, flips, memory_mb, bar(label, total))
     return pd.DataFrame(
         {
             "source": [source for source, _, _ in owners],

@@ -8,7 +8,10 @@ norm, which the search needs and which would otherwise cost another pass over th
 
 A cache entry is keyed by the class folder's listing (relative paths, byte sizes and
 modification times) and the tile size, so editing, adding or removing a training tile
-rebuilds that class only. Entries are written to temporary files and renamed into place,
+rebuilds that class only. The new entry supersedes the one built from the folder's earlier
+listing (same folder, class and size), which is removed once the new one is committed:
+otherwise every edit of a training set would leave an orphan of about 6.5 GB per 100,000
+tiles at 256x256 behind. Entries are written to temporary files and renamed into place,
 the metadata last, so an interrupted run leaves either a complete entry or none.
 """
 
@@ -18,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histosynth.cache import cache_dir as histosynth_cache_dir
 from histosynth.errors import HistosynthError, ImageError
 from histosynth.images import load_rgb
 
@@ -34,24 +39,13 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the layout of a cache entry changes
 _STATS_CHUNK = 512  # rows per pass when computing means and norms
+_ENTRY_KEY = re.compile(r"^[0-9a-f]{32}$")  # committed entries; temporary files start with "."
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The folder holding the memorization cache.
-
-    Resolution order: the `cache_dir` argument, `$HISTOSYNTH_CACHE_DIR`,
-    `$XDG_CACHE_HOME/histosynth`, `~/.cache/histosynth`; entries live in its
-    `memorization/` subfolder.
-    """
-    if cache_dir is not None:
-        base = Path(cache_dir)
-    elif os.environ.get("HISTOSYNTH_CACHE_DIR"):
-        base = Path(os.environ["HISTOSYNTH_CACHE_DIR"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        base = Path(os.environ["XDG_CACHE_HOME"]) / "histosynth"
-    else:
-        base = Path.home() / ".cache" / "histosynth"
-    return base.expanduser() / "memorization"
+    """The folder holding the memorization cache: `memorization/` in histosynth's cache folder
+    (`histosynth.cache.cache_dir`, which `cache_dir` overrides), beside the other apps' caches."""
+    return histosynth_cache_dir(cache_dir) / "memorization"
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -231,6 +225,7 @@ def load_class_matrix(
         raise HistosynthError(f"{root}: cannot create the cache folder ({error})") from error
     first = load_gray(paths[0], size)
     _check_square(first, paths[0])
+    resolved = str(folder.resolve())
     temps: list[Path] = []
     try:
         pixel_tmp = _temp_path(root, key, ".npy", temps)
@@ -246,7 +241,7 @@ def load_class_matrix(
         meta = {
             "format": CACHE_FORMAT,
             "class": name,
-            "folder": str(folder.resolve()),
+            "folder": resolved,
             "size": size,
             "shape": list(first.shape),
             "files": [path.relative_to(folder).as_posix() for path in paths],
@@ -264,7 +259,39 @@ def load_class_matrix(
     entry = _read_entry(root, key, name, paths)
     if entry is None:
         raise HistosynthError(f"{root / key}.json: cache entry unreadable right after writing it")
+    _prune_superseded(root, key, resolved, name, size)
     return entry
+
+
+def _prune_superseded(root: Path, key: str, folder: str, name: str, size: int | None) -> None:
+    """Remove the entries that entry `key` supersedes: same class folder, class and size.
+
+    Such an entry was built from another listing of the folder than today's, and is only
+    read again if the folder returns to exactly that listing. Its metadata goes first, which
+    uncommits it; a file that cannot be removed (say, held open on Windows) is left with a
+    warning, since the audit itself has succeeded.
+    """
+    identity = (folder, name, size)
+    for meta_path in root.glob("*.json"):
+        other = meta_path.name.removesuffix(".json")
+        if other == key or not _ENTRY_KEY.match(other):
+            continue
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: it cannot be matched to this folder, so it is not ours to remove
+        if (
+            not isinstance(meta, dict)
+            or (meta.get("folder"), meta.get("class"), meta.get("size")) != identity
+        ):
+            continue
+        try:
+            for suffix in (".json", ".npy", ".stats.npy"):
+                (root / f"{other}{suffix}").unlink(missing_ok=True)
+        except OSError as error:
+            logger.warning("cannot remove superseded cache entry %s (%s)", meta_path, error)
+        else:
+            logger.info("class %s: removed superseded cache entry %s", name, root / other)
 
 
 def _read_entry(root: Path, key: str, name: str, paths: list[Path]) -> GrayMatrix | None:

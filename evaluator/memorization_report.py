@@ -3,7 +3,8 @@
 Written into the output folder:
 
 * `memorization.csv`: the paper's table (class, source, mean, std, median, p5, p95, n);
-  `memorization_verdict.csv`: thresholds, counts, tests and verdicts (with a baseline);
+  `memorization_verdict.csv`: thresholds, counts, tests (raw and Holm-adjusted p-values) and
+  verdicts (with a baseline);
   `memorization_tiles.csv`: every audited tile with its closest training tile and transform.
 * `memorization.md`, `memorization.tex`: the same tables for reading and for a paper.
 * `memorization.png`, `memorization.pdf`: the best correlations per class and source,
@@ -12,8 +13,10 @@ Written into the output folder:
   tile turned by the inverse of the matching transform so that it lines up with the tile
   beside it, for a person to judge whether they are the same tissue.
 
-Everything is rendered into a temporary folder inside `out` and moved into place at the end,
-so a failure never leaves a half-written report.
+Everything is rendered into a staging folder and moved into place at the end
+(`evaluator.outputs.staged_output`), so a failure never leaves a half-written report, and a
+file of an earlier run that this run does not write (a verdict from a run with a baseline)
+is removed rather than left to contradict the new one.
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,24 @@ from PIL import Image
 
 from evaluator.memorization import MemorizationResult
 from evaluator.memorization_search import TRANSFORMS, invert_transform
-from histosynth.errors import HistosynthError
+from evaluator.outputs import staged_output
+from evaluator.tables import ALL_CLASSES
 from histosynth.images import load_rgb
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 _BASELINE_COLOR = "#555555"
+REPORT_FILES = (
+    "memorization.csv",
+    "memorization_tiles.csv",
+    "memorization_verdict.csv",
+    "memorization.md",
+    "memorization.tex",
+    "memorization.png",
+    "memorization.pdf",
+    "memorization_gallery.png",
+    "memorization_gallery.html",
+)
+"""Every file `write_report` may write; those a run does not write are removed from `out`."""
 
 
 def write_report(result: MemorizationResult, out: str | Path, top_k: int = 8) -> list[Path]:
@@ -45,7 +58,8 @@ def write_report(result: MemorizationResult, out: str | Path, top_k: int = 8) ->
 
     Args:
         result: what `audit_memorization` returned.
-        out: the output folder; created if missing, existing files of the same names replaced.
+        out: the output folder; created if missing. Files of the same names are replaced
+            and `REPORT_FILES` this run does not write are removed.
         top_k: closest pairs per source in the gallery.
 
     Returns:
@@ -54,37 +68,17 @@ def write_report(result: MemorizationResult, out: str | Path, top_k: int = 8) ->
     Raises:
         HistosynthError: `out` exists and is not a folder, or cannot be written.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HistosynthError(f"{out}: output path exists and is not a folder")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".memorization-", dir=out))
-    except OSError as error:
-        raise HistosynthError(f"{out}: cannot create the output folder ({error})") from error
-    try:
+    with staged_output(out, owned=REPORT_FILES) as staging:
         names = _render(result, staging, top_k)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            out.rmdir()
-        raise
-    for name in names:
-        os.replace(staging / name, out / name)
-    shutil.rmtree(staging, ignore_errors=True)
-    if result.verdict is None:  # a verdict left by an earlier run with a baseline would mislead
-        (out / "memorization_verdict.csv").unlink(missing_ok=True)
-    return [out / name for name in names]
+    return [Path(out).expanduser() / name for name in names]
 
 
 def _render(result: MemorizationResult, folder: Path, top_k: int) -> list[str]:
-    names = ["memorization.csv", "memorization_tiles.csv"]
+    """Write every file into `folder`; return the names written, in `REPORT_FILES` order."""
     result.summary.to_csv(folder / "memorization.csv", index=False)
     result.tiles.to_csv(folder / "memorization_tiles.csv", index=False)
     if result.verdict is not None:
         result.verdict.to_csv(folder / "memorization_verdict.csv", index=False)
-        names.append("memorization_verdict.csv")
     (folder / "memorization.md").write_text(markdown_report(result), encoding="utf-8")
     (folder / "memorization.tex").write_text(latex_report(result), encoding="utf-8")
     figure = distribution_figure(result)
@@ -94,15 +88,7 @@ def _render(result: MemorizationResult, folder: Path, top_k: int) -> list[str]:
     gallery = gallery_figure(pairs, result.size)
     gallery.savefig(folder / "memorization_gallery.png", dpi=100)
     (folder / "memorization_gallery.html").write_text(gallery_html(pairs, result), encoding="utf-8")
-    return [
-        *names,
-        "memorization.md",
-        "memorization.tex",
-        "memorization.png",
-        "memorization.pdf",
-        "memorization_gallery.png",
-        "memorization_gallery.html",
-    ]
+    return [name for name in REPORT_FILES if (folder / name).is_file()]
 
 
 def paper_table(result: MemorizationResult) -> pd.DataFrame:
@@ -120,10 +106,21 @@ def _verdict_display(result: MemorizationResult) -> pd.DataFrame | None:
     shown = result.verdict.copy()
     shown["threshold"] = shown["threshold"].map(lambda v: "" if np.isnan(v) else f"{v:.3f}")
     shown["expected_above"] = shown["expected_above"].map(lambda v: f"{v:.2f}")
-    for column in ("binom_p", "exact_p", "mwu_p"):
+    for column in ("binom_p", "exact_p", "exact_p_adjusted", "mwu_p", "mwu_p_adjusted"):
         shown[column] = shown[column].map(lambda v: f"{v:.3g}")
     shown["mwu_u"] = shown["mwu_u"].map(lambda v: f"{v:.0f}")
-    return shown
+    return shown.drop(columns="correction")  # too wide for a table; `_correction_note` says it
+
+
+def _correction_note(result: MemorizationResult) -> str:
+    """Which p-values the verdict reads: Holm-adjusted, and over which families of tests."""
+    verdict = result.verdict
+    overall = verdict["class"] == ALL_CLASSES
+    return (
+        f"Multiple testing: `exact_p_adjusted` and `mwu_p_adjusted` are Holm-adjusted over the class x "
+        f"source tests ({int((~overall).sum())}) and, separately, over the {ALL_CLASSES} rows "
+        f"({int(overall.sum())}); the verdict compares the adjusted p-values with alpha {result.alpha}."
+    )
 
 
 def _settings(result: MemorizationResult) -> str:
@@ -148,7 +145,14 @@ def markdown_report(result: MemorizationResult) -> str:
     ]
     verdict = _verdict_display(result)
     if verdict is not None:
-        parts += ["", "## Verdict against the baseline", "", verdict.to_markdown(index=False)]
+        parts += [
+            "",
+            "## Verdict against the baseline",
+            "",
+            _correction_note(result),
+            "",
+            verdict.to_markdown(index=False),
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -161,7 +165,10 @@ def latex_report(result: MemorizationResult) -> str:
     ]
     verdict = _verdict_display(result)
     if verdict is not None:
-        parts.append(verdict.to_latex(index=False, escape=True))
+        parts += [
+            "% " + _correction_note(result).replace("`", ""),
+            verdict.to_latex(index=False, escape=True),
+        ]
     return "\n".join(parts)
 
 

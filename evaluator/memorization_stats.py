@@ -19,6 +19,13 @@ tiles among 200 barely moves a mean, so the verdict here looks at the tail as we
 The `ALL` row of a source sums the counts over classes (each class with its own
 threshold) and takes the exact distribution of that sum by convolving the per-class ones;
 its U test pools the values of all classes.
+
+At the paper's scale one audit runs 9 classes x 2 generators = 18 count tests; read one by
+one at alpha = 0.05, the chance that some cell of a copy-free audit crosses alpha approaches
+1 - 0.95^18 = 60%.
+The verdict therefore reads Holm-adjusted p-values (`exact_p_adjusted`, `mwu_p_adjusted`),
+which keep the family-wise error at alpha: the class x source rows form one family and the
+`ALL` rows (one per source) another, each test adjusted within its own family.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from evaluator.rating_stats import adjusted_p
+from evaluator.tables import ALL_CLASSES
 from histosynth.errors import HistosynthError
 
 SUMMARY_COLUMNS = ["class", "source", "mean", "std", "median", "p5", "p95", "n"]
@@ -41,11 +50,15 @@ VERDICT_COLUMNS = [
     "expected_above",
     "binom_p",
     "exact_p",
+    "exact_p_adjusted",
     "mwu_u",
     "mwu_p",
+    "mwu_p_adjusted",
+    "correction",
     "verdict",
 ]
-ALL_CLASSES = "ALL"
+_TESTED_COLUMNS = VERDICT_COLUMNS[:8] + ["mwu_u", "mwu_p"]  # what `_row` computes, before `_judge`
+CORRECTION = "holm"
 _PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
 
 
@@ -144,7 +157,8 @@ def verdict_table(
         sources: the generated sources to judge (not the baseline).
         baseline: the source name of the held-out real tiles.
         rule: the threshold rule (see `baseline_threshold`).
-        alpha: significance level of the verdict.
+        alpha: significance level of the verdict, applied to Holm-adjusted p-values (see
+            the module docstring for the two families).
 
     Returns:
         The table (`VERDICT_COLUMNS`, with an `ALL` row per source) and a boolean Series
@@ -175,7 +189,7 @@ def verdict_table(
             exacts.append(np.convolve(exacts[-1], exact))
             generated.append(values)
             references.append(reference)
-            rows.append(_row(name, source, threshold, values, reference, binomial, exact, alpha))
+            rows.append(_row(name, source, threshold, values, reference, binomial, exact))
         if generated:
             rows.append(
                 _row(
@@ -186,11 +200,34 @@ def verdict_table(
                     np.concatenate(references),
                     binomials[-1],
                     exacts[-1],
-                    alpha,
                     n_above=int(flagged[tiles["source"] == source].sum()),
                 )
             )
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS), flagged
+    table = pd.DataFrame(rows, columns=_TESTED_COLUMNS)
+    return _judge(table, alpha), flagged
+
+
+def _judge(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Add the Holm-adjusted p-values, each row's family, and the verdict they give."""
+    overall = (table["class"] == ALL_CLASSES).to_numpy()
+    for column in ("exact_p", "mwu_p"):
+        adjusted = np.empty(len(table))
+        for members in (~overall, overall):
+            if members.any():
+                adjusted[members] = adjusted_p(table.loc[members, column].to_numpy(float), CORRECTION)
+        table[f"{column}_adjusted"] = adjusted
+    cells, sources = int(np.count_nonzero(~overall)), int(np.count_nonzero(overall))
+    table["correction"] = np.where(
+        overall,
+        f"{CORRECTION} over {sources} {ALL_CLASSES} rows",
+        f"{CORRECTION} over {cells} class x source cells",
+    )
+    table["verdict"] = np.select(
+        [table["exact_p_adjusted"] < alpha, table["mwu_p_adjusted"] < alpha],
+        ["copies suspected", "closer than baseline"],
+        "no evidence of memorization",
+    )
+    return table[VERDICT_COLUMNS]
 
 
 def _row(
@@ -201,7 +238,6 @@ def _row(
     reference: np.ndarray,
     binomial: np.ndarray,
     exact: np.ndarray,
-    alpha: float,
     n_above: int | None = None,
 ) -> dict[str, object]:
     if n_above is None:
@@ -210,12 +246,6 @@ def _row(
     binom_p = upper_tail(binomial, n_above)
     exact_p = upper_tail(exact, n_above)
     test = stats.mannwhitneyu(values, reference, alternative="greater")
-    if exact_p < alpha:
-        verdict = "copies suspected"
-    elif test.pvalue < alpha:
-        verdict = "closer than baseline"
-    else:
-        verdict = "no evidence of memorization"
     return {
         "class": name,
         "source": source,
@@ -227,5 +257,4 @@ def _row(
         "exact_p": exact_p,
         "mwu_u": float(test.statistic),
         "mwu_p": float(test.pvalue),
-        "verdict": verdict,
     }

@@ -6,9 +6,12 @@ Tiles are small (32x32) smooth random textures, so that chance correlations are 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,20 @@ import pytest
 from PIL import Image
 from scipy import stats
 from scipy.ndimage import gaussian_filter
+from statsmodels.stats.multitest import multipletests
 
+import evaluator.memorization as memorization
 from evaluator.memorization import audit_memorization, run_memorization
 from evaluator.memorization_cache import GrayMatrix, row_stats
-from evaluator.memorization_report import aligned_pair, closest_pairs
-from evaluator.memorization_search import TRANSFORMS, nearest_tiles
+from evaluator.memorization_report import aligned_pair, closest_pairs, write_report
+from evaluator.memorization_search import (
+    TRANSFORMS,
+    _expand,
+    apply_transform,
+    invert_transform,
+    nearest_tiles,
+    standardize,
+)
 from evaluator.memorization_stats import (
     baseline_threshold,
     exceedance_pmfs,
@@ -116,6 +128,10 @@ def test_planted_copies_are_found_with_their_training_tile_and_transform(world: 
         assert row["flagged"], path
     exact = [p for p in world["planted"] if "jpeg" not in p and "noised" not in p]
     assert np.allclose(tiles.loc[exact, "r"], 1.0, atol=1e-5)
+    for path in exact:  # the reported transform maps the tile onto its training tile, as documented
+        train_tile, transform = world["planted"][path]
+        turned = apply_transform(np.asarray(Image.open(path)), TRANSFORMS.index(transform))
+        assert np.array_equal(turned, np.asarray(Image.open(train_tile))), path
 
 
 def test_fresh_tiles_are_not_flagged_and_verdicts_separate_the_pools(world: dict) -> None:
@@ -132,6 +148,7 @@ def test_fresh_tiles_are_not_flagged_and_verdicts_separate_the_pools(world: dict
     assert len(planted_above) == len(PLANTED)
     assert verdict.loc[("A", "gen"), "verdict"] == "copies suspected"
     assert verdict.loc[("A", "gen"), "exact_p"] < 1e-3
+    assert verdict.loc[("A", "gen"), "exact_p_adjusted"] < 4e-3  # Holm over 4 cells: at most 4 x
     assert verdict.loc[("ALL", "gen"), "verdict"] == "copies suspected"
     for key in [("A", "fresh"), ("B", "fresh"), ("ALL", "fresh"), ("B", "gen")]:
         assert verdict.loc[key, "verdict"] == "no evidence of memorization", key
@@ -287,6 +304,86 @@ def test_verdict_all_row_sums_counts_and_convolves_nulls() -> None:
     assert table.loc["A", "mwu_p"] == pytest.approx(reference.pvalue)
 
 
+def test_verdict_corrects_for_many_cells_and_still_flags_copies() -> None:
+    """18 class x source cells as at the paper's scale, all exchangeable with the baseline but
+    one with 8 copies: chance puts some fresh cell's exact_p below alpha, which alone no
+    longer flags it; the copies still do. Adjusted p-values equal statsmodels' Holm."""
+    rng = np.random.default_rng(3)
+    classes = [f"C{i}" for i in range(9)]
+    rows = []
+    for name in classes:
+        rows += [("base", name, r) for r in rng.uniform(0.2, 0.5, 99)]
+        for source in ("g1", "g2"):
+            rows += [(source, name, r) for r in rng.uniform(0.2, 0.5, 40)]
+    rows += [("g2", "C1", 0.99)] * 8
+    tiles = pd.DataFrame(rows, columns=["source", "class", "r"])
+    verdict, _ = verdict_table(tiles, classes, ["g1", "g2"], "base", alpha=0.05)
+    table = verdict.set_index(["class", "source"])
+    fresh = verdict[(verdict["class"] != "ALL") & ~((verdict["class"] == "C1") & (verdict["source"] == "g2"))]
+    assert (fresh["exact_p"] < 0.05).any()  # what an uncorrected verdict called "copies suspected"
+    assert (fresh["verdict"] == "no evidence of memorization").all()
+    assert table.loc[("C1", "g2"), "verdict"] == "copies suspected"
+    assert table.loc[("ALL", "g2"), "verdict"] == "copies suspected"
+    assert table.loc[("ALL", "g1"), "verdict"] == "no evidence of memorization"
+    for overall in (False, True):
+        family = verdict[(verdict["class"] == "ALL") == overall]
+        assert len(family) == (2 if overall else 18)
+        for column in ("exact_p", "mwu_p"):
+            expected = multipletests(family[column], method="holm")[1]
+            assert family[f"{column}_adjusted"].to_numpy() == pytest.approx(expected)
+        assert set(family["correction"]) == {
+            "holm over 2 ALL rows" if overall else "holm over 18 class x source cells"
+        }
+
+
+def test_progress_bars_end_at_their_totals(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks: dict[str, list[int]] = {}
+
+    @contextmanager
+    def recording(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+        def task(description: str, total: int) -> Callable[[int], None]:
+            tasks[description] = [total, 0]
+
+            def advance(amount: int) -> None:
+                tasks[description][1] += amount
+
+            return advance
+
+        yield task
+
+    monkeypatch.setattr(memorization, "_progress_bars", recording)
+    root = world["root"]
+    # 0.05 MiB: 2 query tiles per chunk, so 10 tiles pass over the 60 training tiles 5 times
+    audit_memorization(
+        root / "train",
+        {"gen": root / "gen"},
+        n=10,
+        classes=["A"],
+        size=None,
+        memory_mb=0.05,
+        cache_dir=tmp_path,
+    )
+    assert tasks == {"training tiles A": [60, 60], "searching A": [5 * 60, 5 * 60]}
+
+
+def test_expand_and_invert_transform_agree_with_apply_transform() -> None:
+    """`apply_transform` (one image, spelled out) is the reference for the stacked `_expand`."""
+    rng = np.random.default_rng(12)
+    tiles = rng.integers(0, 256, (3, 6, 6), dtype=np.uint8)
+    rows = standardize(tiles.reshape(3, -1))
+    expanded = _expand(rows, (6, 6), 8)
+    for i, k in itertools.product(range(3), range(8)):
+        assert np.array_equal(expanded[i * 8 + k, :-1], apply_transform(rows[i].reshape(6, 6), k).ravel())
+        assert expanded[i * 8 + k, -1] == pytest.approx(-rows[i].sum(dtype=np.float64), abs=1e-6)
+    assert np.array_equal(_expand(rows, (6, 6), 4), expanded.reshape(3, 8, -1)[:, :4].reshape(12, -1))
+    assert len({apply_transform(tiles[0], k).tobytes() for k in range(8)}) == 8  # all 8 distinct
+    rgb = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    for k in range(8):
+        assert np.array_equal(invert_transform(apply_transform(rgb, k), k), rgb), TRANSFORMS[k]
+
+
 def test_across_classes_finds_a_copy_filed_under_another_class(tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
     train = {name: fill(tmp_path / "train", name, 20, rng) for name in ("A", "B")}
@@ -348,7 +445,10 @@ def test_report_files_and_gallery_alignment(world: dict, tmp_path: Path) -> None
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no staging folder left
     table = pd.read_csv(out / "memorization.csv")
     assert list(table.columns) == ["class", "source", "mean", "std", "median", "p5", "p95", "n"]
-    assert "copies suspected" in (out / "memorization.md").read_text()
+    markdown = (out / "memorization.md").read_text()
+    assert "copies suspected" in markdown and "Holm-adjusted over the class x source tests (2)" in markdown
+    verdict = pd.read_csv(out / "memorization_verdict.csv")
+    assert {"exact_p_adjusted", "mwu_p_adjusted", "correction"} <= set(verdict.columns)
     assert "\\begin{tabular}" in (out / "memorization.tex").read_text()
     assert Image.open(out / "memorization.png").size[0] > 400
     assert (out / "memorization.pdf").read_bytes().startswith(b"%PDF")
@@ -359,6 +459,10 @@ def test_report_files_and_gallery_alignment(world: dict, tmp_path: Path) -> None
     for _, row in top[top["tile"].str.contains("copy_(?:rot|flip|trans)")].iterrows():
         generated, aligned = aligned_pair(row, None)
         assert np.array_equal(generated, aligned), row["tile"]
+    # a later run without a baseline must not leave the earlier verdict beside its tables
+    again = write_report(dataclasses.replace(result, verdict=None, baseline=None), out, top_k=1)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in again)
+    assert "memorization_verdict.csv" not in {p.name for p in again}
 
 
 def test_bad_inputs_give_clear_errors(world: dict, tmp_path: Path) -> None:

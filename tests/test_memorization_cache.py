@@ -30,16 +30,13 @@ def entries(root: Path) -> list[str]:
     )
 
 
-def test_cache_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_root_is_the_shared_cache_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HISTOSYNTH_CACHE_DIR", str(tmp_path / "explicit"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.cache_root() == tmp_path / "explicit" / "memorization"
     assert cache.cache_root(tmp_path / "arg") == tmp_path / "arg" / "memorization"
     monkeypatch.delenv("HISTOSYNTH_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.cache_root() == tmp_path / "xdg" / "histosynth" / "memorization"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache.cache_root() == tmp_path / "home" / ".cache" / "histosynth" / "memorization"
 
 
 def test_matrix_holds_pil_luma_and_exact_statistics(tmp_path: Path) -> None:
@@ -80,7 +77,30 @@ def test_a_changed_training_tile_rebuilds_the_entry(tmp_path: Path) -> None:
     os.utime(paths[1], ns=(1, 1))  # a different mtime even on coarse file systems
     after = cache.load_class_matrix("A", folder, paths, None, cache_dir=tmp_path / "c")
     assert np.array_equal(after.pixels[0], before[0]) and (after.pixels[1] == 9).all()
-    assert len(entries(tmp_path / "c")) == 6
+    assert len(entries(tmp_path / "c")) == 3  # the superseded entry is gone
+
+
+def test_a_rebuilt_entry_removes_only_the_entry_it_supersedes(tmp_path: Path) -> None:
+    """Same folder, class and size: the older entry goes; another size or another class keeps its own."""
+    root = tmp_path / "c" / "memorization"
+    folder, other_folder = tmp_path / "train" / "A", tmp_path / "train" / "B"
+    paths, other_paths = make_class(folder, 3), make_class(other_folder, 2, seed=1)
+
+    def build(name: str, where: Path, tiles: list[Path], size: int | None) -> set[str]:
+        cache.load_class_matrix(name, where, tiles, size, cache_dir=tmp_path / "c")
+        return {p.stem for p in root.glob("*.json")}
+
+    old = build("A", folder, paths, None)
+    others = (build("B", other_folder, other_paths, None) | build("A", folder, paths, 20)) - old
+    assert len(old) == 1 and len(others) == 2
+    os.utime(paths[0], ns=(5, 5))
+    after = build("A", folder, paths, None)
+    assert old.isdisjoint(after) and others < after and len(after) == 3
+    assert len(entries(tmp_path / "c")) == 3 * 3  # no pixels or statistics of the old entry left
+    (root / "notes.json").write_text("{not json")  # foreign or broken files are left alone
+    os.utime(paths[0], ns=(6, 6))
+    build("A", folder, paths, None)
+    assert (root / "notes.json").exists() and len(entries(tmp_path / "c")) == 3 * 3 + 1
 
 
 def test_an_interrupted_build_leaves_no_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
