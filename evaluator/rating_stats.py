@@ -19,7 +19,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from evaluator.ratings import ALL_CLASSES, MEAN_CLASSES, subject_table
+from evaluator.ratings import MEAN_CLASSES, subject_table
+from evaluator.tables import ALL_CLASSES
 from evaluator.votes import REAL_SOURCE, VoteMatrix, VotesError
 
 ALTERNATIVES = ("two-sided", "less", "greater")
@@ -89,9 +90,13 @@ def percentile_interval(samples: np.ndarray, ci_level: float) -> tuple[np.ndarra
     """Percentile interval per row of `samples` (cells x replicates), ignoring NaN replicates.
 
     Bounds are rounded to 12 decimals so that a difference of equal fractions reads 0, not
-    a floating-point residue such as 1.4e-17.
+    a floating-point residue such as 1.4e-17. No cells (an empty array of any shape) give
+    empty bounds and no replicates give NaN bounds, rather than numpy's axis error.
     """
     tail = 100.0 * (1.0 - ci_level) / 2.0
+    samples = np.asarray(samples, dtype=float)
+    if samples.size == 0:
+        return np.full(len(samples), np.nan), np.full(len(samples), np.nan)
     finite = np.isfinite(samples).any(axis=1)
     low = np.full(samples.shape[0], np.nan)
     high = np.full(samples.shape[0], np.nan)
@@ -164,8 +169,9 @@ def bootstrap_kappas(
     """Percentile intervals of Fleiss' kappa by resampling tiles (subjects).
 
     Raters are not resampled: drawing a rater twice would count a rater agreeing with
-    themself and inflate agreement. Replicates whose tiles all fall in one category have no
-    kappa and are left out of the percentiles.
+    themself and inflate agreement. Each cell resamples the tiles and raters of its
+    `subject_table`, the table its point estimate in `kappa_tables` comes from. Replicates
+    whose tiles all fall in one category have no kappa and are left out of the percentiles.
 
     Returns:
         source, class, ci_low, ci_high for each class, `ALL` (pooled) and `MEAN` (averaged).
@@ -181,8 +187,8 @@ def bootstrap_kappas(
             tables.append(subject_table(matrix, mask))
     samples = [[] for _ in keys]
     for replicate in bootstrap_replicates(matrix, n_bootstrap, seed):
-        for position, (table, columns) in enumerate(tables):
-            samples[position].append(_weighted_binary_kappa(table, replicate.tiles[:, columns]))
+        for position, design in enumerate(tables):
+            samples[position].append(_weighted_binary_kappa(design.counts, replicate.tiles[:, design.items]))
     draws = {key: np.concatenate(chunks) for key, chunks in zip(keys, samples, strict=True)}
     rows = list(draws)
     for source in [*matrix.generators, REAL_SOURCE]:
@@ -197,17 +203,21 @@ def bootstrap_kappas(
 
 
 def _weighted_binary_kappa(table: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Fleiss' kappa of a (subjects x 2) table for each row of subject weights (replicates)."""
+    """Fleiss' kappa of a (subjects x 2) table for each row of subject weights (replicates).
+
+    A replicate that drew none of the table's tiles (total weight 0) or whose ratings all
+    fall in one category has no kappa: NaN, without numpy's division warnings.
+    """
     n = table[0].sum() if len(table) else 0
     if n < 2:
         return np.full(weights.shape[0], np.nan)
     real = table[:, 0]
     agreement = (real * (real - 1) + (n - real) * (n - real - 1)) / (n * (n - 1))
     total = weights.sum(axis=1)
-    p = weights @ real / (n * total)
-    chance = p**2 + (1 - p) ** 2
-    observed = weights @ agreement / total
     with np.errstate(invalid="ignore", divide="ignore"):
+        p = weights @ real / (n * total)
+        chance = p**2 + (1 - p) ** 2
+        observed = weights @ agreement / total
         return np.where(chance < 1 - _TOLERANCE, (observed - chance) / (1 - chance), np.nan)
 
 

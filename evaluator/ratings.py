@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from evaluator.tables import ALL_CLASSES
 from evaluator.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, VotesError
 
 log = logging.getLogger(__name__)
 
-ALL_CLASSES = "ALL"
 MEAN_CLASSES = "MEAN"
 
 
@@ -240,22 +240,50 @@ def _tile_counts(matrix: VoteMatrix) -> pd.DataFrame:
     return pd.concat([generated.merge(real, on="class", how="left"), totals], ignore_index=True)
 
 
-def subject_table(matrix: VoteMatrix, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class SubjectTable:
+    """The complete design that Fleiss' kappa of some tiles is computed on.
+
+    Attributes:
+        counts: subjects x (real, synthetic) counts, columns in `VOTE_VALUES` order.
+        items: the matrix columns of the kept tiles (the rows of `counts`, in order).
+        left_out: names of raters who rated some of the tiles but are not counted.
+    """
+
+    counts: np.ndarray
+    items: np.ndarray
+    left_out: list[str]
+
+
+def subject_table(matrix: VoteMatrix, mask: np.ndarray) -> SubjectTable:
     """The subjects x (real, synthetic) count table of the masked items, for Fleiss' kappa.
 
-    Fleiss' kappa needs the same number of ratings per subject, so only items rated by the
-    largest number of raters seen among the masked items are kept.
-
-    Returns:
-        The count table (columns in `VOTE_VALUES` order) and the matrix columns of the kept
-        items (its rows, in order).
+    Fleiss' kappa needs the same number of ratings per subject. With unfinished raters
+    included that is not given, and keeping only the tiles rated most often would let one
+    rater who rated 3 tiles shrink the table to those 3. Instead a common set of raters is
+    chosen and kappa uses their votes on the tiles they all rated, choosing the set that
+    keeps the most ratings (raters x tiles; ties: more tiles). Searching every set is
+    exponential, so the candidates are the k raters who rated most of the masked tiles, for
+    each k; when some raters rated every tile, their set is among the candidates. At least
+    two raters are chosen whenever two rated a tile in common.
     """
     columns = np.flatnonzero(mask)
-    votes = matrix.called_real[:, columns]
-    n_ratings = np.isfinite(votes).sum(axis=0)
-    keep = n_ratings == n_ratings.max() if n_ratings.size else n_ratings.astype(bool)
-    called_real = np.nansum(votes[:, keep], axis=0)
-    return np.column_stack([called_real, n_ratings[keep] - called_real]), columns[keep]
+    rated = np.isfinite(matrix.called_real[:, columns])
+    per_rater = rated.sum(axis=1)
+    order = np.lexsort((np.arange(per_rater.size), -per_rater))
+    order = order[per_rater[order] > 0]  # not empty: every tile of the matrix has a vote
+    common = np.logical_and.accumulate(rated[order], axis=0)
+    n_items = common.sum(axis=1)
+    size = np.arange(1, order.size + 1)
+    # Lexicographic: a real agreement table (>= 2 raters on >= 1 tile), most ratings, most tiles.
+    best = max(
+        range(order.size), key=lambda k: (size[k] >= 2 and n_items[k] > 0, size[k] * n_items[k], n_items[k])
+    )
+    raters, kept = order[: best + 1], common[best]
+    called_real = np.nansum(matrix.called_real[np.ix_(raters, columns[kept])], axis=0)
+    counts = np.column_stack([called_real, raters.size - called_real])
+    left_out = [matrix.raters[index] for index in order[best + 1 :]]
+    return SubjectTable(counts, columns[kept], left_out)
 
 
 def kappa_tables(matrix: VoteMatrix) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -268,8 +296,9 @@ def kappa_tables(matrix: VoteMatrix) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Returns:
         (kappas, per_category): kappas has source, class, kappa, se, z, p, n_tiles,
-        n_raters, n_dropped (tiles not rated by every rater), note; per_category has
-        source, class, category, proportion, kappa, se, z, p, note.
+        n_raters, n_dropped (tiles left out, see `subject_table`), raters_left_out (raters
+        who rated some of the tiles but are not counted, comma-separated), note;
+        per_category has source, class, category, proportion, kappa, se, z, p, note.
     """
     rows, categories = [], []
     sources = [*matrix.generators, REAL_SOURCE]
@@ -287,19 +316,23 @@ def kappa_tables(matrix: VoteMatrix) -> tuple[pd.DataFrame, pd.DataFrame]:
                 per_class.append(row)
         rows.append(_mean_row(per_class, source))
     per_category = pd.concat(categories, ignore_index=True)
-    return pd.DataFrame(rows), per_category
+    kappas = pd.DataFrame(rows)
+    kappas["raters_left_out"] = kappas["raters_left_out"].map(", ".join)
+    return kappas, per_category
 
 
 def _kappa_row(matrix: VoteMatrix, mask: np.ndarray, source: str, klass: str) -> tuple[dict, pd.DataFrame]:
-    table, kept = subject_table(matrix, mask)
-    dropped = int(mask.sum()) - kept.size
-    frame = pd.DataFrame(table, columns=list(VOTE_VALUES))
-    note = f"{dropped} tiles not rated by every rater left out" if dropped else ""
+    design = subject_table(matrix, mask)
+    dropped = int(mask.sum()) - design.items.size
+    frame = pd.DataFrame(design.counts, columns=list(VOTE_VALUES))
+    notes = [f"{dropped} tiles not rated by every counted rater left out"] if dropped else []
+    if design.left_out:
+        notes.append(f"raters who rated only some tiles left out: {', '.join(design.left_out)}")
     try:
         result = fleiss_kappa(frame)
     except VotesError as error:
         empty = pd.DataFrame(columns=["category", "proportion", "kappa", "se", "z", "p", "note"])
-        result = FleissKappa(np.nan, np.nan, np.nan, np.nan, len(table), 0, empty, str(error))
+        result = FleissKappa(np.nan, np.nan, np.nan, np.nan, len(frame), 0, empty, str(error))
     row = {
         "source": source,
         "class": klass,
@@ -310,7 +343,8 @@ def _kappa_row(matrix: VoteMatrix, mask: np.ndarray, source: str, klass: str) ->
         "n_tiles": result.n_subjects,
         "n_raters": result.n_raters,
         "n_dropped": dropped,
-        "note": "; ".join(part for part in (result.note, note) if part),
+        "raters_left_out": design.left_out,
+        "note": "; ".join([result.note, *notes] if result.note else notes),
     }
     detail = result.per_category.assign(source=source, **{"class": klass})
     return row, detail[["source", "class", "category", "proportion", "kappa", "se", "z", "p", "note"]]
@@ -339,5 +373,6 @@ def _mean_row(per_class: list[dict], source: str) -> dict:
         "n_tiles": int(sum(row["n_tiles"] for row in per_class)),
         "n_raters": int(max((row["n_raters"] for row in per_class), default=0)),
         "n_dropped": int(sum(row["n_dropped"] for row in per_class)),
+        "raters_left_out": sorted({name for row in per_class for name in row["raters_left_out"]}),
         "note": note,
     }

@@ -9,22 +9,44 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from evaluator.figures_ratings import expert_score_figure, save_figure
+from evaluator.outputs import staged_output
 from evaluator.rating_readers import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
 from evaluator.rating_stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
-from evaluator.ratings import ALL_CLASSES, MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
-from evaluator.tables import format_estimate, write_table
+from evaluator.ratings import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
+from evaluator.tables import ALL_CLASSES, format_estimate, write_table
 from evaluator.votes import REAL_SOURCE, VotesError, rater_progress, validate_votes, vote_matrix
 from histosynth.errors import HistosynthError
 
 log = logging.getLogger(__name__)
+
+# Every file `write_ratings` can write: tables as CSV, Markdown and LaTeX, then the rest.
+# Those not written this time (say roc_auc.* for a study without confidence ratings) are
+# removed from the output folder, so it never mixes two runs.
+TABLE_STEMS = (
+    "raters",
+    "expert_scores",
+    "expert_scores_by_rater",
+    "fleiss_kappa",
+    "fleiss_kappa_categories",
+    "discrimination_tests",
+    "roc_auc",
+    "intra_rater",
+    "timing",
+    "timing_by_source",
+)
+OWNED_FILES = (
+    *(f"{stem}.{suffix}" for stem in TABLE_STEMS for suffix in ("csv", "md", "tex")),
+    "imrmc.csv",
+    "expert_scores.png",
+    "expert_scores.pdf",
+    "ratings_settings.json",
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +60,7 @@ class RatingSettings:
         correction: statsmodels `multipletests` method for the discrimination tests.
         alpha: family-wise (or FDR) level at which a test is called significant.
         seed: seed of the bootstrap replicates.
-        ddof: delta degrees of freedom of standard deviations across raters.
+        ddof: delta degrees of freedom of standard deviations across raters (>= 0).
     """
 
     include_unfinished: bool = False
@@ -83,11 +105,14 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
     Raises:
         VotesError: the votes fail a check, or no rater finished and unfinished raters are
             excluded, or a bootstrap or correction setting is invalid.
-        HistosynthError: alpha outside (0, 1).
+        HistosynthError: alpha outside (0, 1), or a negative ddof.
     """
     settings = settings or RatingSettings()
     if not 0.0 < settings.alpha < 1.0:
         raise HistosynthError(f"significance level alpha must lie between 0 and 1, got {settings.alpha}")
+    if settings.ddof < 0:
+        # numpy would accept it and divide by n - ddof > n: a spread that is no standard deviation.
+        raise HistosynthError(f"ddof (delta degrees of freedom) must be >= 0, got {settings.ddof}")
     votes = validate_votes(votes)
     progress = rater_progress(votes)
     progress["included"] = progress["finished"] | settings.include_unfinished
@@ -130,7 +155,8 @@ def write_ratings(report: RatingsReport, out_dir: str | Path, figure: bool = Tru
     """Write a report's tables (CSV, Markdown, LaTeX), Fig. 3B (PNG, PDF) and settings.
 
     Everything is first written to a staging folder beside `out_dir` and then moved in, so a
-    failure leaves `out_dir` as it was. Tables the study has no data for are not written.
+    failure leaves `out_dir` as it was. Tables the study has no data for are not written, and
+    files of `OWNED_FILES` left there by an earlier run but not written now are removed.
 
     Returns:
         The paths of the files written, inside `out_dir`.
@@ -138,23 +164,9 @@ def write_ratings(report: RatingsReport, out_dir: str | Path, figure: bool = Tru
     Raises:
         HistosynthError: `out_dir` exists and is not a folder, or cannot be written.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise HistosynthError(f"{out_dir}: output path exists and is not a folder")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    except OSError as error:
-        raise HistosynthError(f"{out_dir}: cannot create output folder ({error.strerror})") from error
-    try:
+    out_dir = Path(out_dir).expanduser()
+    with staged_output(out_dir, owned=OWNED_FILES) as staging:
         names = [path.name for path in _write_all(report, staging, figure)]
-        out_dir.mkdir(exist_ok=True)
-        for name in names:
-            (staging / name).replace(out_dir / name)
-    except OSError as error:
-        raise HistosynthError(f"{out_dir}: cannot write the ratings report ({error})") from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %d files to %s", len(names), out_dir)
     return [out_dir / name for name in names]
 

@@ -20,7 +20,6 @@ from histosynth.errors import HistosynthError
 REAL_SOURCE = "real"
 VOTE_VALUES = ("real", "synthetic")
 REQUIRED_COLUMNS = ("rater", "item", "class", "source", "vote")
-OPTIONAL_COLUMNS = ("confidence", "repeat", "seconds", "position")
 # Summary rows of the output tables ("ALL" classes, the "MEAN" over classes or raters) use
 # these names, so no class or rater may carry them.
 RESERVED_NAMES = ("ALL", "MEAN")
@@ -60,19 +59,6 @@ class VoteMatrix:
     def generators(self) -> list[str]:
         return sorted(set(self.item_source.tolist()) - {REAL_SOURCE})
 
-    def subset_raters(self, names: list[str]) -> VoteMatrix:
-        """The same matrix restricted to the named raters, in the given order."""
-        rows = [self.raters.index(name) for name in names]
-        confidence = None if self.signed_confidence is None else self.signed_confidence[rows]
-        return VoteMatrix(
-            raters=list(names),
-            items=self.items,
-            item_class=self.item_class,
-            item_source=self.item_source,
-            called_real=self.called_real[rows],
-            signed_confidence=confidence,
-        )
-
 
 def read_votes(path: str | Path) -> pd.DataFrame:
     """Read and check a votes CSV written by `histosynth study export` or any other tool.
@@ -108,7 +94,8 @@ def validate_votes(
     `confidence` is an integer 1..6 on every vote or on none; `repeat` is 0 or 1; `seconds`
     is a non-negative number; `position` a positive integer; every item has one class and one
     source; no rater rates an item twice unless the second is marked `repeat=1`, and every
-    repeat has its first presentation; at least one real tile and one generator's tile.
+    repeat has its first presentation; at least one real tile and one generator's tile, and
+    real tiles in every class that has generated ones (an expert score compares the two).
 
     Args:
         frame: votes, one row per vote; columns beyond the known ones are ignored.
@@ -171,6 +158,7 @@ def validate_votes(
         raise VotesError(f"{origin}: no votes on real tiles (source {REAL_SOURCE!r})")
     if sources == {REAL_SOURCE}:
         raise VotesError(f"{origin}: no votes on generated tiles (every source is {REAL_SOURCE!r})")
+    _check_classes_have_real_tiles(out, where)
     return out
 
 
@@ -307,6 +295,21 @@ def _check_items(votes: pd.DataFrame, codes: dict[str, np.ndarray], where: Calla
                 f"{where(index)}: item {votes['item'].iloc[index]!r} has {field} "
                 f"{votes[field].iloc[index]!r} here but {first!r} elsewhere"
             )
+
+
+def _check_classes_have_real_tiles(votes: pd.DataFrame, where: Callable[[int], str]) -> None:
+    """Every class with generated tiles also has real ones.
+
+    A generator's expert score is a difference to the real tiles of the same class, so such
+    a class would give a score of NaN and an empty bootstrap; refuse it with the first row
+    of the class instead.
+    """
+    with_real = set(votes.loc[votes["source"] == REAL_SOURCE, "class"].unique())
+    lacking = np.flatnonzero(~votes["class"].isin(with_real).to_numpy())
+    if lacking.size:
+        index = int(lacking[0])
+        klass = votes["class"].iloc[index]
+        raise VotesError(f"{where(index)}: class {klass!r} has generated tiles but no real tiles")
 
 
 def _check_duplicates(votes: pd.DataFrame, codes: dict[str, np.ndarray], where: Callable[[int], str]) -> None:

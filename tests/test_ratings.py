@@ -11,13 +11,13 @@ import pytest
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
 from evaluator.ratings import (
-    ALL_CLASSES,
     MEAN_CLASSES,
     expert_scores,
     fleiss_kappa,
     kappa_tables,
     rater_scores,
 )
+from evaluator.tables import ALL_CLASSES
 from evaluator.votes import VotesError, read_votes, validate_votes, vote_matrix
 
 # Fleiss (1971), Table 1: 30 patients, 6 psychiatrists each, 5 diagnoses
@@ -202,8 +202,61 @@ def test_kappa_table_notes_tiles_not_rated_by_everyone() -> None:
     rows += [("A", "t9", "X", "G", "synthetic")]
     kappas, _ = kappa_tables(vote_matrix(validate_votes(votes_frame(rows))))
     generated = kappas.set_index(["source", "class"]).loc[("G", "X")]
-    assert generated["n_dropped"] == 1 and "1 tiles not rated by every rater left out" in generated["note"]
+    assert (
+        generated["n_dropped"] == 1
+        and "1 tiles not rated by every counted rater left out" in generated["note"]
+    )
     assert "all ratings fall in category 'real'" in generated["note"]
+
+
+def three_raters_and_a_straggler(extra: int, seed: int = 4) -> list[tuple[str, str, str, str, str]]:
+    """A, B and C rate 50 real and 50 G tiles of class X; D rates the first `extra` of each source."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        (rater, f"{source}{index}", "X", source, "real" if rng.random() < 0.6 else "synthetic")
+        for rater in "ABC"
+        for source in ("real", "G")
+        for index in range(50)
+    ]
+    rows += [
+        ("D", f"{source}{index}", "X", source, "real") for source in ("real", "G") for index in range(extra)
+    ]
+    return rows
+
+
+def test_kappa_keeps_every_tile_when_one_rater_rated_only_a_few() -> None:
+    # Keeping only the tiles rated by the most raters left 3 tiles of 100 (1 real, 2 G) and
+    # dropped 97: the three complete raters' table is the one to use.
+    rows = three_raters_and_a_straggler(extra=0)
+    rows += [
+        ("D", "real0", "X", "real", "real"),
+        ("D", "G0", "X", "G", "real"),
+        ("D", "G1", "X", "G", "real"),
+    ]
+    kappas, _ = kappa_tables(vote_matrix(validate_votes(votes_frame(rows))))
+    kappas = kappas.set_index(["source", "class"])
+    votes = votes_frame(rows)
+    for source in ("real", "G"):
+        complete = votes[(votes["source"] == source) & (votes["rater"] != "D")]
+        table = pd.crosstab(complete["item"], complete["vote"]).reindex(columns=["real", "synthetic"])
+        expected = statsmodels_fleiss_kappa(table.fillna(0).to_numpy(), method="fleiss")
+        for klass in ("X", ALL_CLASSES, MEAN_CLASSES):
+            row = kappas.loc[(source, klass)]
+            assert row["kappa"] == pytest.approx(expected)
+            assert (row["n_tiles"], row["n_raters"], row["n_dropped"]) == (50, 3, 0)
+            assert row["raters_left_out"] == "D"
+        assert "raters who rated only some tiles left out: D" in kappas.loc[(source, "X"), "note"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "n_raters", "n_tiles", "left_out"),
+    [(45, 4, 45, ""), (30, 3, 50, "D")],  # 4 x 45 = 180 > 3 x 50 = 150 > 4 x 30 = 120 ratings
+)
+def test_kappa_design_keeps_the_most_ratings(extra: int, n_raters: int, n_tiles: int, left_out: str) -> None:
+    kappas, _ = kappa_tables(vote_matrix(validate_votes(votes_frame(three_raters_and_a_straggler(extra)))))
+    row = kappas.set_index(["source", "class"]).loc[("G", "X")]
+    assert (row["n_raters"], row["n_tiles"], row["n_dropped"]) == (n_raters, n_tiles, 50 - n_tiles)
+    assert row["raters_left_out"] == left_out
 
 
 def write_csv(tmp_path: Path, text: str) -> Path:
@@ -231,6 +284,7 @@ GOOD = "rater,item,class,source,vote\nA,i1,ADI,real,real\nA,i2,ADI,KLF8-DM,synth
         ),
         ("rater,item,class,source,vote\nA,i1,ADI,real,real\n", r"no votes on generated tiles"),
         ("rater,item,class,source,vote\nA,i1,ADI,G,real\n", r"no votes on real tiles \(source 'real'\)"),
+        (GOOD + "A,i3,TUM,G,real\n", r"votes\.csv line 4: class 'TUM' has generated tiles but no real tiles"),
         ("rater,item,class,source,vote,confidence\nA,i1,ADI,real,real,7\n", r"line 2: confidence '7' is not"),
         (
             "rater,item,class,source,vote,confidence\nA,i1,ADI,real,real,\nA,i2,ADI,G,real,3\n",

@@ -14,11 +14,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from evaluator.figures_ratings import expert_score_figure
-from evaluator.ratings_report import RatingSettings, compute_ratings, evaluate_ratings, write_ratings
+from evaluator.ratings_report import (
+    OWNED_FILES,
+    RatingSettings,
+    compute_ratings,
+    evaluate_ratings,
+    write_ratings,
+)
 from evaluator.tables import format_estimate, latex_escape, write_table
 from evaluator.votes import VotesError, read_votes
 from histosynth import cli
 from histosynth.errors import HistosynthError
+
+from .conftest import histosynth
 
 
 def study_votes(seed: int = 0, raters: tuple[str, ...] = ("A", "B", "C")) -> pd.DataFrame:
@@ -121,6 +129,24 @@ def test_bad_votes_leave_no_output(tmp_path: Path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
 
 
+def test_a_rerun_removes_the_optional_files_of_an_earlier_run(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    evaluate_ratings(study_votes(), out, RatingSettings(n_bootstrap=20))
+    first = {path.name for path in out.iterdir()}
+    assert {"roc_auc.csv", "imrmc.csv", "intra_rater.md", "timing.tex", "expert_scores.png"} <= first
+    assert first <= set(OWNED_FILES)
+    (out / "notes.txt").write_text("mine")  # not ours: kept
+    plain = study_votes()[lambda votes: votes["repeat"] == 0].drop(
+        columns=["confidence", "repeat", "seconds"]
+    )
+    written = write_ratings(compute_ratings(plain, RatingSettings(n_bootstrap=20)), out, figure=False)
+    names = {path.name for path in out.iterdir()}
+    assert names == {path.name for path in written} | {"notes.txt"}
+    stale = ("roc_auc", "intra_rater", "timing", "imrmc", "expert_scores.p")
+    assert not [name for name in names if name.startswith(stale)]
+    assert {"expert_scores.csv", "fleiss_kappa.md", "ratings_settings.json"} <= names
+
+
 def test_cli_votes_csv(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -170,6 +196,38 @@ def test_cli_bad_votes_file_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err == [f"error: {path} line 3: rater 'A' rated twice without repeat=1 item '1'"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        # No class holds both real and generated tiles: this crashed in the bootstrap.
+        (["A,1,X,real,real", "A,2,Y,G,real"], "line 3: class 'Y' has generated tiles but no real tiles"),
+        # Class Y has generated tiles only: this gave a silent NaN row.
+        (
+            ["A,1,X,real,real", "A,2,X,G,synthetic", "A,3,Y,G,real", "A,4,Y,G,real"],
+            "line 4: class 'Y' has generated tiles but no real tiles",
+        ),
+    ],
+)
+def test_cli_class_without_real_tiles_is_one_line(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = tmp_path / "votes.csv"
+    path.write_text("rater,item,class,source,vote\n" + "\n".join(lines) + "\n")
+    result = histosynth("evaluate", "ratings", "--votes", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {path} {message}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_negative_ddof_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    study_votes().to_csv(tmp_path / "votes.csv", index=False)
+    args = ["--votes", str(tmp_path / "votes.csv"), "--out", str(tmp_path / "out"), "--ddof", "-1"]
+    code = run_cli(monkeypatch, "evaluate", "ratings", *args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["error: ddof (delta degrees of freedom) must be >= 0, got -1"]
     assert not (tmp_path / "out").exists()
 
 
@@ -246,6 +304,7 @@ def test_database_and_exported_csv_give_the_same_tables(
         (RatingSettings(ci_level=1.5), "confidence level must lie between 0 and 1"),
         (RatingSettings(alpha=2.0), "alpha must lie between 0 and 1"),
         (RatingSettings(correction="tukey"), "unknown multiple-testing correction 'tukey'"),
+        (RatingSettings(ddof=-1), r"ddof \(delta degrees of freedom\) must be >= 0, got -1"),
     ],
 )
 def test_bad_settings_are_refused_before_writing(

@@ -4,6 +4,7 @@ agreement and reading times - each checked against brute force, scipy or scikit-
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -21,10 +22,12 @@ from evaluator.rating_stats import (
     bootstrap_replicates,
     bootstrap_scores,
     discrimination_tests,
+    percentile_interval,
     permutation_test,
 )
-from evaluator.ratings import ALL_CLASSES, expert_scores, fleiss_kappa
+from evaluator.ratings import expert_scores, fleiss_kappa
 from evaluator.ratings_report import RatingSettings, compute_ratings
+from evaluator.tables import ALL_CLASSES
 from evaluator.votes import VotesError, validate_votes, vote_matrix
 
 COLUMNS = ["rater", "item", "class", "source", "vote", "confidence", "repeat", "seconds", "position"]
@@ -114,6 +117,36 @@ def test_kappa_intervals_cover_the_estimate() -> None:
     intervals = bootstrap_kappas(matrix, n_bootstrap=300, seed=2)
     assert set(intervals["class"]) == {"ADI", "TUM", "ALL", "MEAN"}
     assert (intervals["ci_low"] <= intervals["ci_high"]).all()
+
+
+def test_kappa_intervals_use_the_same_raters_as_the_estimate() -> None:
+    # D rated 3 of 30 tiles; kappa counts A, B and C only, so its bootstrap must too: the
+    # intervals equal those without D (one chunk of replicates: the same tile draws).
+    votes = random_study(raters=("A", "B", "C"), classes=("ADI",), sources=("real", "G1"), per_cell=15)
+    straggler = votes[votes["rater"] == "A"].head(3).assign(rater="D")
+    with_d = vote_matrix(validate_votes(pd.concat([votes, straggler])))
+    without_d = vote_matrix(validate_votes(votes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        intervals = bootstrap_kappas(with_d, n_bootstrap=200, seed=5)
+    expected = bootstrap_kappas(without_d, n_bootstrap=200, seed=5)
+    pd.testing.assert_frame_equal(intervals, expected)
+
+
+def test_weighted_kappa_without_drawn_tiles_is_nan_without_warnings() -> None:
+    table = np.array([[2, 1], [0, 3], [3, 0]])
+    weights = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kappas = _weighted_binary_kappa(table, weights)
+    assert np.isnan(kappas[0]) and np.isnan(kappas[2])  # nothing drawn; one category only
+    assert kappas[1] == pytest.approx(fleiss_kappa(table).kappa)
+
+
+def test_percentile_interval_of_nothing_is_empty() -> None:
+    for samples, size in ((np.array([]), 0), (np.empty((0, 5)), 0), (np.empty((2, 0)), 2)):
+        low, high = percentile_interval(samples, 0.95)
+        assert low.shape == high.shape == (size,) and np.isnan(low).all() and np.isnan(high).all()
 
 
 def test_permutation_test_is_fisher_for_one_rater() -> None:
