@@ -58,14 +58,14 @@ def audit_study(db_path: str | Path, study: str) -> AuditReport:
         assignments = [
             dict(r)
             for r in db.query(
-                """SELECT r.name AS rater, a.position, a.repeat, i.source, i.class FROM assignments a
+                """SELECT r.name AS rater, a.position, a.repeat, a.token, i.source, i.class FROM assignments a
                    JOIN raters r ON r.id = a.rater_id JOIN items i ON i.id = a.item_id
                    WHERE r.study_id = ? ORDER BY r.id, a.position""",
                 [row["id"]],
             )
         ]
     _audit_images(items, image_store_dir(db_path), report)
-    _audit_ids(items, report)
+    _audit_ids(items, assignments, report)
     _audit_orders(assignments, report)
     _report_byte_sizes(items, image_store_dir(db_path), report)
     return report
@@ -105,12 +105,18 @@ def _audit_images(items: list[dict], store: Path, report: AuditReport) -> None:
     report.notes.append(f"images: {len(items)} PNGs checked (format, size, mode, chunks, sha256)")
 
 
-def _audit_ids(items: list[dict], report: AuditReport) -> None:
-    """Ids must be the random 24-hex-digit tokens `study create` draws: no room for provenance."""
+def _audit_ids(items: list[dict], assignments: list[dict], report: AuditReport) -> None:
+    """Item ids and showing tokens must be the random 24-hex-digit strings histosynth draws:
+    no room for provenance, and a repeat's URL differs from its first showing's."""
     for item in items:
         if not ID_PATTERN.match(item["id"]):
             report.leaks.append(f"item id {item['id']!r} is not an opaque random id")
-    report.notes.append("names: ids are opaque random tokens; files are <id>.png, served as tiles/<id>.png")
+    for entry in assignments:
+        if not ID_PATTERN.match(entry["token"]):
+            report.leaks.append(f"showing token {entry['token']!r} of {entry['rater']} is not opaque")
+    report.notes.append(
+        "names: stored files are <item id>.png; browsers see only per-showing tokens (tiles/<token>.png)"
+    )
 
 
 def _audit_orders(assignments: list[dict], report: AuditReport) -> None:

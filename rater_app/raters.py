@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,7 +82,15 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
             }
             rater_id = db["raters"].insert(record).last_pk
             db["assignments"].insert_all(
-                {"rater_id": rater_id, "position": position, "item_id": entry.item_id, "repeat": entry.repeat}
+                {
+                    "rater_id": rater_id,
+                    "position": position,
+                    "item_id": entry.item_id,
+                    "repeat": entry.repeat,
+                    # A fresh token per showing: a repeat gets another URL than its first
+                    # showing, and two raters never share one, so URLs reveal nothing.
+                    "token": secrets.token_hex(12),
+                }
                 for position, entry in enumerate(orders[name], start=1)
             )
     return added

@@ -110,10 +110,11 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    @app.get("/tiles/{item_id}.png")
-    def tile(item_id: str, request: Request) -> Response:
+    @app.get("/tiles/{token}.png")
+    def tile(token: str, request: Request) -> Response:
         identity: Identity = request.state.identity
-        if identity.is_admin or not _assigned(db_path, identity.rater_id, item_id):
+        item_id = None if identity.is_admin else _assigned_item(db_path, identity.rater_id, token)
+        if item_id is None:
             return PlainTextResponse("not found", status_code=404)
         path = store / f"{item_id}.png"
         try:
@@ -230,12 +231,13 @@ def serve(db_path: str | Path, study: str | None = None, host: str = "127.0.0.1"
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def _assigned(db_path: str, rater_id: int | None, item_id: str) -> bool:
+def _assigned_item(db_path: str, rater_id: int | None, token: str) -> str | None:
+    """The item behind one of this rater's showing tokens; None for anyone else's token."""
     with connect(db_path) as db:
-        rows = db.query(
-            "SELECT 1 FROM assignments WHERE rater_id = ? AND item_id = ? LIMIT 1", [rater_id, item_id]
+        rows = list(
+            db.query("SELECT item_id FROM assignments WHERE rater_id = ? AND token = ?", [rater_id, token])
         )
-        return any(True for _ in rows)
+    return rows[0]["item_id"] if rows else None
 
 
 def _back_to_login(name: str, error: str) -> Response:

@@ -26,10 +26,10 @@ class RatingClientError(RuntimeError):
 
 @dataclass(frozen=True)
 class TileView:
-    """What the page shows after an event: the tile's place and id, or None when finished."""
+    """What the page shows after an event: the tile's place and token, or None when finished."""
 
     position: int | None
-    item_id: str | None
+    token: str | None
     progress: str
     message: str
 
@@ -70,15 +70,15 @@ class SimulatedRater:
 
     def vote(self, vote: str, confidence: int | None = None) -> TileView:
         """Click Real or Synthetic on the tile on screen and wait until the next one is loaded."""
-        if self.view is None or self.view.item_id is None:
+        if self.view is None or self.view.token is None:
             raise RatingClientError("no tile on screen")
-        return self._run(f"vote-{vote}", [self.view.item_id, confidence, None])
+        return self._run(f"vote-{vote}", [self.view.token, confidence, None])
 
-    def fetch_tile(self, item_id: str) -> bytes:
+    def fetch_tile(self, token: str) -> bytes:
         """Load a tile image the way the page's <img> does."""
-        response = self.client.get(f"/tiles/{item_id}.png")
+        response = self.client.get(f"/tiles/{token}.png")
         if response.status_code != 200:
-            raise RatingClientError(f"tile {item_id}: HTTP {response.status_code}")
+            raise RatingClientError(f"tile {token}: HTTP {response.status_code}")
         return response.content
 
     def _run(self, event: str, data: list) -> TileView:
@@ -96,12 +96,12 @@ class SimulatedRater:
         source = _TILE_SRC.search(html or "")
         self.view = TileView(
             position=int(position.group(1)) if position else None,
-            item_id=source.group(1) if source else None,
+            token=source.group(1) if source else None,
             progress=progress if isinstance(progress, str) else "",
             message=message if isinstance(message, str) else "",
         )
-        if self.view.item_id is not None:
-            self.fetch_tile(self.view.item_id)
+        if self.view.token is not None:
+            self.fetch_tile(self.view.token)
         return self.view
 
     def _direct(self, body: dict) -> list:

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS assignments (
     position INTEGER NOT NULL,        -- 1-based place in this rater's order
     item_id TEXT NOT NULL REFERENCES items(id),
     repeat INTEGER NOT NULL DEFAULT 0, -- 1 for the second showing of an item
+    token TEXT NOT NULL UNIQUE,       -- random id of this showing: the only id a browser sees
     PRIMARY KEY (rater_id, position),
     UNIQUE (rater_id, item_id, repeat)
 );

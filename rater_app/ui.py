@@ -3,7 +3,7 @@
 The page holds no study data of its own: who is looking comes from the login
 (`gr.Request.username`), where they are from the database, and `gr.State` only remembers
 which tile is on screen and since when. A tile is an <img> pointing at the app's own
-`tiles/<id>.png` route, which serves the stored PNG byte for byte; the next tile is loaded
+`tiles/<token>.png` route (a random token per showing, so a repeated tile gets a new URL), which serves the stored PNG byte for byte; the next tile is loaded
 by a hidden <img> so the switch after a vote is instant.
 """
 
@@ -119,7 +119,7 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
             return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
 
         def vote_handler(vote: str):
-            def handler(item_id: str, level: int | None, current: Shown | None, request: gr.Request):
+            def handler(token: str, level: int | None, current: Shown | None, request: gr.Request):
                 settings = _settings_for(db_path, study_id, request.username)
                 if current is None:  # the server restarted under this page: its shown time is gone
                     return _render(
@@ -129,7 +129,7 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
                     return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
                 try:
                     record_vote(
-                        db_path, settings.rater_id, current.position, item_id, vote, level, current.shown_at
+                        db_path, settings.rater_id, current.position, token, vote, level, current.shown_at
                     )
                 except VoteRefused as error:
                     return _render(db_path, settings, current.position, note=str(error), keep=current)
@@ -211,7 +211,7 @@ def _render(
     return [
         _tile_html(tile),
         f"Tile **{tile.position} of {tile.total}** ({tile.answered} answered){answer}",
-        tile.item_id,
+        tile.token,
         gr.update(visible=confidence_visible, value=tile.confidence),
         gr.update(visible=settings.allow_changes and tile.position > 1),
         gr.update(visible=not at_frontier),
@@ -223,12 +223,12 @@ def _render(
 
 
 def _tile_html(tile: Tile) -> str:
-    item = html.escape(tile.item_id)
+    token = html.escape(tile.token)
     prefetch = ""
-    if tile.next_item_id:
-        prefetch = f'<img src="tiles/{html.escape(tile.next_item_id)}.png" alt="" style="display:none">'
+    if tile.next_token:
+        prefetch = f'<img src="tiles/{html.escape(tile.next_token)}.png" alt="" style="display:none">'
     return (
-        f'<img class="tile" id="tile-img" data-position="{tile.position}" src="tiles/{item}.png" '
+        f'<img class="tile" id="tile-img" data-position="{tile.position}" src="tiles/{token}.png" '
         f'alt="tile {tile.position}" width="{TILE_DISPLAY_PX}" height="{TILE_DISPLAY_PX}">{prefetch}'
     )
 

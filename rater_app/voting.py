@@ -42,11 +42,12 @@ class Tile:
 
     position: int
     item_id: str
+    token: str
     total: int
     answered: int
     vote: str | None
     confidence: int | None
-    next_item_id: str | None
+    next_token: str | None
 
 
 def rater_settings(db_path: str, rater_id: int) -> RaterSettings:
@@ -93,9 +94,9 @@ def tile_at(db_path: str, rater_id: int, position: int) -> Tile:
     with connect(db_path) as db:
         rows = list(
             db.query(
-                """SELECT a.position, a.item_id, v.vote, v.confidence,
-                          (SELECT item_id FROM assignments n
-                           WHERE n.rater_id = a.rater_id AND n.position = a.position + 1) AS next_item_id,
+                """SELECT a.position, a.item_id, a.token, v.vote, v.confidence,
+                          (SELECT token FROM assignments n
+                           WHERE n.rater_id = a.rater_id AND n.position = a.position + 1) AS next_token,
                           (SELECT count(*) FROM assignments t WHERE t.rater_id = a.rater_id) AS total,
                           (SELECT count(*) FROM votes c WHERE c.rater_id = a.rater_id) AS answered
                    FROM assignments a
@@ -113,7 +114,7 @@ def record_vote(
     db_path: str,
     rater_id: int,
     position: int,
-    item_id: str,
+    token: str,
     vote: str,
     confidence: int | None,
     shown_at: float,
@@ -122,9 +123,9 @@ def record_vote(
     """Commit one vote; returns True when it was stored or changed, False for a repeat no-op.
 
     Args:
-        position, item_id: the place in the rater's order and the item the rater saw there;
-            both must match the stored order, so a stale or forged request cannot vote on
-            another tile or another rater's item.
+        position, token: the place in the rater's order and the token of the tile the rater
+            saw there; both must match the stored order, so a stale or forged request cannot
+            vote on another tile or another rater's item.
         vote: "real" or "synthetic".
         confidence: 1..6 when the study asks for it, else None.
         shown_at, answered_at: epoch seconds; answered_at defaults to now.
@@ -140,13 +141,13 @@ def record_vote(
     with connect(db_path) as db, transaction(db):
         rows = list(
             db.query(
-                """SELECT a.item_id, a.repeat, s.settings FROM assignments a
+                """SELECT a.item_id, a.token, a.repeat, s.settings FROM assignments a
                    JOIN raters r ON r.id = a.rater_id JOIN studies s ON s.id = r.study_id
                    WHERE a.rater_id = ? AND a.position = ?""",
                 [rater_id, position],
             )
         )
-        if not rows or rows[0]["item_id"] != item_id:
+        if not rows or rows[0]["token"] != token:
             raise VoteRefused("this tile is not assigned to this rater at that position")
         settings = json.loads(rows[0]["settings"])
         _check_confidence(confidence, settings["confidence"])
@@ -170,7 +171,7 @@ def record_vote(
             {
                 "rater_id": rater_id,
                 "position": position,
-                "item_id": item_id,
+                "item_id": rows[0]["item_id"],
                 "repeat": rows[0]["repeat"],
                 "vote": vote,
                 "confidence": confidence,

@@ -70,14 +70,14 @@ def test_order_sorted_by_source_is_a_leak(study) -> None:
     with sqlite3.connect(study) as conn:
         rater = conn.execute("SELECT id FROM raters WHERE name = 'ben'").fetchone()[0]
         rows = conn.execute(
-            """SELECT a.position, a.item_id FROM assignments a JOIN items i ON i.id = a.item_id
+            """SELECT a.token, a.item_id FROM assignments a JOIN items i ON i.id = a.item_id
                WHERE a.rater_id = ? ORDER BY i.class, i.source, a.position""",
             [rater],
         ).fetchall()
         conn.execute("DELETE FROM assignments WHERE rater_id = ?", [rater])
         conn.executemany(
-            "INSERT INTO assignments (rater_id, position, item_id, repeat) VALUES (?, ?, ?, 0)",
-            [(rater, position, item) for position, (_, item) in enumerate(rows, start=1)],
+            "INSERT INTO assignments (rater_id, position, item_id, repeat, token) VALUES (?, ?, ?, 0, ?)",
+            [(rater, position, item, token) for position, (token, item) in enumerate(rows, start=1)],
         )
     leaks = audit_study(study, "pilot").leaks
     assert len(leaks) == 1 and "order of rater 'ben' is associated with the source" in leaks[0]

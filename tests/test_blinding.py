@@ -124,15 +124,16 @@ def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser,
     page.close()
 
     store = image_store_dir(db)
+    with sqlite3.connect(db) as conn:
+        item_of_token = dict(conn.execute("SELECT token, item_id FROM assignments"))
     images = [(url, body) for url, headers, body in received if headers.get("content-type") == "image/png"]
     assert len({url for url, _ in images}) == total
     for url, body in images:
-        item = url.rsplit("/", 1)[1]
-        assert body == (store / item).read_bytes()  # lossless, not re-encoded
+        item = item_of_token[url.rsplit("/", 1)[1].removesuffix(".png")]
+        assert body == (store / f"{item}.png").read_bytes()  # lossless, not re-encoded
         assert set(png_chunks(body)) == {"IHDR", "IDAT", "IEND"}
-    with sqlite3.connect(db) as conn:
-        item_ids = [row[0] for row in conn.execute("SELECT id FROM items")]
-    assert all(item in streamed for item in item_ids), "component payloads were not all captured"
+    assert all(token in streamed for token in item_of_token), "component payloads were not all captured"
+    tokens |= set(item_of_token.values())  # stored item ids never reach the browser either
     for url, headers, body in received:
         text = url + "\n" + "\n".join(f"{k}: {v}" for k, v in headers.items()) + "\n"
         text += body.decode("latin-1")
@@ -147,14 +148,14 @@ def test_routes_need_a_login(tmp_path, rating_server, write_study, make_pool) ->
     secret = add_raters(str(db), "pilot", ["ann"])[0].secret
     base = rating_server(db).url
     with sqlite3.connect(db) as conn:
-        item = conn.execute("SELECT id FROM items LIMIT 1").fetchone()[0]
+        item, token = conn.execute("SELECT item_id, token FROM assignments LIMIT 1").fetchone()
     paths = [
         "/",
         "/config",
         "/gradio_api/info",
         "/gradio_api/config",
         "/theme.css",
-        f"/tiles/{item}.png",
+        f"/tiles/{token}.png",
         "/admin/votes.csv",
         f"/gradio_api/file={db}",
         "/gradio_api/queue/data?session_hash=x",
@@ -167,7 +168,8 @@ def test_routes_need_a_login(tmp_path, rating_server, write_study, make_pool) ->
     with httpx.Client(base_url=base) as client:
         response = client.post("/login", data={"name": "ann", "secret": secret})
         assert response.status_code == 303 and "histosynth_session" in response.cookies
-        assert client.get(f"/tiles/{item}.png").headers["content-type"] == "image/png"
+        assert client.get(f"/tiles/{token}.png").headers["content-type"] == "image/png"
+        assert client.get(f"/tiles/{item}.png").status_code == 404  # stored ids are not URLs
         assert client.get("/admin/votes.csv").status_code == 404
         assert client.get(f"/gradio_api/file={db}").status_code in (403, 404)
         info = client.get("/gradio_api/info").json()

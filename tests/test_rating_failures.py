@@ -96,14 +96,14 @@ def test_deleted_tile(study, rating_server) -> None:
     server = rating_server(db)
     ann = simulated_rater(server.url, "ann", secrets["ann"])
     with sqlite3.connect(db) as conn:
-        second = conn.execute(
-            "SELECT a.item_id FROM assignments a JOIN raters r ON r.id = a.rater_id"
+        second, token = conn.execute(
+            "SELECT a.item_id, a.token FROM assignments a JOIN raters r ON r.id = a.rater_id"
             " WHERE r.name = 'ann' AND a.position = 2"
-        ).fetchone()[0]
+        ).fetchone()
     (image_store_dir(db) / f"{second}.png").unlink()
-    response = ann.client.get(f"/tiles/{second}.png")
+    response = ann.client.get(f"/tiles/{token}.png")
     assert response.status_code == 500 and "missing from the study's image store" in response.text
-    ann.fetch_tile = lambda item_id: b""  # the page's <img> fails; the text says why
+    ann.fetch_tile = lambda token: b""  # the page's <img> fails; the text says why
     view = ann.vote("real")
     assert view.position == 2 and "could not be loaded" in view.message
     assert "missing from the image store" in server.log_text()

@@ -76,6 +76,9 @@ def test_repeats_come_last_as_second_showings(tmp_path, make_pool, write_study) 
     assert len(order) == 22 and [r for _, r, _ in order] == [0] * 18 + [1] * 4
     firsts = {item for item, r, _ in order if r == 0}
     assert {item for item, r, _ in order if r == 1} <= firsts
+    with sqlite3.connect(db) as conn:
+        tokens = [row[0] for row in conn.execute("SELECT token FROM assignments")]
+    assert len(set(tokens)) == len(tokens) == 22  # a repeat is shown under a URL of its own
 
 
 def test_rater_names(tmp_path, make_pool, write_study) -> None:
@@ -101,32 +104,30 @@ def test_votes_are_checked_and_committed(tmp_path, make_pool, write_study) -> No
     add_raters(str(db), "pilot", ["ann", "ben"])
     ann, ben = rater_id(db, "ann"), rater_id(db, "ben")
     first = tile_at(str(db), ann, 1)
-    assert (
-        first.answered == 0 and first.vote is None and first.next_item_id == tile_at(str(db), ann, 2).item_id
-    )
-    assert record_vote(str(db), ann, 1, first.item_id, "real", None, shown_at=100.0, answered_at=103.5)
-    assert not record_vote(str(db), ann, 1, first.item_id, "real", None, shown_at=100.0)  # double click
+    assert first.answered == 0 and first.vote is None and first.next_token == tile_at(str(db), ann, 2).token
+    assert record_vote(str(db), ann, 1, first.token, "real", None, shown_at=100.0, answered_at=103.5)
+    assert not record_vote(str(db), ann, 1, first.token, "real", None, shown_at=100.0)  # double click
     assert first_unanswered(str(db), ann) == 2
     second = tile_at(str(db), ann, 2)
     with pytest.raises(VoteRefused, match="not assigned"):
-        record_vote(str(db), ann, 2, first.item_id, "real", None, shown_at=0)  # wrong item for position
+        record_vote(str(db), ann, 2, first.token, "real", None, shown_at=0)  # wrong item for position
     with sqlite3.connect(db) as conn:
         other_study_item = conn.execute("SELECT id FROM items WHERE study_id != 1 LIMIT 1").fetchone()[0]
     with pytest.raises(VoteRefused, match="not assigned"):
         record_vote(str(db), ann, 2, other_study_item, "real", None, shown_at=0)
     not_bens_first = next(
-        item for item in (first.item_id, second.item_id) if item != tile_at(str(db), ben, 1).item_id
+        token for token in (first.token, second.token) if token != tile_at(str(db), ben, 1).token
     )
     with pytest.raises(VoteRefused, match="not assigned"):
         record_vote(str(db), ben, 1, not_bens_first, "real", None, shown_at=0)
     with pytest.raises(VoteRefused, match="not assigned"):
-        record_vote(str(db), ann, 999, second.item_id, "real", None, shown_at=0)
+        record_vote(str(db), ann, 999, second.token, "real", None, shown_at=0)
     with pytest.raises(VoteRefused, match="vote must be"):
-        record_vote(str(db), ann, 2, second.item_id, "maybe", None, shown_at=0)
+        record_vote(str(db), ann, 2, second.token, "maybe", None, shown_at=0)
     with pytest.raises(VoteRefused, match="does not ask for a confidence"):
-        record_vote(str(db), ann, 2, second.item_id, "real", 3, shown_at=0)
+        record_vote(str(db), ann, 2, second.token, "real", 3, shown_at=0)
     # a changed vote is kept in the history
-    assert record_vote(str(db), ann, 1, first.item_id, "synthetic", None, shown_at=110.0, answered_at=111.0)
+    assert record_vote(str(db), ann, 1, first.token, "synthetic", None, shown_at=110.0, answered_at=111.0)
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT vote FROM votes WHERE rater_id = ?", [ann]).fetchall() == [("synthetic",)]
         assert conn.execute("SELECT vote, answered_at FROM vote_history").fetchall() == [("real", 103.5)]
@@ -142,7 +143,7 @@ def test_changes_refused_when_not_allowed_and_confidence_required(tmp_path, make
     db = str(make_study(tmp_path, make_pool, write_study, allow_changes=False, confidence="6-point"))
     add_raters(db, "pilot", ["ann"])
     ann = rater_id(Path(db), "ann")
-    item = tile_at(db, ann, 1).item_id
+    item = tile_at(db, ann, 1).token
     with pytest.raises(VoteRefused, match="choose a confidence"):
         record_vote(db, ann, 1, item, "real", None, shown_at=0)
     with pytest.raises(VoteRefused, match="choose a confidence"):
@@ -158,7 +159,7 @@ def test_status_and_export(tmp_path, make_pool, write_study) -> None:
     ann = rater_id(db, "ann")
     for position in (1, 2, 3):
         tile = tile_at(str(db), ann, position)
-        record_vote(str(db), ann, position, tile.item_id, "real", position, shown_at=10.0, answered_at=12.25)
+        record_vote(str(db), ann, position, tile.token, "real", position, shown_at=10.0, answered_at=12.25)
     assert [(p.rater, p.answered, p.total, p.done) for p in study_status(db, "pilot")] == [
         ("ann", 3, 18, False),
         ("ben", 0, 18, False),

@@ -39,7 +39,8 @@ def make_study(tmp_path, make_pool, write_study, raters: int, **fields) -> tuple
 def votes_in_db(db: Path) -> dict[str, list[tuple[int, str, str]]]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            """SELECT r.name, v.position, v.item_id, v.vote FROM votes v JOIN raters r ON r.id = v.rater_id
+            """SELECT r.name, v.position, a.token, v.vote FROM votes v JOIN raters r ON r.id = v.rater_id
+               JOIN assignments a ON a.rater_id = v.rater_id AND a.position = v.position
                ORDER BY r.name, v.position"""
         ).fetchall()
     result: dict[str, list] = {}
@@ -51,7 +52,7 @@ def votes_in_db(db: Path) -> dict[str, list[tuple[int, str, str]]]:
 def orders_in_db(db: Path) -> dict[str, list[str]]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            """SELECT r.name, a.item_id FROM assignments a JOIN raters r ON r.id = a.rater_id
+            """SELECT r.name, a.token FROM assignments a JOIN raters r ON r.id = a.rater_id
                ORDER BY r.name, a.position"""
         ).fetchall()
     result: dict[str, list] = {}
@@ -75,7 +76,7 @@ def test_twenty_raters_at_once(tmp_path, make_pool, write_study, rating_server) 
         sent = []
         try:
             while rater.view.position is not None:
-                position, item = rater.view.position, rater.view.item_id
+                position, item = rater.view.position, rater.view.token
                 vote = choice(name, position)
                 rater.vote(vote)
                 sent.append((position, item, vote))
@@ -103,7 +104,7 @@ def test_votes_survive_sigkill(tmp_path, make_pool, write_study, rating_server) 
     def keep_voting(name: str) -> None:
         rater = raters[name]
         while not stop.is_set() and rater.view.position is not None:
-            position, item = rater.view.position, rater.view.item_id
+            position, item = rater.view.position, rater.view.token
             vote = choice(name, position)
             try:
                 rater.vote(vote)
@@ -151,8 +152,10 @@ def test_raters_cannot_reach_each_other(tmp_path, make_pool, write_study, rating
     assert (image_store_dir(db) / f"{foreign_item}.png").is_file()
     with pytest.raises(RatingClientError, match="404"):
         ann.fetch_tile(foreign_item)
+    with pytest.raises(RatingClientError, match="404"):
+        ann.fetch_tile(ben.view.token)  # nor another rater's tiles
     # a vote naming an item other than the one at the rater's current place is refused
-    ben_first = ben.view.item_id
+    ben_first = ben.view.token
     ann.view = TileView(ann.view.position, foreign_item, "", "")
     view = ann.vote("real")
     assert "not assigned" in view.message and votes_in_db(db) == {}
@@ -160,7 +163,7 @@ def test_raters_cannot_reach_each_other(tmp_path, make_pool, write_study, rating
     assert ann.client.get("/admin/votes.csv").status_code == 404
     ann.start()
     ann.vote("synthetic")
-    assert ben.start().position == 1 and ben.view.item_id == ben_first
+    assert ben.start().position == 1 and ben.view.token == ben_first
     assert list(votes_in_db(db)) == ["r00"]
 
 
@@ -206,7 +209,7 @@ def test_identical_votes_at_once_store_one(tmp_path, make_pool, write_study, rat
     rater = simulated_rater(server.url, "r00", secrets["r00"])
     fn_index, trigger, _ = rater._events["vote-real"]
     body = {
-        "data": [rater.view.item_id, None, None],
+        "data": [rater.view.token, None, None],
         "fn_index": fn_index,
         "trigger_id": trigger,
         "session_hash": rater.session_hash,
@@ -255,7 +258,7 @@ def test_every_route_needs_a_login(tmp_path, make_pool, write_study, rating_serv
     server = rating_server(db)
     paths = set(route_paths(build_app(db).routes))
     assert os.environ["GRADIO_TEMP_DIR"] == f"{db.resolve()}.gradio"  # Gradio's temp dir is per deployment
-    concrete = {re.sub(r"\{[^}]+\}", "x", path.replace("{item_id}", "0" * 24)) for path in paths if path}
+    concrete = {re.sub(r"\{[^}]+\}", "x", path.replace("{token}", "0" * 24)) for path in paths if path}
     concrete |= {f"/gradio_api/file={db}", f"/gradio_api/file={image_store_dir(db)}"}
     assert "/gradio_api/info" in concrete and "/config" in concrete and "/gradio_api/upload" in concrete
     assert len(concrete) > 40

@@ -269,7 +269,7 @@ def test_database_and_exported_csv_give_the_same_tables(
                 db,
                 rater_id,
                 position,
-                tile.item_id,
+                tile.token,
                 vote,
                 int(rng.integers(1, 7)),
                 shown,
