@@ -3,8 +3,9 @@
 The page holds no study data of its own: who is looking comes from the login
 (`gr.Request.username`), where they are from the database, and `gr.State` only remembers
 which tile is on screen and since when. A tile is an <img> pointing at the app's own
-`tiles/<token>.png` route (a random token per showing, so a repeated tile gets a new URL), which serves the stored PNG byte for byte; the next tile is loaded
-by a hidden <img> so the switch after a vote is instant.
+`tiles/<token>.png` route (a random token per showing, so a repeated tile gets a new URL),
+which serves the stored PNG byte for byte; the next tile is loaded by a hidden <img> so the
+switch after a vote is instant.
 """
 
 from __future__ import annotations
