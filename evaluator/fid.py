@@ -30,9 +30,9 @@ import pandas as pd
 from evaluator.features import Extractor, compute_features, load_extractor
 from evaluator.kid import kernel_inception_distance
 from evaluator.pool_report import latex_section, markdown_section, pivot_cells, write_outputs
-from evaluator.tables import ALL_CLASSES
 from histosynth.errors import HistosynthError, PoolError
 from histosynth.pools import Pool, read_pool
+from histosynth.tables import ALL_CLASSES
 
 logger = logging.getLogger(__name__)
 

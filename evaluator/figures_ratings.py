@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evaluator.tables import ALL_CLASSES
+from histosynth.tables import ALL_CLASSES
 
 
 def expert_score_figure(scores: pd.DataFrame, with_overall: bool = True) -> Figure:

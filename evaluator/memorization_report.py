@@ -14,7 +14,7 @@ Written into the output folder:
   beside it, for a person to judge whether they are the same tissue.
 
 Everything is rendered into a staging folder and moved into place at the end
-(`evaluator.outputs.staged_output`), so a failure never leaves a half-written report, and a
+(`histosynth.files.staged_output`), so a failure never leaves a half-written report, and a
 file of an earlier run that this run does not write (a verdict from a run with a baseline)
 is removed rather than left to contradict the new one.
 """
@@ -33,9 +33,9 @@ from PIL import Image
 
 from evaluator.memorization import MemorizationResult
 from evaluator.memorization_search import TRANSFORMS, invert_transform
-from evaluator.outputs import staged_output
-from evaluator.tables import ALL_CLASSES
+from histosynth.files import staged_output
 from histosynth.images import load_rgb
+from histosynth.tables import ALL_CLASSES
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 _BASELINE_COLOR = "#555555"

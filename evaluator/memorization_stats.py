@@ -37,8 +37,8 @@ import pandas as pd
 from scipy import stats
 
 from evaluator.rating_stats import adjusted_p
-from evaluator.tables import ALL_CLASSES
 from histosynth.errors import HistosynthError
+from histosynth.tables import ALL_CLASSES
 
 SUMMARY_COLUMNS = ["class", "source", "mean", "std", "median", "p5", "p95", "n"]
 VERDICT_COLUMNS = [

@@ -28,10 +28,10 @@ from matplotlib.figure import Figure
 
 from evaluator.features import progress_bar, resolve_device
 from evaluator.pool_report import figure_bytes, latex_section, markdown_section, pivot_cells, write_outputs
-from evaluator.tables import ALL_CLASSES
 from histosynth.errors import HistosynthError, ImageError
 from histosynth.images import PAPER_SIZE, load_rgb
 from histosynth.pools import read_pool
+from histosynth.tables import ALL_CLASSES
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Table 2 of Niehues et al. has one row per generator and one column per tissue class. The
 helpers here pivot the long CSV tables of `fid` and `msssim` into that shape for Markdown and
 LaTeX, and write an output folder only after all results exist, through
-`evaluator.outputs.staged_output`, so a failed run never leaves a half-written folder behind
+`histosynth.files.staged_output`, so a failed run never leaves a half-written folder behind
 and a successful one never leaves a file of an earlier run beside its own.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from evaluator.outputs import staged_output
-from evaluator.tables import MISSING, format_estimate, latex_escape
+from histosynth.files import staged_output
+from histosynth.tables import MISSING, format_estimate, latex_escape
 
 
 def pivot_cells(

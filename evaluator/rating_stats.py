@@ -20,8 +20,8 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from evaluator.ratings import MEAN_CLASSES, subject_table
-from evaluator.tables import ALL_CLASSES
 from evaluator.votes import REAL_SOURCE, VoteMatrix, VotesError
+from histosynth.tables import ALL_CLASSES
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 # The methods of statsmodels' multipletests that control the family-wise error or the FDR.

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluator.tables import ALL_CLASSES
 from evaluator.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, VotesError
+from histosynth.tables import ALL_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,8 @@ import numpy as np
 import pandas as pd
 
 from histosynth.errors import HistosynthError
+from histosynth.votes import REAL_SOURCE, REQUIRED_COLUMNS, VOTE_VALUES
 
-REAL_SOURCE = "real"
-VOTE_VALUES = ("real", "synthetic")
-REQUIRED_COLUMNS = ("rater", "item", "class", "source", "vote")
 # Summary rows of the output tables ("ALL" classes, the "MEAN" over classes or raters) use
 # these names, so no class or rater may carry them.
 RESERVED_NAMES = ("ALL", "MEAN")

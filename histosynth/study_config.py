@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from histosynth.errors import ConfigError
+from histosynth.votes import REAL_SOURCE
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-REAL_SOURCE = "real"
 CONFIDENCE_SCALES = ("none", "6-point")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STUDY_KEYS = {

@@ -17,8 +17,8 @@ from evaluator.ratings import (
     kappa_tables,
     rater_scores,
 )
-from evaluator.tables import ALL_CLASSES
 from evaluator.votes import VotesError, read_votes, validate_votes, vote_matrix
+from histosynth.tables import ALL_CLASSES
 
 # Fleiss (1971), Table 1: 30 patients, 6 psychiatrists each, 5 diagnoses
 # (depression, personality disorder, schizophrenia, neurosis, other); counts per patient.

@@ -21,10 +21,10 @@ from evaluator.ratings_report import (
     evaluate_ratings,
     write_ratings,
 )
-from evaluator.tables import format_estimate, latex_escape, write_table
 from evaluator.votes import VotesError, read_votes
 from histosynth import cli
 from histosynth.errors import HistosynthError
+from histosynth.tables import format_estimate, latex_escape, write_table
 
 from .conftest import histosynth
 

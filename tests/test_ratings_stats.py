@@ -27,8 +27,8 @@ from evaluator.rating_stats import (
 )
 from evaluator.ratings import expert_scores, fleiss_kappa
 from evaluator.ratings_report import RatingSettings, compute_ratings
-from evaluator.tables import ALL_CLASSES
 from evaluator.votes import VotesError, validate_votes, vote_matrix
+from histosynth.tables import ALL_CLASSES
 
 COLUMNS = ["rater", "item", "class", "source", "vote", "confidence", "repeat", "seconds", "position"]
 

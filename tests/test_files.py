@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.outputs import staged_output
 from histosynth.cache import cache_dir
 from histosynth.errors import HistosynthError
+from histosynth.files import atomic_write_bytes, atomic_write_text, fsync_folder, staged_output
 
 
 def test_publishes_and_removes_stale_owned_files(tmp_path: Path) -> None:
@@ -45,3 +45,33 @@ def test_cache_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("HISTOSYNTH_CACHE_DIR")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "histosynth"
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "histosynth.json"
+    atomic_write_text(target, "old")
+    assert atomic_write_bytes(target, b"new") == target
+    assert target.read_bytes() == b"new"
+    assert [path.name for path in tmp_path.iterdir()] == ["histosynth.json"]  # no temporary left
+
+
+def test_atomic_write_failure_keeps_old_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "votes.csv"
+    target.write_text("old")
+
+    def full_disk(descriptor: int) -> None:  # fails after the temporary file holds the data
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("histosynth.files.os.fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["votes.csv"]
+
+
+def test_atomic_write_into_missing_folder_fails(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "missing" / "file.txt", "x")
+    fsync_folder(tmp_path)  # a folder can be flushed

@@ -1,0 +1,49 @@
+"""`histosynth rate` and `histosynth demo`: serve the blinded rating app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histosynth.cli.options import DbOption, HostOption, PortOption, login_url
+
+
+def rate(
+    db: DbOption,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study to serve (default: the only one).")
+    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 7860,
+) -> None:
+    """Serve the blinded rating app (Gradio) for raters and the study's admin."""
+    from rater_app.server import serve
+
+    serve(db, study, host=host, port=port)
+
+
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo data and database live.")] = Path(
+        "histosynth-demo"
+    ),
+    launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Start the rating app.")] = True,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 7860,
+) -> None:
+    """Build the demo data (first run), create the demo study with three raters, and serve it."""
+    from rater_app.demo import prepare_demo
+
+    logins = prepare_demo(folder)
+    base = f"http://{host}:{port}"
+    typer.echo(f"demo study {logins.study!r} in {logins.db_path}")
+    typer.echo("name\tsecret\tlogin-url")
+    for rater in logins.raters:
+        typer.echo(f"{rater.name}\t{rater.secret}\t{login_url(base, rater.name)}")
+    typer.echo(f"admin\t{logins.admin_secret}\t{login_url(base, 'admin')}")
+    if launch:
+        from rater_app.server import serve
+
+        typer.echo(f"serving on {base}/ (Ctrl-C stops)")
+        serve(logins.db_path, logins.study, host=host, port=port)

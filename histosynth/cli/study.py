@@ -1,0 +1,90 @@
+"""`histosynth study ...`: create blinded studies, manage raters, follow and export them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histosynth.cli.options import DbOption, StudyOption, login_url
+
+app = typer.Typer(help="Create blinded rating studies and manage their raters.", no_args_is_help=True)
+raters_app = typer.Typer(help="Add and list the raters of a study.", no_args_is_help=True)
+app.add_typer(raters_app, name="raters")
+
+
+@app.command("create")
+def study_create(
+    config: Annotated[Path, typer.Argument(help="Study definition (TOML).")],
+    db: DbOption,
+) -> None:
+    """Sample tiles from the pools, blind them and create the study in the database."""
+    from rater_app.create import create_study
+
+    created = create_study(config, db)
+    typer.echo(f"study {created.name}: {created.n_items} tiles, image store {created.store_dir}")
+    typer.echo(f"admin\t{created.admin_secret}\t(shown once; log in as 'admin' to see progress)")
+
+
+@raters_app.command("add")
+def raters_add(
+    names: Annotated[list[str], typer.Argument(help="Rater names.")],
+    db: DbOption,
+    study: StudyOption,
+    url: Annotated[str, typer.Option(help="Base URL of the rating app, for the login links.")] = (
+        "http://127.0.0.1:7860"
+    ),
+) -> None:
+    """Add raters; prints name<TAB>secret<TAB>login-url once per rater (secrets are not stored)."""
+    from rater_app.raters import add_raters
+
+    for rater in add_raters(str(db), study, names):
+        typer.echo(f"{rater.name}\t{rater.secret}\t{login_url(url, rater.name)}")
+
+
+@raters_app.command("list")
+def raters_list(db: DbOption, study: StudyOption) -> None:
+    """List the study's raters."""
+    from rater_app.raters import list_raters
+
+    for name in list_raters(str(db), study):
+        typer.echo(name)
+
+
+@app.command("status")
+def study_status_command(db: DbOption, study: StudyOption) -> None:
+    """Progress per rater: answered of total."""
+    from rater_app.export import study_status
+
+    for progress in study_status(db, study):
+        state = "done" if progress.done else ""
+        typer.echo(f"{progress.rater}\t{progress.answered}/{progress.total}\t{state}".rstrip())
+
+
+@app.command("export")
+def study_export(
+    db: DbOption,
+    study: StudyOption,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV file; standard output if omitted.")] = None,
+) -> None:
+    """Export the votes as CSV (rater,item,class,source,vote,confidence,repeat,seconds,position)."""
+    from rater_app.export import export_votes
+
+    text = export_votes(db, study, out)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("audit")
+def study_audit(db: DbOption, study: StudyOption) -> None:
+    """Check the blinding: image format, size, mode and metadata, opaque ids, order vs source."""
+    from rater_app.audit import audit_study
+
+    report = audit_study(db, study)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,15 @@
+"""The votes interchange: the words and columns both apps agree on.
+
+`histosynth study export` writes these columns and `histosynth evaluate ratings --votes` reads
+them; ratings from any other tool in this format evaluate the same way (DESIGN: Votes interchange).
+"""
+
+from __future__ import annotations
+
+REAL_SOURCE = "real"  # the source holding the real tiles, in study TOMLs and votes files
+REAL_VOTE = "real"
+SYNTHETIC_VOTE = "synthetic"
+VOTE_VALUES = (REAL_VOTE, SYNTHETIC_VOTE)
+REQUIRED_COLUMNS = ("rater", "item", "class", "source", "vote")
+OPTIONAL_COLUMNS = ("confidence", "repeat", "seconds", "position")
+VOTE_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
