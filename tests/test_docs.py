@@ -36,3 +36,11 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0, path
         assert "Usage" in result.output
+
+
+def test_cli_reference_is_current() -> None:
+    """docs/cli.md is what `python -m histosynth.cli.reference` renders (run `make docs` after a change)."""
+    from histosynth.cli.reference import cli_reference
+
+    reference = README.parent / "docs" / "cli.md"
+    assert reference.read_text(encoding="utf-8") == cli_reference(), "docs/cli.md is stale: run `make docs`"
