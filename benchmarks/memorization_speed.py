@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from evaluator.memorization import audit_memorization
-from evaluator.memorization_cache import load_gray
+from evaluator.memorization.audit import audit_memorization
+from evaluator.memorization.cache import load_gray
 
 PAPER_FLOPS = 2 * 800 * 65_536 * 100_000
 

@@ -52,8 +52,8 @@ def evaluate_ratings_command(
     from_db = votes is None and db is not None and study is not None
     if not (from_csv or from_db):
         raise HistosynthError("give either --votes FILE or both --db FILE and --study NAME")
-    from evaluator.ratings_report import RatingSettings, evaluate_ratings
-    from evaluator.votes import read_votes
+    from evaluator.ratings.report import RatingSettings, evaluate_ratings
+    from evaluator.ratings.votes import read_votes
 
     if from_csv:
         frame = read_votes(votes)
@@ -102,7 +102,7 @@ def evaluate_fid(
     cache: CacheOption = True,
 ) -> None:
     """FID and KID per class of each generated pool against the reference (the paper's Table 2)."""
-    from evaluator.fid import compute_fid
+    from evaluator.pools.fid import compute_fid
 
     table = compute_fid(
         reference,
@@ -147,7 +147,7 @@ def evaluate_tsne(
     cache: CacheOption = True,
 ) -> None:
     """t-SNE of features per class, reference vs each pool (the paper's Fig. 2B)."""
-    from evaluator.tsne import compute_tsne
+    from evaluator.pools.tsne import compute_tsne
 
     table = compute_tsne(
         reference,
@@ -190,7 +190,7 @@ def evaluate_msssim(
     seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
 ) -> None:
     """MS-SSIM of an autoencoder's reconstructions, mean and std per class and overall."""
-    from evaluator.msssim import compute_msssim
+    from evaluator.pools.msssim import compute_msssim
 
     summary, _ = compute_msssim(
         autoencoder,
@@ -247,7 +247,7 @@ def evaluate_memorization(
     ] = None,
 ) -> None:
     """Closest training tile of generated (and held-out) tiles by pixel correlation (the paper's Fig. 4)."""
-    from evaluator.memorization import run_memorization
+    from evaluator.memorization.report import run_memorization
 
     result, _ = run_memorization(
         train,

@@ -13,9 +13,9 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from evaluator.features import Extractor, load_extractor
-from evaluator.fid import FID_COLUMNS, FrechetReference, compute_fid, frechet_distance, sqrtm_psd
-from evaluator.kid import kernel_inception_distance
+from evaluator.pools.features import Extractor, load_extractor
+from evaluator.pools.fid import FID_COLUMNS, FrechetReference, compute_fid, frechet_distance, sqrtm_psd
+from evaluator.pools.kid import kernel_inception_distance
 from histosynth.errors import HistosynthError, PoolError
 
 TINY_EXTRACTOR = '''
@@ -174,7 +174,7 @@ def test_kid_equals_clean_fid_kernel_distance_on_whole_sets() -> None:
 
 
 def test_kid_kernel_gives_the_same_value_on_torch_tensors() -> None:
-    from evaluator.kid import _unbiased_mmd2  # the CUDA path runs the same code on tensors
+    from evaluator.pools.kid import _unbiased_mmd2  # the CUDA path runs the same code on tensors
 
     a, b = gaussian_features(40, 16, seed=9), gaussian_features(40, 16, seed=10, shift=0.2)
     expected = _unbiased_mmd2(a, b)
@@ -259,7 +259,7 @@ def test_cache_key_follows_the_extractor_weights(pools: dict[str, Path], tiny_sp
     assert first.identity == again.identity
     with torch.no_grad():
         again.model.conv.bias.add_(1.0)
-    from evaluator.features import features_cache_path, state_dict_digest
+    from evaluator.pools.features import features_cache_path, state_dict_digest
 
     assert state_dict_digest(again.model) not in first.identity
     files = sorted((pools["reference"] / "ADI").iterdir())

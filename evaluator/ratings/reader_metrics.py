@@ -15,13 +15,13 @@ import pandas as pd
 from scipy import sparse, stats
 from sklearn.metrics import cohen_kappa_score
 
-from evaluator.rating_stats import (
+from evaluator.ratings.stats import (
     bootstrap_replicates,
     check_bootstrap_settings,
     percentile_interval,
     weighted_rater_mean,
 )
-from evaluator.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, first_presentations, with_positions
+from evaluator.ratings.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, first_presentations, with_positions
 
 MEAN_RATER = "MEAN"
 ALL_RATERS = "ALL"

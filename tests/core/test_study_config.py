@@ -92,7 +92,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_shipped_study_definitions_parse() -> None:
-    root = Path(__file__).resolve().parents[1] / "studies"
+    root = Path(__file__).resolve().parents[2] / "studies"
     paper = load_study_config(root / "niehues2024.toml")
     assert paper.images_per_cell == 10 and len(paper.classes) == 9
     assert paper.generators == ["KLF8-DM", "VQF8-DM", "SD-v1.4-FT", "styleGAN2"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from evaluator.memorization import MemorizationResult
-from evaluator.memorization_search import TRANSFORMS, invert_transform
+from evaluator.memorization.audit import MemorizationResult, audit_memorization
+from evaluator.memorization.search import TRANSFORMS, invert_transform
+from histosynth.errors import HistosynthError
 from histosynth.files import staged_output
 from histosynth.images import load_rgb
 from histosynth.tables import ALL_CLASSES
@@ -51,6 +53,32 @@ REPORT_FILES = (
     "memorization_gallery.html",
 )
 """Every file `write_report` may write; those a run does not write are removed from `out`."""
+
+
+def run_memorization(
+    train: str | Path,
+    pools: Mapping[str, str | Path],
+    out: str | Path,
+    baseline: str | Path | None = None,
+    *,
+    top_k: int = 8,
+    **options: object,
+) -> tuple[MemorizationResult, list[Path]]:
+    """Audit and write the report into `out` (the `histosynth evaluate memorization` command).
+
+    Args:
+        train, pools, baseline: as for `audit_memorization`.
+        out: the output folder (created); files appear only once everything is computed.
+        top_k: closest pairs per source shown in the gallery.
+        **options: the keyword options of `audit_memorization`.
+
+    Returns:
+        The result and the files written.
+    """
+    if top_k < 1:
+        raise HistosynthError(f"top_k must be at least 1, got {top_k}")
+    result = audit_memorization(train, pools, baseline, **options)  # type: ignore[arg-type]
+    return result, write_report(result, out, top_k=top_k)
 
 
 def write_report(result: MemorizationResult, out: str | Path, top_k: int = 8) -> list[Path]:

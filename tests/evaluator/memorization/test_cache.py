@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluator.memorization_cache as cache
+import evaluator.memorization.cache as cache
 from histosynth.errors import HistosynthError, ImageError
 
 

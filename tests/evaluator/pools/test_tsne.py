@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluator.features import Extractor
-from evaluator.fid import compute_fid
-from evaluator.pool_report import write_outputs
-from evaluator.tsne import compute_tsne, embed
+from evaluator.pools.features import Extractor
+from evaluator.pools.fid import compute_fid
+from evaluator.pools.report import write_outputs
+from evaluator.pools.tsne import compute_tsne, embed
 from histosynth.errors import HistosynthError
 
 

@@ -6,13 +6,13 @@ class, in grayscale and under each of the 4 rotations, the highest Pearson corre
 pixels with any training tile of the class; the same for held-out real tiles (the baseline
 of chance similarity). `audit_memorization` does that check, optionally with mirrored
 rotations too and against all classes, keeps which training tile and transform gave each
-best match, and adds a verdict that can see a few copies among many (`memorization_stats`).
-`run_memorization` also writes the tables, the figure and a gallery of the closest pairs
-(`memorization_report`).
+best match, and adds a verdict that can see a few copies among many (`evaluator.memorization.stats`).
+`evaluator.memorization.report` writes the tables, the figure and a gallery of the closest pairs
+from it.
 
 Grayscale is ITU-R 601-2 luma as PIL's "L" mode computes it; tiles are resized bilinearly to
 `size` (256 in the paper) before conversion. The search itself is a blocked float32 GEMM over
-a uint8 cache of the training tiles (`memorization_search`, `memorization_cache`).
+a uint8 cache of the training tiles (`search`, `cache`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from evaluator.memorization_cache import GrayMatrix, load_class_matrix, load_gray_stack
-from evaluator.memorization_search import TRANSFORMS, block_sizes, nearest_tiles
-from evaluator.memorization_stats import check_threshold_rule, summarize, verdict_table
+from evaluator.memorization.cache import GrayMatrix, load_class_matrix, load_gray_stack
+from evaluator.memorization.search import TRANSFORMS, block_sizes, nearest_tiles
+from evaluator.memorization.stats import check_threshold_rule, summarize, verdict_table
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
 from histosynth.pools import Pool, list_classes, read_pool
@@ -42,13 +42,13 @@ TILE_COLUMNS = ["source", "class", "tile", "r", "train_class", "train_tile", "tr
 
 @dataclass(frozen=True)
 class MemorizationResult:
-    """Everything the audit found; `memorization_report.write_report` renders it.
+    """Everything the audit found; `report.write_report` renders it.
 
     Attributes:
         tiles: one row per audited tile (`TILE_COLUMNS`): its source, class and file, the best
             r, the training tile and the transform (see `TRANSFORMS`) that gave it, and
             whether it lies above its class's baseline threshold.
-        summary: the paper's table (`memorization_stats.SUMMARY_COLUMNS`).
+        summary: the paper's table (`stats.SUMMARY_COLUMNS`).
         verdict: threshold, count and shift tests per class and source; None without a baseline.
         sources: the generated sources, in the order given.
         baseline: the baseline's source name, or None.
@@ -112,7 +112,7 @@ def audit_memorization(
             correlations above which a tile is flagged.
         alpha: significance level of the verdict.
         seed: seeds the sampling; the same seed and folders give the same tiles.
-        cache_dir: where decoded training tiles are cached (see `memorization_cache`).
+        cache_dir: where decoded training tiles are cached (see `evaluator.memorization.cache`).
         memory_mb: working memory of the correlation search, in MiB.
         workers: decoding threads (None: the CPU count).
         progress: show progress bars (for interactive runs).
@@ -166,34 +166,6 @@ def audit_memorization(
         threshold=threshold,
         alpha=alpha,
     )
-
-
-def run_memorization(
-    train: str | Path,
-    pools: Mapping[str, str | Path],
-    out: str | Path,
-    baseline: str | Path | None = None,
-    *,
-    top_k: int = 8,
-    **options: object,
-) -> tuple[MemorizationResult, list[Path]]:
-    """Audit and write the report into `out` (the `histosynth evaluate memorization` command).
-
-    Args:
-        train, pools, baseline: as for `audit_memorization`.
-        out: the output folder (created); files appear only once everything is computed.
-        top_k: closest pairs per source shown in the gallery.
-        **options: the keyword options of `audit_memorization`.
-
-    Returns:
-        The result and the files written.
-    """
-    from evaluator.memorization_report import write_report
-
-    if top_k < 1:
-        raise HistosynthError(f"top_k must be at least 1, got {top_k}")
-    result = audit_memorization(train, pools, baseline, **options)  # type: ignore[arg-type]
-    return result, write_report(result, out, top_k=top_k)
 
 
 def _check_arguments(

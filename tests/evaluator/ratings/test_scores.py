@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
-from evaluator.ratings import (
+from evaluator.ratings.scores import (
     MEAN_CLASSES,
     expert_scores,
     fleiss_kappa,
     kappa_tables,
     rater_scores,
 )
-from evaluator.votes import VotesError, read_votes, validate_votes, vote_matrix
+from evaluator.ratings.votes import VotesError, read_votes, validate_votes, vote_matrix
 from histosynth.tables import ALL_CLASSES
 
 # Fleiss (1971), Table 1: 30 patients, 6 psychiatrists each, 5 diagnoses

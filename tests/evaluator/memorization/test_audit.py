@@ -22,11 +22,11 @@ from scipy import stats
 from scipy.ndimage import gaussian_filter
 from statsmodels.stats.multitest import multipletests
 
-import evaluator.memorization as memorization
-from evaluator.memorization import audit_memorization, run_memorization
-from evaluator.memorization_cache import GrayMatrix, row_stats
-from evaluator.memorization_report import aligned_pair, closest_pairs, write_report
-from evaluator.memorization_search import (
+import evaluator.memorization.audit as memorization
+from evaluator.memorization.audit import audit_memorization
+from evaluator.memorization.cache import GrayMatrix, row_stats
+from evaluator.memorization.report import aligned_pair, closest_pairs, run_memorization, write_report
+from evaluator.memorization.search import (
     TRANSFORMS,
     _expand,
     apply_transform,
@@ -34,7 +34,7 @@ from evaluator.memorization_search import (
     nearest_tiles,
     standardize,
 )
-from evaluator.memorization_stats import (
+from evaluator.memorization.stats import (
     baseline_threshold,
     exceedance_pmfs,
     upper_tail,
@@ -546,7 +546,7 @@ def test_cli_writes_the_report_and_fails_in_one_line(
 def test_a_failing_report_leaves_nothing_behind(
     world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import evaluator.memorization_report as report
+    import evaluator.memorization.report as report
 
     def gone(path: object, size: object = None) -> None:
         raise ImageError(f"{path}: no such image file")

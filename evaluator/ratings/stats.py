@@ -17,15 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
-from evaluator.ratings import MEAN_CLASSES, subject_table
-from evaluator.votes import REAL_SOURCE, VoteMatrix, VotesError
+from evaluator.multiple_testing import CORRECTIONS, adjusted_p
+from evaluator.ratings.scores import MEAN_CLASSES, subject_table
+from evaluator.ratings.votes import REAL_SOURCE, VoteMatrix, VotesError
 from histosynth.tables import ALL_CLASSES
 
 ALTERNATIVES = ("two-sided", "less", "greater")
-# The methods of statsmodels' multipletests that control the family-wise error or the FDR.
-CORRECTIONS = ("holm", "bonferroni", "sidak", "holm-sidak", "simes-hochberg", "hommel", "fdr_bh", "fdr_by")
 _TOLERANCE = 1e-9
 
 
@@ -393,22 +391,6 @@ def discrimination_tests(
     return table[
         ["class", "source", "score", "p", "p_adjusted", "significant", "method", "correction", "alternative"]
     ]
-
-
-def adjusted_p(p: np.ndarray, correction: str, alpha: float = 0.05) -> np.ndarray:
-    """p-values adjusted for multiple testing by the named method.
-
-    Holm's step-down adjustment, the default, is computed here: statsmodels' `multipletests`
-    runs a full garbage collection for it, which costs more than all rating statistics
-    together. Every other method is statsmodels'.
-    """
-    if correction != "holm":
-        return multipletests(p, alpha=alpha, method=correction)[1]
-    order = np.argsort(p, kind="stable")
-    steps = p[order] * np.arange(p.size, 0, -1)
-    adjusted = np.empty_like(steps)
-    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(steps))
-    return adjusted
 
 
 def _cell_counts(matrix: VoteMatrix) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:

@@ -13,20 +13,20 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from evaluator.figures_ratings import expert_score_figure
-from evaluator.ratings_report import (
+from evaluator.ratings.figure import expert_score_figure
+from evaluator.ratings.report import (
     OWNED_FILES,
     RatingSettings,
     compute_ratings,
     evaluate_ratings,
     write_ratings,
 )
-from evaluator.votes import VotesError, read_votes
+from evaluator.ratings.votes import VotesError, read_votes
 from histosynth import cli
 from histosynth.errors import HistosynthError
 from histosynth.tables import format_estimate, latex_escape, write_table
 
-from .conftest import histosynth
+from ...conftest import histosynth
 
 
 def study_votes(seed: int = 0, raters: tuple[str, ...] = ("A", "B", "C")) -> pd.DataFrame:

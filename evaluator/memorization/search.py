@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluator.memorization_cache import GrayMatrix, tile_shape
+from evaluator.memorization.cache import GrayMatrix, tile_shape
 
 TRANSFORMS = (
     "rot0",

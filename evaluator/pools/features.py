@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,8 +33,10 @@ import numpy as np
 import torch
 
 from histosynth.cache import cache_dir
-from histosynth.errors import HistosynthError, ImageError
+from histosynth.errors import HistosynthError, ImageError, PoolError
 from histosynth.images import load_rgb
+from histosynth.pools import Pool, read_pool
+from histosynth.tables import ALL_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -405,3 +407,46 @@ def _save_atomic(target: Path, features: np.ndarray) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def read_pools(
+    reference: str | Path, pools: Mapping[str, str | Path], classes: Sequence[str] | None = None
+) -> tuple[Pool, dict[str, Pool]]:
+    """Read the reference and the generated pools on a common set of classes.
+
+    Args:
+        reference: the real pool (e.g. NCT-CRC-HE-100K).
+        pools: name -> generated pool folder, in table order.
+        classes: the classes to compare; None takes each pool's own classes, all of which
+            must exist in the reference.
+
+    Raises:
+        PoolError: no pools given, a pool lacks a requested class, or a pool has a class the
+            reference does not.
+    """
+    if not pools:
+        raise PoolError("no generated pool given (--pool NAME=DIR)")
+    generated = {name: read_pool(folder, classes) for name, folder in pools.items()}
+    for pool in generated.values():
+        if ALL_CLASSES in pool.classes:
+            raise PoolError(
+                f"{pool.root / ALL_CLASSES}: a class may not be named {ALL_CLASSES} (the pooled row)"
+            )
+    wanted = list(classes) if classes is not None else []
+    for pool in generated.values():
+        wanted += [name for name in pool.classes if name not in wanted]
+    try:
+        reference_pool = read_pool(reference, wanted)
+    except PoolError as error:
+        raise PoolError(f"reference {error}") from error
+    return reference_pool, generated
+
+
+def pool_features(
+    pool: Pool, extractor: Extractor, *, label: str, **options: object
+) -> dict[str, np.ndarray]:
+    """Features of each class of `pool` (cached per class folder); options go to `compute_features`."""
+    return {
+        name: compute_features(files, extractor, description=f"{label}/{name}", **options)
+        for name, files in pool.files.items()
+    }

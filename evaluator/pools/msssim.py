@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from evaluator.features import progress_bar, resolve_device
-from evaluator.pool_report import figure_bytes, latex_section, markdown_section, pivot_cells, write_outputs
+from evaluator.pools.features import progress_bar, resolve_device
+from evaluator.pools.report import figure_bytes, latex_section, markdown_section, pivot_cells, write_outputs
 from histosynth.errors import HistosynthError, ImageError
 from histosynth.images import PAPER_SIZE, load_rgb
 from histosynth.pools import read_pool

@@ -13,11 +13,13 @@ from scipy.stats import fisher_exact
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from evaluator.rating_readers import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
-from evaluator.rating_stats import (
+from evaluator.multiple_testing import adjusted_p
+from evaluator.ratings.reader_metrics import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
+from evaluator.ratings.report import RatingSettings, compute_ratings
+from evaluator.ratings.scores import expert_scores, fleiss_kappa
+from evaluator.ratings.stats import (
     Stratum,
     _weighted_binary_kappa,
-    adjusted_p,
     bootstrap_kappas,
     bootstrap_replicates,
     bootstrap_scores,
@@ -25,9 +27,7 @@ from evaluator.rating_stats import (
     percentile_interval,
     permutation_test,
 )
-from evaluator.ratings import expert_scores, fleiss_kappa
-from evaluator.ratings_report import RatingSettings, compute_ratings
-from evaluator.votes import VotesError, validate_votes, vote_matrix
+from evaluator.ratings.votes import VotesError, validate_votes, vote_matrix
 from histosynth.tables import ALL_CLASSES
 
 COLUMNS = ["rater", "item", "class", "source", "vote", "confidence", "repeat", "seconds", "position"]

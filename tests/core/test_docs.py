@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from histosynth.cli import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

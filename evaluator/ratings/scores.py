@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluator.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, VotesError
+from evaluator.ratings.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, VotesError
 from histosynth.tables import ALL_CLASSES
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluator.features import (
+from evaluator.pools.features import (
     INCEPTION_FILENAME,
     Extractor,
     ExtractorError,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim
 
-from evaluator.msssim import MIN_SIDE, compute_msssim, load_autoencoder
+from evaluator.pools.msssim import MIN_SIDE, compute_msssim, load_autoencoder
 from histosynth.errors import HistosynthError, ImageError
 
 SIDE = 168  # just above pytorch-msssim's 160 px floor for 5 scales

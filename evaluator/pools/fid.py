@@ -1,7 +1,7 @@
 """FID and KID per class between generated pools and a reference pool (the paper's Table 2).
 
 `compute_fid` is the front door behind `histosynth evaluate fid`. It follows clean-fid's
-recipe ("clean" resize, TorchScript Inception-v3 features) through `evaluator.features`, which
+recipe ("clean" resize, TorchScript Inception-v3 features) through `evaluator.pools.features`, which
 caches the features, and differs from clean-fid in the Frechet distance itself. Instead of
 `scipy.linalg.sqrtm` of the non-symmetric product S1 S2 (slow, deprecated in clean-fid's call,
 complex round-off), Tr sqrt(S1 S2) is the sum of square roots of the eigenvalues of a
@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluator.features import Extractor, compute_features, load_extractor
-from evaluator.kid import kernel_inception_distance
-from evaluator.pool_report import latex_section, markdown_section, pivot_cells, write_outputs
+from evaluator.pools.features import Extractor, load_extractor, pool_features, read_pools
+from evaluator.pools.kid import kernel_inception_distance
+from evaluator.pools.report import latex_section, markdown_section, pivot_cells, write_outputs
 from histosynth.errors import HistosynthError, PoolError
-from histosynth.pools import Pool, read_pool
 from histosynth.tables import ALL_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -133,49 +132,6 @@ class FrechetReference:
         if features.shape[1] != self.dim:
             raise HistosynthError(f"FID: {features.shape[1]}-d features against a {self.dim}-d reference")
         return features
-
-
-def read_pools(
-    reference: str | Path, pools: Mapping[str, str | Path], classes: Sequence[str] | None = None
-) -> tuple[Pool, dict[str, Pool]]:
-    """Read the reference and the generated pools on a common set of classes.
-
-    Args:
-        reference: the real pool (e.g. NCT-CRC-HE-100K).
-        pools: name -> generated pool folder, in table order.
-        classes: the classes to compare; None takes each pool's own classes, all of which
-            must exist in the reference.
-
-    Raises:
-        PoolError: no pools given, a pool lacks a requested class, or a pool has a class the
-            reference does not.
-    """
-    if not pools:
-        raise PoolError("no generated pool given (--pool NAME=DIR)")
-    generated = {name: read_pool(folder, classes) for name, folder in pools.items()}
-    for pool in generated.values():
-        if ALL_CLASSES in pool.classes:
-            raise PoolError(
-                f"{pool.root / ALL_CLASSES}: a class may not be named {ALL_CLASSES} (the pooled row)"
-            )
-    wanted = list(classes) if classes is not None else []
-    for pool in generated.values():
-        wanted += [name for name in pool.classes if name not in wanted]
-    try:
-        reference_pool = read_pool(reference, wanted)
-    except PoolError as error:
-        raise PoolError(f"reference {error}") from error
-    return reference_pool, generated
-
-
-def pool_features(
-    pool: Pool, extractor: Extractor, *, label: str, **options: object
-) -> dict[str, np.ndarray]:
-    """Features of each class of `pool` (cached per class folder); options go to `compute_features`."""
-    return {
-        name: compute_features(files, extractor, description=f"{label}/{name}", **options)
-        for name, files in pool.files.items()
-    }
 
 
 def compute_fid(

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluator.rating_stats import adjusted_p
+from evaluator.multiple_testing import adjusted_p
 from histosynth.errors import HistosynthError
 from histosynth.tables import ALL_CLASSES
 

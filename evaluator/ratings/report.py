@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluator.figures_ratings import expert_score_figure, save_figure
-from evaluator.rating_readers import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
-from evaluator.rating_stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
-from evaluator.ratings import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
-from evaluator.votes import REAL_SOURCE, VotesError, rater_progress, validate_votes, vote_matrix
+from evaluator.ratings.figure import expert_score_figure, save_figure
+from evaluator.ratings.reader_metrics import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
+from evaluator.ratings.scores import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
+from evaluator.ratings.stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
+from evaluator.ratings.votes import REAL_SOURCE, VotesError, rater_progress, validate_votes, vote_matrix
 from histosynth.errors import HistosynthError
 from histosynth.files import staged_output
 from histosynth.tables import ALL_CLASSES, format_estimate, write_table

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from evaluator.features import Extractor, load_extractor
-from evaluator.fid import pool_features, read_pools
-from evaluator.pool_report import figure_bytes, write_outputs
+from evaluator.pools.features import Extractor, load_extractor, pool_features, read_pools
+from evaluator.pools.report import figure_bytes, write_outputs
 from histosynth.errors import HistosynthError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def compute_tsne(
         out: when given, write `tsne.csv`, `tsne.png` and `tsne.pdf` there.
         classes: classes to map (default: each pool's classes).
         extractor, inception_weights, mode, batch_size, num_workers, device, use_cache,
-            progress: as for `evaluator.fid.compute_fid` (same feature cache).
+            progress: as for `evaluator.pools.fid.compute_fid` (same feature cache).
         per_source: at most this many images per class and source, drawn at random with
             `seed`, so large pools stay legible and the embedding fast.
         perplexity: t-SNE perplexity; lowered to (n - 1) / 3 for classes with few points.
