@@ -87,7 +87,7 @@ def make_pool(root: Path, classes: tuple[str, ...], count: int, seed: int) -> Pa
 
 def bench_pipeline(images: int) -> None:
     from evaluator.pools.features import compute_features
-    from evaluator.pools.fid import compute_fid
+    from evaluator.pools.fid import FidSettings, compute_fid
 
     extractor, label = inception_extractor()
     print(f"[extractor] {label}; torch threads: {torch.get_num_threads()}")
@@ -107,15 +107,15 @@ def bench_pipeline(images: int) -> None:
 
         resize_only = Extractor("resize", "resize", ResizeOnly(), torch.device("cpu"))
         for workers in (0, 2):
-            _, seconds = timed(compute_features, files, resize_only, use_cache=False, num_workers=workers)
+            _, seconds = timed(compute_features, files, resize_only, cache=False, workers=workers)
             print(f"[extract] clean resize only, {workers} threads: {len(files) / seconds:.1f} images/s")
-        _, seconds = timed(compute_features, files, extractor, use_cache=False, num_workers=2)
+        _, seconds = timed(compute_features, files, extractor, cache=False, workers=2)
         print(f"[extract] resize + Inception-v3, batch 32, 2 threads: {len(files) / seconds:.1f} images/s")
 
-        run = dict(extractor=extractor, num_workers=2, kid_subsets=100, bootstrap=20)
-        cold, cold_s = timed(compute_fid, reference, {"generated": generated}, **run)
-        warm, warm_s = timed(compute_fid, reference, {"generated": generated}, **run)
-        assert np.allclose(cold["fid"], warm["fid"])
+        run = FidSettings(extractor=extractor, workers=2, kid_subsets=100, n_bootstrap=20)
+        cold, cold_s = timed(compute_fid, reference, {"generated": generated}, run)
+        warm, warm_s = timed(compute_fid, reference, {"generated": generated}, run)
+        assert np.allclose(cold.table["fid"], warm.table["fid"])
         total = 2 * len(classes) * images
         print(
             f"[fid run] {total} images, 2 classes: cold cache {cold_s:.2f} s, warm cache {warm_s:.2f} s, "

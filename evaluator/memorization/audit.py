@@ -18,15 +18,13 @@ a uint8 cache of the training tiles (`search`, `cache`).
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import Progress
 
 from evaluator.memorization.cache import GrayMatrix, load_class_matrix, load_gray_stack
 from evaluator.memorization.search import TRANSFORMS, block_sizes, nearest_tiles
@@ -34,6 +32,8 @@ from evaluator.memorization.stats import check_threshold_rule, summarize, verdic
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
 from histosynth.pools import Pool, list_classes, read_pool
+from histosynth.progress import progress_bar, progress_enabled
+from histosynth.sampling import sample_files
 
 logger = logging.getLogger(__name__)
 
@@ -68,33 +68,11 @@ class MemorizationResult:
     alpha: float
 
 
-def audit_memorization(
-    train: str | Path,
-    pools: Mapping[str, str | Path],
-    baseline: str | Path | None = None,
-    *,
-    baseline_name: str | None = None,
-    n: int = 200,
-    baseline_n: int | None = None,
-    size: int | None = PAPER_SIZE,
-    flips: bool = False,
-    across_classes: bool = False,
-    classes: list[str] | None = None,
-    threshold: str = "max",
-    alpha: float = 0.05,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    memory_mb: float = 2048,
-    workers: int | None = None,
-    progress: bool = False,
-) -> MemorizationResult:
-    """Find each sampled tile's closest training tile and judge whether a generator copies.
+@dataclass(frozen=True)
+class MemorizationSettings:
+    """How `audit_memorization` samples, compares and judges.
 
-    Args:
-        train: the training pool (`<train>/<CLASS>/<tile>`), e.g. NCT-CRC-HE-100K.
-        pools: generated pools by source name.
-        baseline: held-out real tiles (e.g. CRC-VAL-HE-7K) with the same classes; without
-            it the table is produced but no verdict and no flags.
+    Attributes:
         baseline_name: the baseline's name in the outputs; default its folder name.
         n: tiles drawn at random per class and source (all of them where a class has fewer).
         baseline_n: tiles drawn per class from the baseline; None uses n. More baseline
@@ -111,46 +89,87 @@ def audit_memorization(
         threshold: `max` or `pQ` (e.g. `p99.9`): the order statistic of the baseline's best
             correlations above which a tile is flagged.
         alpha: significance level of the verdict.
-        seed: seeds the sampling; the same seed and folders give the same tiles.
+        seed: seeds the sampling (`histosynth.sampling.sample_files`, scope: source, class);
+            the same seed and folders give the same tiles, and adding a pool or a class
+            changes no other's tiles.
         cache_dir: where decoded training tiles are cached (see `evaluator.memorization.cache`).
         memory_mb: working memory of the correlation search, in MiB.
         workers: decoding threads (None: the CPU count).
-        progress: show progress bars (for interactive runs).
+        progress: show progress bars; None shows them when stderr is a terminal.
+    """
+
+    baseline_name: str | None = None
+    n: int = 200
+    baseline_n: int | None = None
+    size: int | None = PAPER_SIZE
+    flips: bool = False
+    across_classes: bool = False
+    classes: Sequence[str] | None = None
+    threshold: str = "max"
+    alpha: float = 0.05
+    seed: int = 0
+    cache_dir: str | Path | None = None
+    memory_mb: float = 2048
+    workers: int | None = None
+    progress: bool | None = None
+
+
+def audit_memorization(
+    train: str | Path,
+    pools: Mapping[str, str | Path],
+    baseline: str | Path | None = None,
+    settings: MemorizationSettings | None = None,
+) -> MemorizationResult:
+    """Find each sampled tile's closest training tile and judge whether a generator copies.
+
+    Args:
+        train: the training pool (`<train>/<CLASS>/<tile>`), e.g. NCT-CRC-HE-100K.
+        pools: generated pools by source name.
+        baseline: held-out real tiles (e.g. CRC-VAL-HE-7K) with the same classes; without
+            it the table is produced but no verdict and no flags.
+        settings: see `MemorizationSettings`; None uses its defaults (the paper's check).
 
     Returns:
         The per-tile matches, the summary table and (with a baseline) the verdict.
 
     Raises:
-        HistosynthError: bad arguments, pools whose class sets differ, tiles of different
+        HistosynthError: bad settings, pools whose class sets differ, tiles of different
             sizes, a training pool lacking an audited class.
         PoolError: a missing or empty folder.
         ImageError: an undecodable tile.
     """
-    sources = _check_arguments(
-        pools, baseline, baseline_name, alpha, threshold, n=n, baseline_n=baseline_n, size=size
-    )
+    settings = settings or MemorizationSettings()
+    n, baseline_n, size, seed = settings.n, settings.baseline_n, settings.size, settings.seed
+    sources = _check_arguments(pools, baseline, settings)
     folders = {name: Path(folder) for name, folder in pools.items()}
     base_name = None
     if baseline is not None:
-        base_name = baseline_name or Path(baseline).name
+        base_name = settings.baseline_name or Path(baseline).name
         folders[base_name] = Path(baseline)
-    classes = _resolve_classes(folders, classes)
+    classes = _resolve_classes(folders, settings.classes)
     read = {name: read_pool(folder, classes) for name, folder in folders.items()}
-    training = read_pool(train) if across_classes else read_pool(train, classes)
+    training = read_pool(train) if settings.across_classes else read_pool(train, classes)
     counts = {name: (baseline_n or n) if name == base_name else n for name in read}
     samples = {name: _sample(pool, counts[name], seed, name) for name, pool in read.items()}
-    with _progress_bars(progress) as bar:
-        matrices = _load_training(training, size, cache_dir, workers, bar)
-        groups = [classes] if across_classes else [[name] for name in classes]
+    workers = settings.workers
+    with _progress_bars(progress_enabled(settings.progress)) as bar:
+        matrices = _load_training(training, size, settings.cache_dir, workers, bar)
+        groups = [classes] if settings.across_classes else [[name] for name in classes]
         frames = []
         for group in groups:
-            references = matrices if across_classes else [m for m in matrices if m.name == group[0]]
-            frames.append(_search_group(samples, group, references, size, flips, memory_mb, workers, bar))
+            references = matrices if settings.across_classes else [m for m in matrices if m.name == group[0]]
+            frames.append(
+                _search_group(
+                    samples, group, references, size, settings.flips, settings.memory_mb, workers, bar
+                )
+            )
     tiles = pd.concat(frames, ignore_index=True)
     tiles["flagged"] = False
     verdict = None
     if base_name is not None:
-        verdict, flagged = verdict_table(tiles, classes, sources, base_name, threshold, alpha)
+        verdict, flagged = verdict_table(
+            tiles, classes, sources, base_name, settings.threshold, settings.alpha
+        )
         tiles["flagged"] = flagged.to_numpy()
         _warn_overlap(tiles, base_name)
     order = sources + ([base_name] if base_name else [])
@@ -163,31 +182,25 @@ def audit_memorization(
         baseline=base_name,
         classes=classes,
         size=size,
-        threshold=threshold,
-        alpha=alpha,
+        threshold=settings.threshold,
+        alpha=settings.alpha,
     )
 
 
 def _check_arguments(
-    pools: Mapping[str, str | Path],
-    baseline: str | Path | None,
-    baseline_name: str | None,
-    alpha: float,
-    threshold: str,
-    **counts: int | None,
+    pools: Mapping[str, str | Path], baseline: str | Path | None, settings: MemorizationSettings
 ) -> list[str]:
     if not pools:
         raise HistosynthError("no generated pool to audit (give at least one NAME=DIR)")
-    for field, value in counts.items():
+    for field, value in {"n": settings.n, "baseline_n": settings.baseline_n, "size": settings.size}.items():
         if value is not None and value < 1:
             raise HistosynthError(f"{field} must be at least 1, got {value}")
-    if not 0 < alpha < 1:
-        raise HistosynthError(f"alpha must lie between 0 and 1, got {alpha}")
-    check_threshold_rule(threshold)
-    if baseline is not None and (baseline_name or Path(baseline).name) in pools:
-        raise HistosynthError(
-            f"baseline name {baseline_name or Path(baseline).name!r} is also a pool name; pass another"
-        )
+    if not 0 < settings.alpha < 1:
+        raise HistosynthError(f"alpha must lie between 0 and 1, got {settings.alpha}")
+    check_threshold_rule(settings.threshold)
+    name = settings.baseline_name or (Path(baseline).name if baseline is not None else None)
+    if baseline is not None and name in pools:
+        raise HistosynthError(f"baseline name {name!r} is also a pool name; pass another")
     return list(pools)
 
 
@@ -221,16 +234,13 @@ def _resolve_classes(folders: dict[str, Path], classes: list[str] | None) -> lis
 
 
 def _sample(pool: Pool, n: int, seed: int, source: str) -> dict[str, list[Path]]:
-    """n tiles per class, drawn without replacement by a generator seeded by (seed, source, class),
-    so adding a pool or a class does not change the tiles drawn from the others."""
+    """n tiles per class, drawn by `sample_files` for (seed, source, class), so adding a pool or a
+    class does not change the tiles drawn from the others."""
     drawn = {}
     for name, paths in pool.files.items():
-        rng = np.random.default_rng([seed, zlib.crc32(f"{source}/{name}".encode())])
-        if len(paths) > n:
-            paths = [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
-        else:
+        if len(paths) <= n:
             logger.info("%s/%s: %d tiles, fewer than n=%d; auditing all", source, name, len(paths), n)
-        drawn[name] = list(paths)
+        drawn[name] = sample_files(paths, n, seed, source, name)
     return drawn
 
 
@@ -321,18 +331,10 @@ def _progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int
     """Yield a factory of progress tasks, each a callback taking an increment.
 
     Disabled bars print nothing (tests, pipes, `progress=False`)."""
-    with Progress(disable=not enabled, transient=True) as progress:
+    with progress_bar(enabled) as bar:
 
         def task(description: str, total: int) -> Callable[[int], None]:
-            return _task(progress, description, total)
+            task_id = bar.add_task(description, total=total)
+            return lambda amount: bar.advance(task_id, amount)
 
         yield task
-
-
-def _task(progress: Progress, description: str, total: int) -> Callable[[int], None]:
-    task_id = progress.add_task(description, total=total)
-
-    def advance(amount: int) -> None:
-        progress.advance(task_id, amount)
-
-    return advance

@@ -18,6 +18,7 @@ the metadata last, so an interrupted run leaves either a complete entry or none.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from PIL import Image
 
 from histosynth.cache import cache_dir as histosynth_cache_dir
 from histosynth.errors import HistosynthError, ImageError
+from histosynth.files import atomic_write_bytes, atomic_write_text
 from histosynth.images import load_rgb
 
 logger = logging.getLogger(__name__)
@@ -228,6 +230,8 @@ def load_class_matrix(
     resolved = str(folder.resolve())
     temps: list[Path] = []
     try:
+        # The pixels are decoded straight into a memory-mapped temporary file (100,000 tiles
+        # are GBs), so they cannot go through `atomic_write_bytes`, which takes the bytes whole.
         pixel_tmp = _temp_path(root, key, ".npy", temps)
         pixels = np.lib.format.open_memmap(
             pixel_tmp, mode="w+", dtype=np.uint8, shape=(len(paths), first.size)
@@ -236,8 +240,8 @@ def load_class_matrix(
         pixels.flush()
         mean, norm = row_stats(pixels)
         del pixels
-        stats_tmp = _temp_path(root, key, ".stats.npy", temps)
-        np.save(stats_tmp, np.stack([mean, norm]))
+        stats = io.BytesIO()
+        np.save(stats, np.stack([mean, norm]))
         meta = {
             "format": CACHE_FORMAT,
             "class": name,
@@ -246,11 +250,9 @@ def load_class_matrix(
             "shape": list(first.shape),
             "files": [path.relative_to(folder).as_posix() for path in paths],
         }
-        meta_tmp = _temp_path(root, key, ".json", temps)
-        meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
         os.replace(pixel_tmp, root / f"{key}.npy")
-        os.replace(stats_tmp, root / f"{key}.stats.npy")
-        os.replace(meta_tmp, root / f"{key}.json")  # the metadata commits the entry
+        atomic_write_bytes(root / f"{key}.stats.npy", stats.getvalue())
+        atomic_write_text(root / f"{key}.json", json.dumps(meta))  # the metadata commits the entry
     except OSError as error:  # a full disk or a read-only cache, not a bad tile
         raise HistosynthError(f"{root}: cannot write the cache entry for class {name} ({error})") from error
     finally:

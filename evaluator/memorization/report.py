@@ -32,7 +32,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from evaluator.memorization.audit import MemorizationResult, audit_memorization
+from evaluator.memorization.audit import MemorizationResult, MemorizationSettings, audit_memorization
 from evaluator.memorization.search import TRANSFORMS, invert_transform
 from histosynth.errors import HistosynthError
 from histosynth.files import staged_output
@@ -55,30 +55,39 @@ REPORT_FILES = (
 """Every file `write_report` may write; those a run does not write are removed from `out`."""
 
 
-def run_memorization(
+def evaluate_memorization(
     train: str | Path,
     pools: Mapping[str, str | Path],
     out: str | Path,
     baseline: str | Path | None = None,
+    settings: MemorizationSettings | None = None,
     *,
     top_k: int = 8,
-    **options: object,
-) -> tuple[MemorizationResult, list[Path]]:
-    """Audit and write the report into `out` (the `histosynth evaluate memorization` command).
+) -> MemorizationResult:
+    """Audit the pools and write the report into `out` (`histosynth evaluate memorization`).
+
+    Everything is computed before anything is written, so bad input leaves `out` untouched.
 
     Args:
-        train, pools, baseline: as for `audit_memorization`.
-        out: the output folder (created); files appear only once everything is computed.
+        train: the training pool (`<train>/<CLASS>/<tile>`).
+        pools: generated pools by source name.
+        out: the output folder (created); see `write_report` for the files.
+        baseline: held-out real tiles; without it there is no verdict and no flags.
+        settings: see `MemorizationSettings`; None uses its defaults (the paper's check).
         top_k: closest pairs per source shown in the gallery.
-        **options: the keyword options of `audit_memorization`.
 
     Returns:
-        The result and the files written.
+        The audit's result (see `audit_memorization`).
+
+    Raises:
+        HistosynthError: top_k below 1, or see `audit_memorization` and `write_report`.
+        PoolError, ImageError: see `audit_memorization`.
     """
     if top_k < 1:
         raise HistosynthError(f"top_k must be at least 1, got {top_k}")
-    result = audit_memorization(train, pools, baseline, **options)  # type: ignore[arg-type]
-    return result, write_report(result, out, top_k=top_k)
+    result = audit_memorization(train, pools, baseline, settings)
+    write_report(result, out, top_k=top_k)
+    return result
 
 
 def write_report(result: MemorizationResult, out: str | Path, top_k: int = 8) -> list[Path]:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,10 @@ import torch
 
 from histosynth.cache import cache_dir
 from histosynth.errors import HistosynthError, ImageError, PoolError
+from histosynth.files import atomic_write_bytes
 from histosynth.images import load_rgb
 from histosynth.pools import Pool, read_pool
+from histosynth.progress import progress_bar
 from histosynth.tables import ALL_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,45 @@ class Extractor:
     identity: str
     model: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How image features are extracted; the part of `FidSettings` and `TsneSettings` they share.
+
+    Attributes:
+        extractor: "inception" (clean-fid's Inception-v3), "package.module:callable", or a
+            ready `Extractor` (see `load_extractor`).
+        inception_weights: `inception-2015-12-05.pt` or its folder (default: the cache's
+            `weights/` folder).
+        mode: "clean" (clean-fid's resize to 299x299) or "native" (pixels at their native
+            size; custom extractors only).
+        batch_size: images per forward pass.
+        workers: threads decoding and resizing the next batch while the model runs (0: in
+            the calling thread).
+        device: torch device; None picks CUDA when available. KID's kernels run there too.
+        cache: read and write the on-disk feature cache.
+        progress: show progress bars; None shows them when stderr is a terminal.
+    """
+
+    extractor: str | Extractor = "inception"
+    inception_weights: str | Path | None = None
+    mode: str = "clean"
+    batch_size: int = 32
+    workers: int = 0
+    device: str | None = None
+    cache: bool = True
+    progress: bool | None = None
+
+    def load(self) -> Extractor:
+        """The extractor these settings name, loaded once (a ready `Extractor` is returned as is).
+
+        Raises:
+            ExtractorError: see `load_extractor`.
+        """
+        if isinstance(self.extractor, Extractor):
+            return self.extractor
+        return load_extractor(self.extractor, inception_weights=self.inception_weights, device=self.device)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -123,7 +163,7 @@ def load_extractor(
             "package.module:callable" whose call (no arguments) returns the model. An
             `nn.Module` is keyed in the cache by its import path and a hash of its weights;
             any other callable by its import path alone (rename it, or pass
-            `use_cache=False`, after changing what it computes).
+            `cache=False`, after changing what it computes).
         inception_weights: the Inception weights file or its folder (see `inception_weights_path`).
         device: torch device; None picks CUDA when available.
 
@@ -243,9 +283,9 @@ def compute_features(
     *,
     mode: str = "clean",
     batch_size: int = 32,
-    num_workers: int = 0,
-    use_cache: bool = True,
-    progress: bool = False,
+    workers: int = 0,
+    cache: bool = True,
+    progress: bool | None = None,
     description: str = "features",
 ) -> np.ndarray:
     """Features of `files` in order, read from the cache when this exact set was seen before.
@@ -256,10 +296,10 @@ def compute_features(
         mode: "clean" (clean-fid's resize to 299x299) or "native" (no resize; all images
             must share one size).
         batch_size: images per forward pass.
-        num_workers: threads decoding and resizing the next batch while the model runs
+        workers: threads decoding and resizing the next batch while the model runs
             (0: decode in the calling thread).
-        use_cache: read and write the on-disk cache.
-        progress: show a progress bar.
+        cache: read and write the on-disk cache.
+        progress: show a progress bar; None shows it when stderr is a terminal.
         description: the progress bar's label.
 
     Returns:
@@ -278,12 +318,12 @@ def compute_features(
     files = [Path(p) for p in files]
     if not files:
         raise HistosynthError("no images to extract features from")
-    target = features_cache_path(files, extractor, mode) if use_cache else None
+    target = features_cache_path(files, extractor, mode) if cache else None
     cached = _load_cached(target, len(files)) if target is not None else None
     if cached is not None:
         logger.info("%s: %d cached features (%s)", description, len(files), target.name)
         return cached
-    features = _extract(files, extractor, mode, batch_size, num_workers, progress, description)
+    features = _extract(files, extractor, mode, batch_size, workers, progress, description)
     if target is not None:
         _save_atomic(target, features)
     return features
@@ -294,19 +334,20 @@ def _extract(
     extractor: Extractor,
     mode: str,
     batch_size: int,
-    num_workers: int,
-    progress: bool,
+    workers: int,
+    progress: bool | None,
     description: str,
 ) -> np.ndarray:
     loader = _ImageLoader(mode, load_rgb(files[0]).shape[:2] if mode == "native" else None)
     chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     outputs: list[np.ndarray] = []
-    with progress_bar(len(files), description, progress) as advance:
-        for chunk, batch in zip(chunks, _prefetched_batches(chunks, loader, num_workers), strict=True):
+    with progress_bar(progress) as bar:
+        task = bar.add_task(description, total=len(files))
+        for chunk, batch in zip(chunks, _prefetched_batches(chunks, loader, workers), strict=True):
             with torch.inference_mode():
                 result = extractor.model(batch.to(extractor.device))
             outputs.append(_check_output(result, len(chunk), chunk[0], extractor.spec))
-            advance(len(chunk))
+            bar.advance(task, len(chunk))
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
@@ -336,14 +377,14 @@ class _ImageLoader:
 
 
 def _prefetched_batches(
-    chunks: list[list[Path]], loader: _ImageLoader, num_workers: int
+    chunks: list[list[Path]], loader: _ImageLoader, workers: int
 ) -> Iterator[torch.Tensor]:
     """Yield one batch per chunk; with workers, the next chunk decodes while the caller computes."""
-    if num_workers <= 0:
+    if workers <= 0:
         for chunk in chunks:
             yield torch.from_numpy(np.stack([loader(path) for path in chunk]))
         return
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: list[Future[np.ndarray]] = [pool.submit(loader, path) for path in chunks[0]]
         for index in range(len(chunks)):
             current = pending
@@ -366,19 +407,6 @@ def _check_output(result: object, expected: int, first: Path, spec: str) -> np.n
     return array
 
 
-@contextmanager
-def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(count)` for a transient rich progress bar; a no-op when disabled (tests)."""
-    if not enabled:
-        yield lambda _count: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda count: bar.advance(task, count)
-
-
 def _load_cached(target: Path, count: int) -> np.ndarray | None:
     """The cached array, or None when absent or unreadable (then it is recomputed and rewritten)."""
     if not target.is_file():
@@ -397,16 +425,11 @@ def _load_cached(target: Path, count: int) -> np.ndarray | None:
 
 
 def _save_atomic(target: Path, features: np.ndarray) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a truncated cache entry."""
+    """Write through `atomic_write_bytes`, so a crash never leaves a truncated cache entry."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, features)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, features)
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 def read_pools(
@@ -443,10 +466,29 @@ def read_pools(
 
 
 def pool_features(
-    pool: Pool, extractor: Extractor, *, label: str, **options: object
+    pool: Pool, extractor: Extractor, settings: FeatureSettings, *, label: str
 ) -> dict[str, np.ndarray]:
-    """Features of each class of `pool` (cached per class folder); options go to `compute_features`."""
+    """Features of each class of `pool` (cached per class folder), extracted as `settings` say.
+
+    Args:
+        pool: the pool to extract.
+        extractor: the loaded extractor (`settings.load()`), shared by every pool of a run.
+        settings: mode, batch size, workers, cache and progress of `compute_features`.
+        label: names the pool in the progress bars.
+
+    Returns:
+        Class name -> float32 (n_images, D) features, in the pool's file order.
+    """
     return {
-        name: compute_features(files, extractor, description=f"{label}/{name}", **options)
+        name: compute_features(
+            files,
+            extractor,
+            mode=settings.mode,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            cache=settings.cache,
+            progress=settings.progress,
+            description=f"{label}/{name}",
+        )
         for name, files in pool.files.items()
     }

@@ -1,6 +1,6 @@
 """FID and KID per class between generated pools and a reference pool (the paper's Table 2).
 
-`compute_fid` is the front door behind `histosynth evaluate fid`. It follows clean-fid's
+`evaluate_fid` is the front door behind `histosynth evaluate fid`. It follows clean-fid's
 recipe ("clean" resize, TorchScript Inception-v3 features) through `evaluator.pools.features`, which
 caches the features, and differs from clean-fid in the Frechet distance itself. Instead of
 `scipy.linalg.sqrtm` of the non-symmetric product S1 S2 (slow, deprecated in clean-fid's call,
@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from evaluator.pools.features import Extractor, load_extractor, pool_features, read_pools
+from evaluator.pools.features import FeatureSettings, pool_features, read_pools
 from evaluator.pools.kid import kernel_inception_distance
 from evaluator.pools.report import latex_section, markdown_section, pivot_cells, write_outputs
 from histosynth.errors import HistosynthError, PoolError
@@ -105,7 +106,7 @@ class FrechetReference:
         product X S_ref is computed once, so a replicate costs O(n^2 d) instead of O(n d^2).
         """
         if replicates < 2:
-            raise HistosynthError(f"--bootstrap {replicates}: need at least 2 replicates (or 0 for none)")
+            raise HistosynthError(f"--n-bootstrap {replicates}: need at least 2 replicates (or 0 for none)")
         features = self._check(features)
         rng = np.random.default_rng(seed)
         n = len(features)
@@ -134,69 +135,72 @@ class FrechetReference:
         return features
 
 
+@dataclass(frozen=True)
+class FidSettings(FeatureSettings):
+    """How `compute_fid` compares pools: feature extraction (`FeatureSettings`) plus these.
+
+    Attributes:
+        classes: classes to compare; None takes each pool's classes.
+        kid_subsets, kid_subset_size: KID subset draws (clean-fid's defaults: 100 x 1000).
+        n_bootstrap: FID bootstrap replicates (0: none) for rows with at most
+            `bootstrap_max_n` generated images; beyond that each replicate costs n d^2 and the
+            spread is small, so `fid_boot_std` is left empty.
+        bootstrap_max_n: the largest row that gets a bootstrap.
+        seed: seeds KID subsets and bootstrap resamples.
+    """
+
+    classes: Sequence[str] | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    n_bootstrap: int = 20
+    bootstrap_max_n: int = 2048
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FidResult:
+    """What `compute_fid` found, and what `fid.json` records about how.
+
+    Attributes:
+        table: one row per (class, source) in `FID_COLUMNS` order.
+        record: the pools, classes, extractor identity and settings, as written to `fid.json`.
+    """
+
+    table: pd.DataFrame
+    record: dict[str, object]
+
+
 def compute_fid(
-    reference: str | Path,
-    pools: Mapping[str, str | Path],
-    out: str | Path | None = None,
-    *,
-    classes: Sequence[str] | None = None,
-    extractor: str | Extractor = "inception",
-    inception_weights: str | Path | None = None,
-    mode: str = "clean",
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: str | None = None,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    bootstrap: int = 20,
-    bootstrap_max_n: int = 2048,
-    seed: int = 0,
-    use_cache: bool = True,
-    progress: bool = False,
-) -> pd.DataFrame:
+    reference: str | Path, pools: Mapping[str, str | Path], settings: FidSettings | None = None
+) -> FidResult:
     """FID, KID and counts per class (plus `ALL` classes pooled) of each pool against the reference.
 
     Args:
-        reference: the real pool; pools: name -> generated pool folder (table row order).
-        out: when given, write `fid.csv`, `fid.md`, `fid.tex` and `fid.json` there.
-        classes: classes to compare (default: each pool's classes).
-        extractor: "inception", "module:callable", or a ready `Extractor`.
-        inception_weights: path of `inception-2015-12-05.pt` (or its folder).
-        mode: "clean" (clean-fid) or "native" (no resize; custom extractors only).
-        batch_size, num_workers, device: feature extraction settings (device None: CUDA if
-            available); KID's kernels run on the same device.
-        kid_subsets, kid_subset_size: KID subset draws (clean-fid's defaults: 100 x 1000).
-        bootstrap: FID bootstrap replicates (0: none) for rows with at most `bootstrap_max_n`
-            generated images; beyond that each replicate costs n d^2 and the spread is small,
-            so `fid_boot_std` is left empty.
-        seed: seeds KID subsets and bootstrap resamples.
-        use_cache: read/write the feature cache; progress: show progress bars.
+        reference: the real pool.
+        pools: name -> generated pool folder, in table row order.
+        settings: see `FidSettings`; None uses its defaults (the Inception extractor).
 
     Returns:
-        One row per (class, source) in `FID_COLUMNS` order; class `ALL` pools all of that
-        source's classes, against the reference's images of the same classes.
+        The table, one row per (class, source); class `ALL` pools all of that source's
+        classes, against the reference's images of the same classes. And the record of how.
 
     Raises:
-        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images or options;
-        nothing is written to `out` in that case.
+        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images or settings.
     """
-    if bootstrap < 0 or bootstrap == 1:
-        raise HistosynthError(f"--bootstrap {bootstrap}: use 0 (none) or at least 2 replicates")
-    reference_pool, generated = read_pools(reference, pools, classes)
+    settings = settings or FidSettings()
+    if settings.n_bootstrap < 0 or settings.n_bootstrap == 1:
+        raise HistosynthError(f"--n-bootstrap {settings.n_bootstrap}: use 0 (none) or at least 2 replicates")
+    reference_pool, generated = read_pools(reference, pools, settings.classes)
     for pool in (reference_pool, *generated.values()):
         for name, files in pool.files.items():
             if len(files) < 2:
                 raise PoolError(f"{pool.root / name}: FID and KID need at least 2 images per class, found 1")
-    if isinstance(extractor, str):
-        extractor = load_extractor(extractor, inception_weights=inception_weights, device=device)
-    options = dict(
-        mode=mode, batch_size=batch_size, num_workers=num_workers, use_cache=use_cache, progress=progress
-    )
-    reference_features = pool_features(reference_pool, extractor, label="reference", **options)
+    extractor = settings.load()
+    reference_features = pool_features(reference_pool, extractor, settings, label="reference")
     references: dict[tuple[str, ...], tuple[np.ndarray, FrechetReference]] = {}
     rows = []
     for source, pool in generated.items():
-        features = pool_features(pool, extractor, label=source, **options)
+        features = pool_features(pool, extractor, settings, label=source)
         groups = {name: (name,) for name in pool.classes} | {ALL_CLASSES: tuple(pool.classes)}
         for name, members in groups.items():
             if members not in references:  # shared by every pool compared on these classes
@@ -207,14 +211,14 @@ def compute_fid(
             kid_mean, kid_std = kernel_inception_distance(
                 fake,
                 real,
-                num_subsets=kid_subsets,
-                max_subset_size=kid_subset_size,
-                seed=seed,
+                num_subsets=settings.kid_subsets,
+                max_subset_size=settings.kid_subset_size,
+                seed=settings.seed,
                 device=extractor.device,
             )
             spread = (
-                reference_stats.bootstrap_std(fake, bootstrap, seed)
-                if bootstrap and len(fake) <= bootstrap_max_n
+                reference_stats.bootstrap_std(fake, settings.n_bootstrap, settings.seed)
+                if settings.n_bootstrap and len(fake) <= settings.bootstrap_max_n
                 else float("nan")
             )
             rows.append(
@@ -229,23 +233,65 @@ def compute_fid(
                     "fid_boot_std": spread,
                 }
             )
-    table = pd.DataFrame(rows, columns=FID_COLUMNS)
-    if out is not None:
-        settings = {
-            "reference": str(reference_pool.root),
-            "pools": {name: str(pool.root) for name, pool in generated.items()},
-            "classes": {name: pool.classes for name, pool in generated.items()},
-            "extractor": extractor.identity,
-            "mode": mode,
-            "kid_subsets": kid_subsets,
-            "kid_subset_size": kid_subset_size,
-            "bootstrap": bootstrap,
-            "bootstrap_max_n": bootstrap_max_n,
-            "seed": seed,
-        }
-        files = render_fid_tables(table) | {"fid.json": json.dumps(settings, indent=2) + "\n"}
-        write_outputs(out, files, owned=FID_OUTPUTS)
-    return table
+    record = {
+        "reference": str(reference_pool.root),
+        "pools": {name: str(pool.root) for name, pool in generated.items()},
+        "classes": {name: pool.classes for name, pool in generated.items()},
+        "extractor": extractor.identity,
+        "mode": settings.mode,
+        "kid_subsets": settings.kid_subsets,
+        "kid_subset_size": settings.kid_subset_size,
+        "bootstrap": settings.n_bootstrap,  # fid.json keeps the key it always had
+        "bootstrap_max_n": settings.bootstrap_max_n,
+        "seed": settings.seed,
+    }
+    return FidResult(pd.DataFrame(rows, columns=FID_COLUMNS), record)
+
+
+def write_fid(result: FidResult, out: str | Path) -> list[Path]:
+    """Write `fid.csv`, `fid.md`, `fid.tex` and `fid.json` into `out`, all or nothing.
+
+    Args:
+        result: what `compute_fid` returned.
+        out: the output folder (created if missing); files of an earlier run that this one
+            does not write are removed.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        HistosynthError: `out` exists and is not a folder, or cannot be written.
+    """
+    files = render_fid_tables(result.table) | {"fid.json": json.dumps(result.record, indent=2) + "\n"}
+    return write_outputs(out, files, owned=FID_OUTPUTS)
+
+
+def evaluate_fid(
+    reference: str | Path,
+    pools: Mapping[str, str | Path],
+    out: str | Path,
+    settings: FidSettings | None = None,
+) -> FidResult:
+    """Compare each pool with the reference and write the tables (`histosynth evaluate fid`).
+
+    Everything is computed before anything is written, so bad input leaves `out` untouched.
+
+    Args:
+        reference: the real pool.
+        pools: name -> generated pool folder, in table row order.
+        out: the output folder for `fid.csv`, `fid.md`, `fid.tex` and `fid.json`.
+        settings: see `FidSettings`; None uses its defaults.
+
+    Returns:
+        The result (see `compute_fid`).
+
+    Raises:
+        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images, settings,
+            or an output folder that cannot be written.
+    """
+    result = compute_fid(reference, pools, settings)
+    write_fid(result, out)
+    return result
 
 
 def render_fid_tables(table: pd.DataFrame) -> dict[str, str]:

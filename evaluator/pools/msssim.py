@@ -2,7 +2,7 @@
 
 A latent diffusion model can draw no finer detail than its autoencoder reconstructs, so the
 paper reports MS-SSIM over the training set for KL-f8 (91.6 +- 5.3 %), SD's KL-f8 (88.3 +-
-7.0 %) and VQ-f8 (86.4 +- 7.8 %). `compute_msssim` measures any diffusers-format autoencoder
+7.0 %) and VQ-f8 (86.4 +- 7.8 %). `evaluate_msssim` measures any diffusers-format autoencoder
 folder (`AutoencoderKL` or `VQModel`, told apart by `config.json`'s `_class_name`) on any pool,
 per class and overall.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,13 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from evaluator.pools.features import progress_bar, resolve_device
+from evaluator.pools.features import resolve_device
 from evaluator.pools.report import figure_bytes, latex_section, markdown_section, pivot_cells, write_outputs
 from histosynth.errors import HistosynthError, ImageError
 from histosynth.images import PAPER_SIZE, load_rgb
 from histosynth.pools import read_pool
+from histosynth.progress import progress_bar
+from histosynth.sampling import sample_files
 from histosynth.tables import ALL_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -70,60 +73,80 @@ def load_autoencoder(folder: str | Path, device: str | torch.device | None = Non
     return model.to(resolve_device(device)).eval()
 
 
+@dataclass(frozen=True)
+class MsssimSettings:
+    """How `compute_msssim` measures an autoencoder.
+
+    Attributes:
+        classes: classes to measure; None takes all of the pool's.
+        size: resize to size x size (bilinear, the paper's 256); None keeps the native size.
+        max_per_class: measure at most this many images per class, drawn with
+            `histosynth.sampling.sample_files` (scope: the class); None: all.
+        batch_size: images per forward pass.
+        device: torch device; None picks CUDA when available.
+        seed: seeds the subset.
+        progress: show a progress bar; None shows it when stderr is a terminal.
+    """
+
+    classes: Sequence[str] | None = None
+    size: int | None = PAPER_SIZE
+    max_per_class: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+    seed: int = 0
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class MsssimResult:
+    """MS-SSIM per class and per image.
+
+    Attributes:
+        summary: `SUMMARY_COLUMNS`, one row per class and a final `ALL` row over every image.
+        per_image: class, file, msssim.
+    """
+
+    summary: pd.DataFrame
+    per_image: pd.DataFrame
+
+
 def compute_msssim(
-    autoencoder: str | Path | torch.nn.Module,
-    data: str | Path,
-    out: str | Path | None = None,
-    *,
-    classes: Sequence[str] | None = None,
-    size: int | None = PAPER_SIZE,
-    max_per_class: int | None = None,
-    batch_size: int = 8,
-    device: str | None = None,
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    autoencoder: str | Path | torch.nn.Module, data: str | Path, settings: MsssimSettings | None = None
+) -> MsssimResult:
     """MS-SSIM of every image of `data` against its reconstruction, summarised per class.
 
     Args:
         autoencoder: a diffusers AutoencoderKL / VQModel folder, or a loaded model.
         data: a pool (`<data>/<CLASS>/<image>`), e.g. the training set.
-        out: when given, write `msssim.csv`, `msssim_images.csv`, `msssim.md`, `msssim.tex`,
-            `msssim.png` and `msssim.pdf` there.
-        classes: classes to measure (default: all).
-        size: resize to size x size (bilinear, the paper's 256); None keeps native sizes.
-        max_per_class: measure a random subset of this many images per class (seeded).
-        batch_size: images per forward pass; device: torch device (None: CUDA if available).
-        seed: seeds the subset.
-        progress: show a progress bar.
+        settings: see `MsssimSettings`; None uses its defaults.
 
     Returns:
-        (summary, per_image): summary has `SUMMARY_COLUMNS` with one row per class and a
-        final `ALL` row over every image; per_image has class, file, msssim.
+        The summary and the per-image table.
 
     Raises:
         PoolError, ImageError, HistosynthError: bad pool, image too small or of another size
         than its batch, autoencoder that cannot be loaded or changes the image size.
     """
+    settings = settings or MsssimSettings()
+    size, max_per_class, batch_size = settings.size, settings.max_per_class, settings.batch_size
     if batch_size < 1:
         raise HistosynthError(f"--batch-size {batch_size}: must be at least 1")
     if max_per_class is not None and max_per_class < 1:
         raise HistosynthError(f"--max-per-class {max_per_class}: must be at least 1")
     if size is not None and size < MIN_SIDE:
         raise HistosynthError(f"--size {size}: MS-SSIM with 5 scales needs at least {MIN_SIDE} px")
-    pool = read_pool(data, classes)
-    rng = np.random.default_rng(seed)
+    pool = read_pool(data, settings.classes)
     files = {
-        name: paths
-        if max_per_class is None or len(paths) <= max_per_class
-        else [paths[i] for i in np.sort(rng.choice(len(paths), max_per_class, replace=False))]
+        name: paths if max_per_class is None else sample_files(paths, max_per_class, settings.seed, name)
         for name, paths in pool.files.items()
     }
+    device = settings.device
     model = load_autoencoder(autoencoder, device) if isinstance(autoencoder, (str, Path)) else autoencoder
     parameter = next(model.parameters(), None)
     model_device = parameter.device if parameter is not None else resolve_device(device)
     rows = []
-    with progress_bar(sum(len(p) for p in files.values()), "MS-SSIM", progress) as advance:
+    with progress_bar(settings.progress) as bar:
+        task = bar.add_task("MS-SSIM", total=sum(len(p) for p in files.values()))
         for name, paths in files.items():
             for start in range(0, len(paths), batch_size):
                 chunk = paths[start : start + batch_size]
@@ -132,22 +155,59 @@ def compute_msssim(
                     {"class": name, "file": str(p), "msssim": float(s)}
                     for p, s in zip(chunk, scores, strict=True)
                 ]
-                advance(len(chunk))
+                bar.advance(task, len(chunk))
     per_image = pd.DataFrame(rows, columns=["class", "file", "msssim"])
-    summary = summarise(per_image)
-    if out is not None:
-        figure = msssim_figure(summary)
-        write_outputs(
-            out,
-            render_msssim_tables(summary)
-            | {
-                "msssim_images.csv": per_image.to_csv(index=False, float_format="%.6g"),
-                "msssim.png": figure_bytes(figure, "png"),
-                "msssim.pdf": figure_bytes(figure, "pdf"),
-            },
-            owned=MSSSIM_OUTPUTS,
-        )
-    return summary, per_image
+    return MsssimResult(summarise(per_image), per_image)
+
+
+def write_msssim(result: MsssimResult, out: str | Path) -> list[Path]:
+    """Write `msssim.csv`, `msssim_images.csv`, `msssim.md`, `msssim.tex`, `msssim.png` and `.pdf`.
+
+    Args:
+        result: what `compute_msssim` returned.
+        out: the output folder (created if missing), written all or nothing.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        HistosynthError: `out` exists and is not a folder, or cannot be written.
+    """
+    figure = msssim_figure(result.summary)
+    files = render_msssim_tables(result.summary) | {
+        "msssim_images.csv": result.per_image.to_csv(index=False, float_format="%.6g"),
+        "msssim.png": figure_bytes(figure, "png"),
+        "msssim.pdf": figure_bytes(figure, "pdf"),
+    }
+    return write_outputs(out, files, owned=MSSSIM_OUTPUTS)
+
+
+def evaluate_msssim(
+    autoencoder: str | Path | torch.nn.Module,
+    data: str | Path,
+    out: str | Path,
+    settings: MsssimSettings | None = None,
+) -> MsssimResult:
+    """Measure the autoencoder on `data` and write tables and figure (`histosynth evaluate msssim`).
+
+    Everything is computed before anything is written, so bad input leaves `out` untouched.
+
+    Args:
+        autoencoder: a diffusers AutoencoderKL / VQModel folder, or a loaded model.
+        data: a pool (`<data>/<CLASS>/<image>`).
+        out: the output folder (see `write_msssim` for the files).
+        settings: see `MsssimSettings`; None uses its defaults.
+
+    Returns:
+        The result (see `compute_msssim`).
+
+    Raises:
+        PoolError, ImageError, HistosynthError: see `compute_msssim`, or an output folder
+            that cannot be written.
+    """
+    result = compute_msssim(autoencoder, data, settings)
+    write_msssim(result, out)
+    return result
 
 
 def reconstruction_msssim(

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from evaluator.pools.features import Extractor, load_extractor, pool_features, read_pools
+from evaluator.pools.features import FeatureSettings, pool_features, read_pools
 from evaluator.pools.report import figure_bytes, write_outputs
 from histosynth.errors import HistosynthError
+from histosynth.sampling import sample_files
 
 logger = logging.getLogger(__name__)
 
@@ -30,75 +32,82 @@ EXACT_UP_TO = 300  # below this, exact t-SNE beats Barnes-Hut, whose per-iterati
 TSNE_OUTPUTS = ("tsne.csv", "tsne.png", "tsne.pdf")
 
 
-def compute_tsne(
-    reference: str | Path,
-    pools: Mapping[str, str | Path],
-    out: str | Path | None = None,
-    *,
-    classes: Sequence[str] | None = None,
-    extractor: str | Extractor = "inception",
-    inception_weights: str | Path | None = None,
-    mode: str = "clean",
-    per_source: int = 500,
-    perplexity: float = 30.0,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: str | None = None,
-    seed: int = 0,
-    use_cache: bool = True,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Embed each class's reference and pool features in 2-D and draw one panel per class.
+@dataclass(frozen=True)
+class TsneSettings(FeatureSettings):
+    """How `compute_tsne` maps pools: feature extraction (`FeatureSettings`) plus these.
 
-    Args:
-        reference: the real pool; pools: name -> generated pool folder (legend order).
-        out: when given, write `tsne.csv`, `tsne.png` and `tsne.pdf` there.
-        classes: classes to map (default: each pool's classes).
-        extractor, inception_weights, mode, batch_size, num_workers, device, use_cache,
-            progress: as for `evaluator.pools.fid.compute_fid` (same feature cache).
-        per_source: at most this many images per class and source, drawn at random with
-            `seed`, so large pools stay legible and the embedding fast.
+    Attributes:
+        classes: classes to map; None takes each pool's classes.
+        per_source: at most this many images per class and source, drawn with
+            `histosynth.sampling.sample_files` (scope: source, class), so large pools stay
+            legible and the embedding fast; adding a pool or a class changes no other's draw.
         perplexity: t-SNE perplexity; lowered to (n - 1) / 3 for classes with few points.
         seed: seeds the subsets, PCA and t-SNE.
+    """
+
+    classes: Sequence[str] | None = None
+    per_source: int = 500
+    perplexity: float = 30.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TsneResult:
+    """The embedding: one row per image (class, source, file, x, y), and the sources in legend order."""
+
+    table: pd.DataFrame
+    sources: list[str]
+
+
+def compute_tsne(
+    reference: str | Path, pools: Mapping[str, str | Path], settings: TsneSettings | None = None
+) -> TsneResult:
+    """Embed each class's reference and pool features in 2-D, one joint t-SNE per class.
+
+    Args:
+        reference: the real pool.
+        pools: name -> generated pool folder, in legend order.
+        settings: see `TsneSettings`; None uses its defaults (the Inception extractor).
 
     Returns:
-        One row per embedded image: class, source, file, x, y.
+        The table (class, source, file, x, y) and the sources, reference first.
 
     Raises:
-        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images or options.
+        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images or settings.
     """
-    if per_source < 2:
-        raise HistosynthError(f"--per-source {per_source}: need at least 2 images per source")
-    if perplexity <= 0:
-        raise HistosynthError(f"--perplexity {perplexity}: must be positive")
+    settings = settings or TsneSettings()
+    if settings.per_source < 2:
+        raise HistosynthError(f"--per-source {settings.per_source}: need at least 2 images per source")
+    if settings.perplexity <= 0:
+        raise HistosynthError(f"--perplexity {settings.perplexity}: must be positive")
     if REFERENCE_LABEL in pools:
         raise HistosynthError(
             f"--pool {REFERENCE_LABEL}=...: the name {REFERENCE_LABEL!r} is taken by --reference"
         )
-    reference_pool, generated = read_pools(reference, pools, classes)
-    if isinstance(extractor, str):
-        extractor = load_extractor(extractor, inception_weights=inception_weights, device=device)
-    options = dict(
-        mode=mode, batch_size=batch_size, num_workers=num_workers, use_cache=use_cache, progress=progress
-    )
+    reference_pool, generated = read_pools(reference, pools, settings.classes)
+    extractor = settings.load()
     sources = {
         REFERENCE_LABEL: (
             reference_pool,
-            pool_features(reference_pool, extractor, label="reference", **options),
+            pool_features(reference_pool, extractor, settings, label="reference"),
         )
     }
     for name, pool in generated.items():
-        sources[name] = (pool, pool_features(pool, extractor, label=name, **options))
-    rng = np.random.default_rng(seed)
+        sources[name] = (pool, pool_features(pool, extractor, settings, label=name))
     class_order = list(dict.fromkeys(c for pool in generated.values() for c in pool.classes))
     frames = []
     for name in class_order:
         picked = [
-            (source, *_subset(pool.files[name], features[name], per_source, rng))
+            (
+                source,
+                *_subset(pool.files[name], features[name], settings.per_source, settings.seed, source, name),
+            )
             for source, (pool, features) in sources.items()
             if name in pool.files
         ]
-        coordinates = embed(np.concatenate([f for _, _, f in picked]), perplexity=perplexity, seed=seed)
+        coordinates = embed(
+            np.concatenate([f for _, _, f in picked]), perplexity=settings.perplexity, seed=settings.seed
+        )
         labels = [(source, path) for source, paths, _ in picked for path in paths]
         frames.append(
             pd.DataFrame(
@@ -111,19 +120,57 @@ def compute_tsne(
                 }
             )
         )
-    table = pd.concat(frames, ignore_index=True)
-    if out is not None:
-        figure = tsne_figure(table, list(sources))
-        write_outputs(
-            out,
-            {
-                "tsne.csv": table.to_csv(index=False, float_format="%.5g"),
-                "tsne.png": figure_bytes(figure, "png"),
-                "tsne.pdf": figure_bytes(figure, "pdf"),
-            },
-            owned=TSNE_OUTPUTS,
-        )
-    return table
+    return TsneResult(pd.concat(frames, ignore_index=True), list(sources))
+
+
+def write_tsne(result: TsneResult, out: str | Path) -> list[Path]:
+    """Write `tsne.csv`, `tsne.png` and `tsne.pdf` into `out`, all or nothing.
+
+    Args:
+        result: what `compute_tsne` returned.
+        out: the output folder (created if missing).
+
+    Returns:
+        The paths written.
+
+    Raises:
+        HistosynthError: `out` exists and is not a folder, or cannot be written.
+    """
+    figure = tsne_figure(result.table, result.sources)
+    files = {
+        "tsne.csv": result.table.to_csv(index=False, float_format="%.5g"),
+        "tsne.png": figure_bytes(figure, "png"),
+        "tsne.pdf": figure_bytes(figure, "pdf"),
+    }
+    return write_outputs(out, files, owned=TSNE_OUTPUTS)
+
+
+def evaluate_tsne(
+    reference: str | Path,
+    pools: Mapping[str, str | Path],
+    out: str | Path,
+    settings: TsneSettings | None = None,
+) -> TsneResult:
+    """Map the pools against the reference and write table and figure (`histosynth evaluate tsne`).
+
+    Everything is computed before anything is written, so bad input leaves `out` untouched.
+
+    Args:
+        reference: the real pool.
+        pools: name -> generated pool folder, in legend order.
+        out: the output folder for `tsne.csv`, `tsne.png` and `tsne.pdf`.
+        settings: see `TsneSettings`; None uses its defaults.
+
+    Returns:
+        The result (see `compute_tsne`).
+
+    Raises:
+        PoolError, ImageError, ExtractorError, HistosynthError: bad pools, images, settings,
+            or an output folder that cannot be written.
+    """
+    result = compute_tsne(reference, pools, settings)
+    write_tsne(result, out)
+    return result
 
 
 def embed(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
@@ -180,9 +227,8 @@ def tsne_figure(table: pd.DataFrame, sources: Sequence[str]) -> Figure:
 
 
 def _subset(
-    files: list[Path], features: np.ndarray, limit: int, rng: np.random.Generator
+    files: list[Path], features: np.ndarray, limit: int, seed: int, *scope: str
 ) -> tuple[list[Path], np.ndarray]:
-    if len(files) <= limit:
-        return files, features
-    chosen = np.sort(rng.choice(len(files), limit, replace=False))
+    """At most `limit` files of one class and source with their features, drawn for (seed, scope)."""
+    chosen = sample_files(range(len(files)), limit, seed, *scope)
     return [files[i] for i in chosen], features[chosen]

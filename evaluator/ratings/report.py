@@ -151,35 +151,52 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
     )
 
 
-def write_ratings(report: RatingsReport, out_dir: str | Path, figure: bool = True) -> list[Path]:
+def write_ratings(report: RatingsReport, out: str | Path, figure: bool = True) -> list[Path]:
     """Write a report's tables (CSV, Markdown, LaTeX), Fig. 3B (PNG, PDF) and settings.
 
-    Everything is first written to a staging folder beside `out_dir` and then moved in, so a
-    failure leaves `out_dir` as it was. Tables the study has no data for are not written, and
+    Everything is first written to a staging folder beside `out` and then moved in, so a
+    failure leaves `out` as it was. Tables the study has no data for are not written, and
     files of `OWNED_FILES` left there by an earlier run but not written now are removed.
 
+    Args:
+        report: what `compute_ratings` returned.
+        out: the output folder (created if missing).
+        figure: also draw Fig. 3B (`expert_scores.png` and `.pdf`).
+
     Returns:
-        The paths of the files written, inside `out_dir`.
+        The paths of the files written, inside `out`.
 
     Raises:
-        HistosynthError: `out_dir` exists and is not a folder, or cannot be written.
+        HistosynthError: `out` exists and is not a folder, or cannot be written.
     """
-    out_dir = Path(out_dir).expanduser()
-    with staged_output(out_dir, owned=OWNED_FILES) as staging:
+    out = Path(out).expanduser()
+    with staged_output(out, owned=OWNED_FILES) as staging:
         names = [path.name for path in _write_all(report, staging, figure)]
-    log.info("wrote %d files to %s", len(names), out_dir)
-    return [out_dir / name for name in names]
+    log.info("wrote %d files to %s", len(names), out)
+    return [out / name for name in names]
 
 
 def evaluate_ratings(
-    votes: pd.DataFrame, out_dir: str | Path, settings: RatingSettings | None = None, figure: bool = True
+    votes: pd.DataFrame, out: str | Path, settings: RatingSettings | None = None, figure: bool = True
 ) -> RatingsReport:
-    """Compute every rating statistic of `votes` and write the report to `out_dir`.
+    """Compute every rating statistic of `votes` and write the report (`histosynth evaluate ratings`).
 
-    See `compute_ratings` for the arguments and errors and `write_ratings` for the files.
+    Everything is computed before anything is written, so bad votes leave `out` untouched.
+
+    Args:
+        votes: one row per vote in the interchange format (see `compute_ratings`).
+        out: the output folder (see `write_ratings` for the files).
+        settings: see `RatingSettings`; None uses its defaults.
+        figure: also draw Fig. 3B (`expert_scores.png` and `.pdf`).
+
+    Returns:
+        The report (see `compute_ratings`).
+
+    Raises:
+        VotesError, HistosynthError: see `compute_ratings` and `write_ratings`.
     """
     report = compute_ratings(votes, settings)
-    write_ratings(report, out_dir, figure=figure)
+    write_ratings(report, out, figure=figure)
     return report
 
 

@@ -30,6 +30,13 @@ ModeOption = Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid
 WorkersOption = Annotated[int, typer.Option(help="Threads decoding and resizing images.")]
 DeviceOption = Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")]
 CacheOption = Annotated[bool, typer.Option(help="Use the feature cache.")]
+SizeOption = Annotated[int, typer.Option(help="Resize images to SIZE x SIZE, bilinear (0: native size).")]
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress", help="Progress bars on stderr (default: when it is a terminal)."
+    ),
+]
 
 
 def parse_named_dirs(values: list[str], option: str) -> dict[str, Path]:

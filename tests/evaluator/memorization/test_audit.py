@@ -23,9 +23,9 @@ from scipy.ndimage import gaussian_filter
 from statsmodels.stats.multitest import multipletests
 
 import evaluator.memorization.audit as memorization
-from evaluator.memorization.audit import audit_memorization
+from evaluator.memorization.audit import MemorizationSettings, audit_memorization
 from evaluator.memorization.cache import GrayMatrix, row_stats
-from evaluator.memorization.report import aligned_pair, closest_pairs, run_memorization, write_report
+from evaluator.memorization.report import aligned_pair, closest_pairs, evaluate_memorization, write_report
 from evaluator.memorization.search import (
     TRANSFORMS,
     _expand,
@@ -110,10 +110,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         root / "train",
         {"gen": root / "gen", "fresh": root / "fresh"},
         root / "base",
-        baseline_name="CRC-VAL",
-        size=None,
-        flips=True,
-        cache_dir=root / "cache",
+        MemorizationSettings(baseline_name="CRC-VAL", size=None, flips=True, cache_dir=root / "cache"),
     )
     return {"root": root, "planted": planted, "result": result, "train": train}
 
@@ -169,10 +166,7 @@ def test_a_few_copies_the_papers_mean_rule_misses_are_caught(tmp_path: Path) -> 
         tmp_path / "train",
         {"gen": tmp_path / "gen"},
         tmp_path / "base",
-        n=200,
-        baseline_n=400,
-        size=None,
-        cache_dir=tmp_path / "cache",
+        MemorizationSettings(n=200, baseline_n=400, size=None, cache_dir=tmp_path / "cache"),
     )
     summary = result.summary.set_index("source")
     assert abs(summary.loc["gen", "mean"] - summary.loc["base", "mean"]) < summary.loc["base", "std"]
@@ -359,11 +353,8 @@ def test_progress_bars_end_at_their_totals(
     audit_memorization(
         root / "train",
         {"gen": root / "gen"},
-        n=10,
-        classes=["A"],
-        size=None,
-        memory_mb=0.05,
-        cache_dir=tmp_path,
+        None,
+        MemorizationSettings(n=10, classes=["A"], size=None, memory_mb=0.05, cache_dir=tmp_path),
     )
     assert tasks == {"training tiles A": [60, 60], "searching A": [5 * 60, 5 * 60]}
 
@@ -390,9 +381,17 @@ def test_across_classes_finds_a_copy_filed_under_another_class(tmp_path: Path) -
     fill(tmp_path / "gen", "A", 10, rng)
     fill(tmp_path / "gen", "B", 10, rng)
     copy = save(np.asarray(Image.open(train["B"][4]).convert("RGB")), tmp_path / "gen" / "A" / "copy.png")
-    own = audit_memorization(tmp_path / "train", {"g": tmp_path / "gen"}, size=None, cache_dir=tmp_path / "c")
+    own = audit_memorization(
+        tmp_path / "train",
+        {"g": tmp_path / "gen"},
+        None,
+        MemorizationSettings(size=None, cache_dir=tmp_path / "c"),
+    )
     across = audit_memorization(
-        tmp_path / "train", {"g": tmp_path / "gen"}, size=None, across_classes=True, cache_dir=tmp_path / "c"
+        tmp_path / "train",
+        {"g": tmp_path / "gen"},
+        None,
+        MemorizationSettings(size=None, across_classes=True, cache_dir=tmp_path / "c"),
     )
     assert own.tiles.set_index("tile").loc[str(copy), "r"] < 0.9
     row = across.tiles.set_index("tile").loc[str(copy)]
@@ -403,14 +402,19 @@ def test_across_classes_finds_a_copy_filed_under_another_class(tmp_path: Path) -
 def test_sampling_is_seeded_and_resizing_keeps_copies(world: dict, tmp_path: Path) -> None:
     root = world["root"]
     options = {"n": 7, "size": 48, "cache_dir": tmp_path, "classes": ["A"]}
-    first = audit_memorization(root / "train", {"gen": root / "gen"}, **options)
-    again = audit_memorization(root / "train", {"gen": root / "gen"}, **options)
-    other = audit_memorization(root / "train", {"gen": root / "gen"}, seed=1, **options)
+    first = audit_memorization(root / "train", {"gen": root / "gen"}, None, MemorizationSettings(**options))
+    again = audit_memorization(root / "train", {"gen": root / "gen"}, None, MemorizationSettings(**options))
+    other = audit_memorization(
+        root / "train", {"gen": root / "gen"}, None, MemorizationSettings(seed=1, **options)
+    )
     assert len(first.tiles) == 7 and set(first.tiles["class"]) == {"A"}
     assert list(first.tiles["tile"]) == list(again.tiles["tile"]) != list(other.tiles["tile"])
     exact = str(root / "gen" / "A" / "copy_rot90.png")
     resized = audit_memorization(
-        root / "train", {"gen": root / "gen"}, size=48, cache_dir=tmp_path, flips=False
+        root / "train",
+        {"gen": root / "gen"},
+        None,
+        MemorizationSettings(size=48, cache_dir=tmp_path, flips=False),
     )
     row = resized.tiles.set_index("tile").loc[exact]
     # bilinear upscaling does not commute exactly with rotation: close to, not exactly, 1
@@ -420,18 +424,15 @@ def test_sampling_is_seeded_and_resizing_keeps_copies(world: dict, tmp_path: Pat
 def test_report_files_and_gallery_alignment(world: dict, tmp_path: Path) -> None:
     root = world["root"]
     out = tmp_path / "report"
-    result, written = run_memorization(
+    result = evaluate_memorization(
         root / "train",
         {"gen": root / "gen"},
         out,
         root / "base",
+        MemorizationSettings(size=None, flips=True, cache_dir=root / "cache"),
         top_k=4,
-        size=None,
-        flips=True,
-        cache_dir=root / "cache",
     )
-    names = {path.name for path in written}
-    assert names == {
+    assert {path.name for path in out.iterdir()} == {
         "memorization.csv",
         "memorization_tiles.csv",
         "memorization_verdict.csv",
@@ -441,8 +442,8 @@ def test_report_files_and_gallery_alignment(world: dict, tmp_path: Path) -> None
         "memorization.pdf",
         "memorization_gallery.png",
         "memorization_gallery.html",
-    }
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no staging folder left
+    }  # and no staging folder left beside them
+    assert not list(tmp_path.glob(".report-staging-*"))
     table = pd.read_csv(out / "memorization.csv")
     assert list(table.columns) == ["class", "source", "mean", "std", "median", "p5", "p95", "n"]
     markdown = (out / "memorization.md").read_text()
@@ -470,46 +471,77 @@ def test_bad_inputs_give_clear_errors(world: dict, tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     with pytest.raises(HistosynthError, match="class folders differ.*lacks B"):
         fill(tmp_path / "base_a", "A", 3, rng)
-        audit_memorization(root / "train", {"gen": root / "gen"}, tmp_path / "base_a", cache_dir=tmp_path)
+        audit_memorization(
+            root / "train",
+            {"gen": root / "gen"},
+            tmp_path / "base_a",
+            MemorizationSettings(cache_dir=tmp_path),
+        )
     with pytest.raises(HistosynthError, match="extra C"):
         for name in "ABC":
             fill(tmp_path / "base_abc", name, 2, rng)
-        audit_memorization(root / "train", {"gen": root / "gen"}, tmp_path / "base_abc", cache_dir=tmp_path)
+        audit_memorization(
+            root / "train",
+            {"gen": root / "gen"},
+            tmp_path / "base_abc",
+            MemorizationSettings(cache_dir=tmp_path),
+        )
     (tmp_path / "empty" / "A").mkdir(parents=True)
     with pytest.raises(PoolError, match="holds no images"):
-        audit_memorization(root / "train", {"e": tmp_path / "empty"}, cache_dir=tmp_path)
+        audit_memorization(
+            root / "train", {"e": tmp_path / "empty"}, None, MemorizationSettings(cache_dir=tmp_path)
+        )
     (tmp_path / "nothing").mkdir()
     with pytest.raises(HistosynthError, match="no class folders"):
-        audit_memorization(root / "train", {"e": tmp_path / "nothing"}, cache_dir=tmp_path)
+        audit_memorization(
+            root / "train", {"e": tmp_path / "nothing"}, None, MemorizationSettings(cache_dir=tmp_path)
+        )
     fill(tmp_path / "only_c", "C", 2, rng)
     with pytest.raises(PoolError, match="no folder for class C"):
-        audit_memorization(root / "train", {"c": tmp_path / "only_c"}, cache_dir=tmp_path)
+        audit_memorization(
+            root / "train", {"c": tmp_path / "only_c"}, None, MemorizationSettings(cache_dir=tmp_path)
+        )
     mixed = fill(tmp_path / "mixed", "A", 2, rng)
     odd = save(texture(rng, 40), tmp_path / "mixed" / "A" / "odd.png")
     with pytest.raises(HistosynthError, match=f"{odd}.*40x40 px but .*32x32 px"):
         audit_memorization(
-            root / "train", {"m": tmp_path / "mixed"}, size=None, classes=["A"], cache_dir=tmp_path
+            root / "train",
+            {"m": tmp_path / "mixed"},
+            None,
+            MemorizationSettings(size=None, classes=["A"], cache_dir=tmp_path),
         )
     odd.unlink()
     for path in mixed:
         save(texture(rng, 40), path)
     with pytest.raises(HistosynthError, match="40x40 px but the training tiles are 32x32"):
         audit_memorization(
-            root / "train", {"m": tmp_path / "mixed"}, size=None, classes=["A"], cache_dir=tmp_path
+            root / "train",
+            {"m": tmp_path / "mixed"},
+            None,
+            MemorizationSettings(size=None, classes=["A"], cache_dir=tmp_path),
         )
     save(np.zeros((32, 20, 3), np.uint8), tmp_path / "wide" / "A" / "w.png")
     with pytest.raises(ImageError, match="square"):
         audit_memorization(
-            root / "train", {"w": tmp_path / "wide"}, size=None, classes=["A"], cache_dir=tmp_path
+            root / "train",
+            {"w": tmp_path / "wide"},
+            None,
+            MemorizationSettings(size=None, classes=["A"], cache_dir=tmp_path),
         )
     with pytest.raises(HistosynthError, match="also a pool name"):
-        audit_memorization(root / "train", {"base": root / "gen"}, root / "base", cache_dir=tmp_path)
+        audit_memorization(
+            root / "train", {"base": root / "gen"}, root / "base", MemorizationSettings(cache_dir=tmp_path)
+        )
     with pytest.raises(HistosynthError, match="n must be at least 1, got 0"):
-        audit_memorization(root / "train", {"gen": root / "gen"}, n=0, cache_dir=tmp_path)
+        audit_memorization(
+            root / "train", {"gen": root / "gen"}, None, MemorizationSettings(n=0, cache_dir=tmp_path)
+        )
     with pytest.raises(HistosynthError, match="size must be at least 1"):
-        audit_memorization(root / "train", {"gen": root / "gen"}, size=0, cache_dir=tmp_path)
+        audit_memorization(
+            root / "train", {"gen": root / "gen"}, None, MemorizationSettings(size=0, cache_dir=tmp_path)
+        )
     with pytest.raises(HistosynthError, match="no generated pool"):
-        audit_memorization(root / "train", {}, cache_dir=tmp_path)
+        audit_memorization(root / "train", {}, None, MemorizationSettings(cache_dir=tmp_path))
 
 
 def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
@@ -534,6 +566,12 @@ def test_cli_writes_the_report_and_fails_in_one_line(
     assert "copies suspected" in capsys.readouterr().out
     assert (out / "memorization_gallery.png").is_file()
     assert list((tmp_path / "cache" / "memorization").glob("*.json"))
+    # `--size 0` is the one spelling of the native size; `--native-size` stays as its old alias.
+    sized = tmp_path / "sized"
+    arguments = ["--pool", f"gen={root / 'gen'}", "--baseline", str(root / "base"), "--out", str(sized)]
+    code = run_cli([*base[:4], "--size", "0", "--flips", "--no-progress", *arguments], monkeypatch)
+    assert code == 0
+    assert (sized / "memorization_tiles.csv").read_bytes() == (out / "memorization_tiles.csv").read_bytes()
     bad_out = tmp_path / "bad"
     code = run_cli(
         [*base, "--pool", f"gen={root / 'gen'}", "--threshold", "p100", "--out", str(bad_out)], monkeypatch

@@ -66,7 +66,7 @@ def test_clean_mode_feeds_exactly_what_clean_fid_feeds(tiles: list[Path]) -> Non
         return batch.mean(dim=(2, 3))
 
     extractor = Extractor(spec="spy", identity="spy", model=spy, device=torch.device("cpu"))
-    compute_features(tiles, extractor, batch_size=4, use_cache=False)
+    compute_features(tiles, extractor, batch_size=4, cache=False)
     ours = torch.cat(seen)
     dataset = ResizeDataset([str(p) for p in tiles], mode="clean")
     theirs = torch.stack([dataset[i] for i in range(len(dataset))])
@@ -76,8 +76,8 @@ def test_clean_mode_feeds_exactly_what_clean_fid_feeds(tiles: list[Path]) -> Non
 
 def test_workers_and_batch_size_do_not_change_features(tiles: list[Path]) -> None:
     extractor = pooled_statistics()
-    serial = compute_features(tiles, extractor, batch_size=7, use_cache=False)
-    threaded = compute_features(tiles, extractor, batch_size=2, num_workers=2, use_cache=False)
+    serial = compute_features(tiles, extractor, batch_size=7, cache=False)
+    threaded = compute_features(tiles, extractor, batch_size=2, workers=2, cache=False)
     assert serial.shape == (7, 96) and serial.dtype == np.float32
     np.testing.assert_array_equal(serial, threaded)
 
@@ -122,20 +122,20 @@ def test_folders_with_equal_names_sizes_and_mtimes_do_not_share_cached_features(
     extractor = pooled_statistics()
     first = compute_features(original, extractor)
     second = compute_features(normalised, extractor)
-    np.testing.assert_array_equal(second, compute_features(normalised, extractor, use_cache=False))
+    np.testing.assert_array_equal(second, compute_features(normalised, extractor, cache=False))
     assert not np.array_equal(first, second)
 
 
 def test_native_mode_keeps_pixels_and_names_a_mismatched_file(tiles: list[Path], tmp_path: Path) -> None:
-    features = compute_features(tiles, pooled_statistics(), mode="native", use_cache=False)
+    features = compute_features(tiles, pooled_statistics(), mode="native", cache=False)
     first = np.asarray(Image.open(tiles[0]), dtype=np.float64)
     np.testing.assert_allclose(features[0, [0, 16, 32]], first[:10, :14].mean(axis=(0, 1)), rtol=1e-5)
     odd = tmp_path / "tiles" / "tile-odd.png"
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(odd)
     with pytest.raises(ImageError, match="tile-odd.png: 30x30 px"):
-        compute_features([*tiles, odd], pooled_statistics(), mode="native", use_cache=False)
+        compute_features([*tiles, odd], pooled_statistics(), mode="native", cache=False)
     with pytest.raises(HistosynthError, match="--mode"):
-        compute_features(tiles, pooled_statistics(), mode="legacy", use_cache=False)
+        compute_features(tiles, pooled_statistics(), mode="legacy", cache=False)
 
 
 def test_missing_inception_weights_name_the_file_and_where_to_put_it(
@@ -190,7 +190,7 @@ def test_inception_loads_a_local_torchscript_file_through_clean_fids_wrapper(
         torch.jit.script(fake).save(str(weights))
     extractor = load_extractor("inception", device="cpu")  # found in the documented cache location
     assert INCEPTION_FILENAME in extractor.identity
-    features = compute_features(tiles, extractor, use_cache=False)
+    features = compute_features(tiles, extractor, cache=False)
     assert features.shape == (7, 2048)
     batch = torch.full((1, 3, 299, 299), 192.0)  # the wrapper maps [0, 255] to [-1, 1]: 192 -> 0.5
     with torch.no_grad():
@@ -226,7 +226,7 @@ def test_bad_extractor_specs_and_outputs_raise_extractor_errors(tiles: list[Path
         load_extractor("math:pi", device="cpu")
     flat = Extractor("flat", "flat", lambda batch: batch.mean(dim=(1, 2, 3)), torch.device("cpu"))
     with pytest.raises(ExtractorError, match=r"shape \(4,\)"):
-        compute_features(tiles, flat, batch_size=4, use_cache=False)
+        compute_features(tiles, flat, batch_size=4, cache=False)
 
 
 def test_resolve_device() -> None:

@@ -14,7 +14,15 @@ import torch
 from PIL import Image
 
 from evaluator.pools.features import Extractor, load_extractor
-from evaluator.pools.fid import FID_COLUMNS, FrechetReference, compute_fid, frechet_distance, sqrtm_psd
+from evaluator.pools.fid import (
+    FID_COLUMNS,
+    FidSettings,
+    FrechetReference,
+    compute_fid,
+    evaluate_fid,
+    frechet_distance,
+    sqrtm_psd,
+)
 from evaluator.pools.kid import kernel_inception_distance
 from histosynth.errors import HistosynthError, PoolError
 
@@ -182,9 +190,12 @@ def test_kid_kernel_gives_the_same_value_on_torch_tensors() -> None:
 
 
 def test_fid_of_a_folder_with_itself_is_zero(pools: dict[str, Path], tiny_spec: str, tmp_path: Path) -> None:
-    table = compute_fid(
-        pools["reference"], {"same": pools["reference"]}, tmp_path / "out", extractor=tiny_spec, kid_subsets=5
-    )
+    table = evaluate_fid(
+        pools["reference"],
+        {"same": pools["reference"]},
+        tmp_path / "out",
+        FidSettings(extractor=tiny_spec, kid_subsets=5),
+    ).table
     assert list(table.columns) == FID_COLUMNS
     assert list(table["class"]) == ["ADI", "TUM", "ALL"]
     assert table["fid"].abs().max() < 1e-6
@@ -199,9 +210,12 @@ def test_compute_fid_matches_an_independent_clean_fid_pipeline(
     from cleanfid.utils import ResizeDataset
 
     out = tmp_path / "out"
-    table = compute_fid(
-        pools["reference"], {"shifted": pools["shifted"]}, out, extractor=tiny_spec, bootstrap=5
-    )
+    table = evaluate_fid(
+        pools["reference"],
+        {"shifted": pools["shifted"]},
+        out,
+        FidSettings(extractor=tiny_spec, n_bootstrap=5),
+    ).table
     model = load_extractor(tiny_spec, device="cpu").model
 
     def features(folder: Path) -> np.ndarray:
@@ -239,18 +253,22 @@ def test_second_run_reads_cached_features(pools: dict[str, Path], tiny_spec: str
     base = load_extractor(tiny_spec, device="cpu")
     counter = CountingModel(base.model)
     extractor = Extractor(spec="counting", identity=base.identity, model=counter, device=base.device)
-    first = compute_fid(pools["reference"], {"shifted": pools["shifted"]}, extractor=extractor, kid_subsets=5)
+    first = compute_fid(
+        pools["reference"], {"shifted": pools["shifted"]}, FidSettings(extractor=extractor, kid_subsets=5)
+    ).table
     assert counter.images == 14 * 2 + 10 * 2
     assert len(list((cache_dir / "features").glob("*.npy"))) == 4
     second = compute_fid(
-        pools["reference"], {"shifted": pools["shifted"]}, extractor=extractor, kid_subsets=5
-    )
+        pools["reference"], {"shifted": pools["shifted"]}, FidSettings(extractor=extractor, kid_subsets=5)
+    ).table
     assert counter.images == 48  # nothing recomputed
     pd.testing.assert_frame_equal(first, second)
     # Rewriting one tile invalidates only its class folder.
     tile = pools["reference"] / "TUM" / "TUM-000.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tile)
-    compute_fid(pools["reference"], {"shifted": pools["shifted"]}, extractor=extractor, kid_subsets=5)
+    compute_fid(
+        pools["reference"], {"shifted": pools["shifted"]}, FidSettings(extractor=extractor, kid_subsets=5)
+    )
     assert counter.images == 48 + 14
 
 
@@ -275,14 +293,21 @@ def test_bad_pools_fail_before_anything_is_written(
     extra = make_pool(tmp_path / "extra", {"ADI": 150, "MUC": 90}, 3, seed=3)
     out = tmp_path / "out"
     with pytest.raises(PoolError, match="MUC"):
-        compute_fid(pools["reference"], {"extra": extra}, out, extractor=tiny_spec)
+        evaluate_fid(pools["reference"], {"extra": extra}, out, FidSettings(extractor=tiny_spec))
     with pytest.raises(PoolError, match="no folder for class BACK"):
-        compute_fid(pools["reference"], {"s": pools["shifted"]}, out, classes=["BACK"], extractor=tiny_spec)
+        evaluate_fid(
+            pools["reference"],
+            {"s": pools["shifted"]},
+            out,
+            FidSettings(classes=["BACK"], extractor=tiny_spec),
+        )
     lonely = make_pool(tmp_path / "lonely", {"ADI": 150}, 1, seed=4)
     with pytest.raises(PoolError, match="lonely/ADI: FID and KID need at least 2 images"):
-        compute_fid(pools["reference"], {"lonely": lonely}, out, extractor=tiny_spec)
+        evaluate_fid(pools["reference"], {"lonely": lonely}, out, FidSettings(extractor=tiny_spec))
     with pytest.raises(HistosynthError, match="bootstrap"):
-        compute_fid(pools["reference"], {"s": pools["shifted"]}, out, extractor=tiny_spec, bootstrap=1)
+        evaluate_fid(
+            pools["reference"], {"s": pools["shifted"]}, out, FidSettings(extractor=tiny_spec, n_bootstrap=1)
+        )
     assert not out.exists()
 
 
@@ -300,7 +325,17 @@ def test_cli_writes_tables_and_reports_errors_in_one_line(
         "--pool",
         f"shifted={pools['shifted']}",
     ]
-    options = ["--out", str(out), "--extractor", tiny_spec, "--kid-subsets", "5", "--workers", "2"]
+    options = [
+        "--out",
+        str(out),
+        "--extractor",
+        tiny_spec,
+        "--kid-subsets",
+        "5",
+        "--workers",
+        "2",
+        "--progress",
+    ]
     monkeypatch.setattr(sys, "argv", ["histosynth", *arguments, *options])
     with pytest.raises(SystemExit) as exit_info:
         main()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim
 
-from evaluator.pools.msssim import MIN_SIDE, compute_msssim, load_autoencoder
+from evaluator.pools.msssim import MIN_SIDE, MsssimSettings, compute_msssim, evaluate_msssim, load_autoencoder
 from histosynth.errors import HistosynthError, ImageError
 
 SIDE = 168  # just above pytorch-msssim's 160 px floor for 5 scales
@@ -54,7 +54,8 @@ def kl_folder(tmp_path: Path) -> Path:
 
 def test_msssim_matches_an_independent_recomputation(pool: Path, kl_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    summary, per_image = compute_msssim(kl_folder, pool, out, size=None, batch_size=2, device="cpu")
+    result = evaluate_msssim(kl_folder, pool, out, MsssimSettings(size=None, batch_size=2, device="cpu"))
+    summary, per_image = result.summary, result.per_image
     model = load_autoencoder(kl_folder, "cpu")
     expected = {}
     for path in sorted(pool.glob("*/*.png")):
@@ -91,9 +92,9 @@ class ShiftedIdentity(torch.nn.Module):
 
 
 def test_perfect_reconstruction_scores_one_and_data_range_is_unit(pool: Path) -> None:
-    summary, _ = compute_msssim(ShiftedIdentity(0.0), pool, size=None)
+    summary = compute_msssim(ShiftedIdentity(0.0), pool, MsssimSettings(size=None)).summary
     np.testing.assert_allclose(summary["msssim_mean"], 1.0, atol=1e-6)
-    _, per_image = compute_msssim(ShiftedIdentity(0.2), pool, size=None)
+    per_image = compute_msssim(ShiftedIdentity(0.2), pool, MsssimSettings(size=None)).per_image
     first = torch.from_numpy(np.asarray(Image.open(pool / "ADI" / "0.png"), dtype=np.float32) / 255)
     first = first.permute(2, 0, 1)[None]
     brighter = (first + 0.1).clamp(0, 1)  # +0.2 in [-1, 1] is +0.1 in [0, 1]
@@ -118,7 +119,10 @@ def test_vq_model_is_detected_from_config_and_resized_to_the_paper_size(pool: Pa
         layers_per_block=1,
     ).save_pretrained(tmp_path / "vq")
     assert type(load_autoencoder(tmp_path / "vq", "cpu")).__name__ == "VQModel"
-    summary, per_image = compute_msssim(tmp_path / "vq", pool, classes=["TUM"], max_per_class=1, device="cpu")
+    result = compute_msssim(
+        tmp_path / "vq", pool, MsssimSettings(classes=["TUM"], max_per_class=1, device="cpu")
+    )
+    summary, per_image = result.summary, result.per_image
     assert list(summary["n"]) == [1, 1] and len(per_image) == 1
     assert 0.0 <= per_image["msssim"].iloc[0] <= 1.0
 
@@ -128,9 +132,9 @@ def test_small_images_and_bad_folders_fail_clearly(pool: Path, kl_folder: Path, 
     small.mkdir(parents=True)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(small / "tiny.png")
     with pytest.raises(ImageError, match=r"tiny.png: 64x64 px is too small .*--size 256"):
-        compute_msssim(kl_folder, small.parent, tmp_path / "out", size=None)
+        evaluate_msssim(kl_folder, small.parent, tmp_path / "out", MsssimSettings(size=None))
     with pytest.raises(HistosynthError, match=f"--size 128: .* {MIN_SIDE} px"):
-        compute_msssim(kl_folder, pool, size=128)
+        compute_msssim(kl_folder, pool, MsssimSettings(size=128))
     config = json.loads((kl_folder / "config.json").read_text())
     (kl_folder / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DModel"}))
     with pytest.raises(HistosynthError, match="UNet2DModel"):

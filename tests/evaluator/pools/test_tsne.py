@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,11 @@ import torch
 from PIL import Image
 
 from evaluator.pools.features import Extractor
-from evaluator.pools.fid import compute_fid
+from evaluator.pools.fid import FidSettings, compute_fid
 from evaluator.pools.report import write_outputs
-from evaluator.pools.tsne import compute_tsne, embed
+from evaluator.pools.tsne import TsneResult, TsneSettings, compute_tsne, embed, evaluate_tsne
 from histosynth.errors import HistosynthError
+from histosynth.sampling import sample_files
 
 
 @pytest.fixture(autouse=True)
@@ -63,9 +65,9 @@ def test_tsne_writes_table_and_figures_and_separates_distinct_sources(
     pools: dict[str, Path], extractor: Extractor, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    table = compute_tsne(
-        pools["reference"], {"faded": pools["faded"]}, out, extractor=extractor, per_source=10
-    )
+    table = evaluate_tsne(
+        pools["reference"], {"faded": pools["faded"]}, out, TsneSettings(extractor=extractor, per_source=10)
+    ).table
     assert list(table.columns) == ["class", "source", "file", "x", "y"]
     counts = table.groupby(["class", "source"]).size().to_dict()
     assert counts == {
@@ -90,12 +92,41 @@ def test_tsne_writes_table_and_figures_and_separates_distinct_sources(
 
 def test_tsne_reuses_the_features_fid_cached(pools: dict[str, Path], extractor: Extractor) -> None:
     compute_fid(
-        pools["reference"], {"faded": pools["faded"]}, extractor=extractor, kid_subsets=2, bootstrap=0
+        pools["reference"],
+        {"faded": pools["faded"]},
+        FidSettings(extractor=extractor, kid_subsets=2, n_bootstrap=0),
     )
     seen = extractor.model.images
     assert seen == 2 * 14 + 2 * 9
-    compute_tsne(pools["reference"], {"faded": pools["faded"]}, extractor=extractor)
+    compute_tsne(pools["reference"], {"faded": pools["faded"]}, TsneSettings(extractor=extractor))
     assert extractor.model.images == seen
+
+
+def drawn_files(result: TsneResult) -> dict[tuple[str, str], set[str]]:
+    return {key: set(group["file"]) for key, group in result.table.groupby(["class", "source"])}
+
+
+def test_subsets_follow_the_seeding_rule(
+    pools: dict[str, Path], extractor: Extractor, tmp_path: Path
+) -> None:
+    """Same seed and pools: same tiles; adding a source or a class changes no other's tiles."""
+    other = make_pool(tmp_path / "other", {"ADI": 60, "STR": 200}, 9, seed=3)
+    settings = TsneSettings(extractor=extractor, per_source=5)
+    reference, faded = pools["reference"], pools["faded"]
+    alone = drawn_files(compute_tsne(reference, {"faded": faded}, settings))
+    assert {len(files) for files in alone.values()} == {5}
+    assert drawn_files(compute_tsne(reference, {"faded": faded}, settings)) == alone
+    with_other = drawn_files(compute_tsne(reference, {"faded": faded, "other": other}, settings))
+    assert {key: files for key, files in with_other.items() if key[1] != "other"} == alone
+    one_class = drawn_files(
+        compute_tsne(reference, {"faded": faded}, dataclasses.replace(settings, classes=["STR"]))
+    )
+    assert one_class == {key: files for key, files in alone.items() if key[0] == "STR"}
+    reseeded = drawn_files(compute_tsne(reference, {"faded": faded}, dataclasses.replace(settings, seed=1)))
+    assert reseeded != alone
+    # The scope is (source, class), as for every sampled pool: the core sampler's own draw.
+    expected = sample_files(sorted((faded / "ADI").iterdir()), 5, 0, "faded", "ADI")
+    assert alone[("ADI", "faded")] == {str(path) for path in expected}
 
 
 def test_embed_lowers_perplexity_for_few_points_and_rejects_too_few() -> None:
@@ -110,7 +141,9 @@ def test_a_failed_write_leaves_the_previous_outputs_together(
     pools: dict[str, Path], extractor: Extractor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    compute_tsne(pools["reference"], {"faded": pools["faded"]}, out, extractor=extractor, per_source=6)
+    evaluate_tsne(
+        pools["reference"], {"faded": pools["faded"]}, out, TsneSettings(extractor=extractor, per_source=6)
+    )
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     write_bytes = Path.write_bytes
 
@@ -121,7 +154,9 @@ def test_a_failed_write_leaves_the_previous_outputs_together(
 
     monkeypatch.setattr(Path, "write_bytes", disk_full_on_pdf)
     with pytest.raises(HistosynthError, match="No space left"):
-        compute_tsne(pools["reference"], {"faded": pools["faded"]}, out, extractor=extractor, seed=1)
+        evaluate_tsne(
+            pools["reference"], {"faded": pools["faded"]}, out, TsneSettings(extractor=extractor, seed=1)
+        )
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cache", "faded", "out", "reference"]
 
@@ -141,8 +176,15 @@ def test_write_outputs_removes_the_owned_files_of_earlier_runs_only(tmp_path: Pa
 
 def test_tsne_rejects_bad_options(pools: dict[str, Path], extractor: Extractor, tmp_path: Path) -> None:
     with pytest.raises(HistosynthError, match="'reference' is taken"):
-        compute_tsne(pools["reference"], {"reference": pools["faded"]}, tmp_path / "o", extractor=extractor)
+        evaluate_tsne(
+            pools["reference"],
+            {"reference": pools["faded"]},
+            tmp_path / "o",
+            TsneSettings(extractor=extractor),
+        )
     assert extractor.model.images == 0  # refused before any feature was extracted
     with pytest.raises(HistosynthError, match="--per-source"):
-        compute_tsne(pools["reference"], {"faded": pools["faded"]}, extractor=extractor, per_source=1)
+        compute_tsne(
+            pools["reference"], {"faded": pools["faded"]}, TsneSettings(extractor=extractor, per_source=1)
+        )
     assert not (tmp_path / "o").exists()

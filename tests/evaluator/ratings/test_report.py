@@ -160,13 +160,14 @@ def test_cli_votes_csv(
         str(tmp_path / "votes.csv"),
         "--out",
         str(out),
-        "--bootstrap",
+        "--n-bootstrap",
         "50",
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "score_mean" in printed and "styleGAN2" in printed
     assert (out / "expert_scores.csv").is_file()
+    assert json.loads((out / "ratings_settings.json").read_text())["n_bootstrap"] == 50
 
 
 @pytest.mark.parametrize(
@@ -279,7 +280,7 @@ def test_database_and_exported_csv_give_the_same_tables(
     export.export_votes(db, "eval", csv)
     from_db = tmp_path / "from_db"
     from_csv = tmp_path / "from_csv"
-    common = ["--bootstrap", "60", "--no-figure"]
+    common = ["--bootstrap", "60", "--no-figure"]  # the old spelling of --n-bootstrap still works
     assert (
         run_cli(
             monkeypatch, "evaluate", "ratings", "--db", db, "--study", "eval", "--out", str(from_db), *common
