@@ -266,6 +266,8 @@ def write_fid(result: FidResult, out: str | Path) -> list[Path]:
     return write_outputs(out, files, owned=FID_OUTPUTS)
 
 
+# evaluate_fid, evaluate_tsne and evaluate_msssim repeat one shape on purpose: a front door per
+# command, named alike and documented on its own, each calling its own compute_* and write_*.
 def evaluate_fid(
     reference: str | Path,
     pools: Mapping[str, str | Path],

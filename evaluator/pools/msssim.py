@@ -182,6 +182,8 @@ def write_msssim(result: MsssimResult, out: str | Path) -> list[Path]:
     return write_outputs(out, files, owned=MSSSIM_OUTPUTS)
 
 
+# evaluate_fid, evaluate_tsne and evaluate_msssim repeat one shape on purpose: a front door per
+# command, named alike and documented on its own, each calling its own compute_* and write_*.
 def evaluate_msssim(
     autoencoder: str | Path | torch.nn.Module,
     data: str | Path,

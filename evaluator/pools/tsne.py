@@ -145,6 +145,8 @@ def write_tsne(result: TsneResult, out: str | Path) -> list[Path]:
     return write_outputs(out, files, owned=TSNE_OUTPUTS)
 
 
+# evaluate_fid, evaluate_tsne and evaluate_msssim repeat one shape on purpose: a front door per
+# command, named alike and documented on its own, each calling its own compute_* and write_*.
 def evaluate_tsne(
     reference: str | Path,
     pools: Mapping[str, str | Path],

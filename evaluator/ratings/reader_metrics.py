@@ -21,7 +21,8 @@ from evaluator.ratings.stats import (
     percentile_interval,
     weighted_rater_mean,
 )
-from evaluator.ratings.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, first_presentations, with_positions
+from evaluator.ratings.votes import VoteMatrix, first_presentations, with_positions
+from histosynth.votes import REAL_SOURCE, VOTE_VALUES
 
 MEAN_RATER = "MEAN"
 ALL_RATERS = "ALL"

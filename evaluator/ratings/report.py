@@ -18,10 +18,11 @@ from evaluator.ratings.figure import expert_score_figure, save_figure
 from evaluator.ratings.reader_metrics import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
 from evaluator.ratings.scores import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
 from evaluator.ratings.stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
-from evaluator.ratings.votes import REAL_SOURCE, VotesError, rater_progress, validate_votes, vote_matrix
+from evaluator.ratings.votes import VotesError, rater_progress, validate_votes, vote_matrix
 from histosynth.errors import HistosynthError
 from histosynth.files import staged_output
 from histosynth.tables import ALL_CLASSES, format_estimate, write_table
+from histosynth.votes import REAL_SOURCE
 
 log = logging.getLogger(__name__)
 

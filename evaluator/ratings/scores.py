@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluator.ratings.votes import REAL_SOURCE, VOTE_VALUES, VoteMatrix, VotesError
+from evaluator.ratings.votes import VoteMatrix, VotesError
 from histosynth.tables import ALL_CLASSES
+from histosynth.votes import REAL_SOURCE, VOTE_VALUES
 
 log = logging.getLogger(__name__)
 

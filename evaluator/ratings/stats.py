@@ -20,8 +20,9 @@ from scipy import stats
 
 from evaluator.multiple_testing import CORRECTIONS, adjusted_p
 from evaluator.ratings.scores import MEAN_CLASSES, subject_table
-from evaluator.ratings.votes import REAL_SOURCE, VoteMatrix, VotesError
+from evaluator.ratings.votes import VoteMatrix, VotesError
 from histosynth.tables import ALL_CLASSES
+from histosynth.votes import REAL_SOURCE
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 _TOLERANCE = 1e-9

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from histosynth.errors import HistosynthError
-from histosynth.votes import REAL_SOURCE, REQUIRED_COLUMNS, VOTE_VALUES
+from histosynth.votes import REAL_SOURCE, REAL_VOTE, REQUIRED_COLUMNS, VOTE_VALUES
 
 # Summary rows of the output tables ("ALL" classes, the "MEAN" over classes or raters) use
 # these names, so no class or rater may carry them.
@@ -215,11 +215,11 @@ def vote_matrix(votes: pd.DataFrame) -> VoteMatrix:
     rows = pd.Index(raters).get_indexer(first["rater"])
     cols = pd.Index(items["item"]).get_indexer(first["item"])
     called_real = np.full((len(raters), len(items)), np.nan)
-    called_real[rows, cols] = (first["vote"] == "real").to_numpy(dtype=float)
+    called_real[rows, cols] = (first["vote"] == REAL_VOTE).to_numpy(dtype=float)
     signed = None
     if first["confidence"].notna().all():
         signed = np.full_like(called_real, np.nan)
-        sign = np.where(first["vote"] == "real", 1.0, -1.0)
+        sign = np.where(first["vote"] == REAL_VOTE, 1.0, -1.0)
         signed[rows, cols] = sign * first["confidence"].to_numpy(dtype=float)
     return VoteMatrix(
         raters=raters,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +39,6 @@ from evaluator.memorization.stats import (
     upper_tail,
     verdict_table,
 )
-from histosynth import cli
 from histosynth.errors import HistosynthError, ImageError, PoolError
 
 SIDE = 32
@@ -544,23 +542,19 @@ def test_bad_inputs_give_clear_errors(world: dict, tmp_path: Path) -> None:
         audit_memorization(root / "train", {}, None, MemorizationSettings(cache_dir=tmp_path))
 
 
-def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["histosynth", *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    return exit_info.value.code
-
-
 def test_cli_writes_the_report_and_fails_in_one_line(
-    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    world: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    run_cli: Callable[..., int],
 ) -> None:
     root = world["root"]
     monkeypatch.setenv("HISTOSYNTH_CACHE_DIR", str(tmp_path / "cache"))
     base = ["evaluate", "memorization", "--train", str(root / "train"), "--native-size", "--flips"]
     out = tmp_path / "out"
     code = run_cli(
-        [*base, "--pool", f"gen={root / 'gen'}", "--baseline", str(root / "base"), "--out", str(out)],
-        monkeypatch,
+        *base, "--pool", f"gen={root / 'gen'}", "--baseline", str(root / "base"), "--out", str(out)
     )
     assert code == 0
     assert "copies suspected" in capsys.readouterr().out
@@ -569,13 +563,11 @@ def test_cli_writes_the_report_and_fails_in_one_line(
     # `--size 0` is the one spelling of the native size; `--native-size` stays as its old alias.
     sized = tmp_path / "sized"
     arguments = ["--pool", f"gen={root / 'gen'}", "--baseline", str(root / "base"), "--out", str(sized)]
-    code = run_cli([*base[:4], "--size", "0", "--flips", "--no-progress", *arguments], monkeypatch)
+    code = run_cli(*base[:4], "--size", "0", "--flips", "--no-progress", *arguments)
     assert code == 0
     assert (sized / "memorization_tiles.csv").read_bytes() == (out / "memorization_tiles.csv").read_bytes()
     bad_out = tmp_path / "bad"
-    code = run_cli(
-        [*base, "--pool", f"gen={root / 'gen'}", "--threshold", "p100", "--out", str(bad_out)], monkeypatch
-    )
+    code = run_cli(*base, "--pool", f"gen={root / 'gen'}", "--threshold", "p100", "--out", str(bad_out))
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and error[-1].startswith("error: threshold 'p100'")
     assert not bad_out.exists()

@@ -26,12 +26,6 @@ from evaluator.pools.features import (
 from histosynth.errors import HistosynthError, ImageError
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HISTOSYNTH_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def pooled_statistics() -> Extractor:
     """Per-channel mean and standard deviation over 4x4 regions: 96 fixed features, no weights."""
 

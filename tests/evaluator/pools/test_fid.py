@@ -26,6 +26,8 @@ from evaluator.pools.fid import (
 from evaluator.pools.kid import kernel_inception_distance
 from histosynth.errors import HistosynthError, PoolError
 
+from .conftest import brightness_pool
+
 TINY_EXTRACTOR = '''
 import torch
 
@@ -50,12 +52,6 @@ def build():
 '''
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HISTOSYNTH_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("extractor")
@@ -66,22 +62,11 @@ def tiny_spec(tmp_path_factory: pytest.TempPathFactory):
     sys.modules.pop("fid_tiny_extractor", None)
 
 
-def make_pool(root: Path, means: dict[str, float], count: int, seed: int) -> Path:
-    """A pool of noisy 32x32 PNG tiles whose brightness differs per class."""
-    rng = np.random.default_rng(seed)
-    for name, mean in means.items():
-        (root / name).mkdir(parents=True)
-        for index in range(count):
-            pixels = np.clip(rng.normal(mean, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{name}-{index:03d}.png")
-    return root
-
-
 @pytest.fixture
 def pools(tmp_path: Path) -> dict[str, Path]:
     return {
-        "reference": make_pool(tmp_path / "reference", {"ADI": 200, "TUM": 110}, 14, seed=1),
-        "shifted": make_pool(tmp_path / "shifted", {"ADI": 160, "TUM": 80}, 10, seed=2),
+        "reference": brightness_pool(tmp_path / "reference", {"ADI": 200, "TUM": 110}, 14, seed=1),
+        "shifted": brightness_pool(tmp_path / "shifted", {"ADI": 160, "TUM": 80}, 10, seed=2),
     }
 
 
@@ -249,7 +234,9 @@ class CountingModel:
         return self.model(batch)
 
 
-def test_second_run_reads_cached_features(pools: dict[str, Path], tiny_spec: str, cache_dir: Path) -> None:
+def test_second_run_reads_cached_features(
+    pools: dict[str, Path], tiny_spec: str, isolated_cache: Path
+) -> None:
     base = load_extractor(tiny_spec, device="cpu")
     counter = CountingModel(base.model)
     extractor = Extractor(spec="counting", identity=base.identity, model=counter, device=base.device)
@@ -257,7 +244,7 @@ def test_second_run_reads_cached_features(pools: dict[str, Path], tiny_spec: str
         pools["reference"], {"shifted": pools["shifted"]}, FidSettings(extractor=extractor, kid_subsets=5)
     ).table
     assert counter.images == 14 * 2 + 10 * 2
-    assert len(list((cache_dir / "features").glob("*.npy"))) == 4
+    assert len(list((isolated_cache / "features").glob("*.npy"))) == 4
     second = compute_fid(
         pools["reference"], {"shifted": pools["shifted"]}, FidSettings(extractor=extractor, kid_subsets=5)
     ).table
@@ -290,7 +277,7 @@ def test_cache_key_follows_the_extractor_weights(pools: dict[str, Path], tiny_sp
 def test_bad_pools_fail_before_anything_is_written(
     pools: dict[str, Path], tiny_spec: str, tmp_path: Path
 ) -> None:
-    extra = make_pool(tmp_path / "extra", {"ADI": 150, "MUC": 90}, 3, seed=3)
+    extra = brightness_pool(tmp_path / "extra", {"ADI": 150, "MUC": 90}, 3, seed=3)
     out = tmp_path / "out"
     with pytest.raises(PoolError, match="MUC"):
         evaluate_fid(pools["reference"], {"extra": extra}, out, FidSettings(extractor=tiny_spec))
@@ -301,7 +288,7 @@ def test_bad_pools_fail_before_anything_is_written(
             out,
             FidSettings(classes=["BACK"], extractor=tiny_spec),
         )
-    lonely = make_pool(tmp_path / "lonely", {"ADI": 150}, 1, seed=4)
+    lonely = brightness_pool(tmp_path / "lonely", {"ADI": 150}, 1, seed=4)
     with pytest.raises(PoolError, match="lonely/ADI: FID and KID need at least 2 images"):
         evaluate_fid(pools["reference"], {"lonely": lonely}, out, FidSettings(extractor=tiny_spec))
     with pytest.raises(HistosynthError, match="bootstrap"):

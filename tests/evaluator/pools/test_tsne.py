@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from evaluator.pools.features import Extractor
 from evaluator.pools.fid import FidSettings, compute_fid
@@ -18,11 +17,7 @@ from evaluator.pools.tsne import TsneResult, TsneSettings, compute_tsne, embed, 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import sample_files
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HISTOSYNTH_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+from .conftest import brightness_pool
 
 
 class ColourStatistics:
@@ -43,21 +38,13 @@ def extractor() -> Extractor:
     return Extractor("colour", "colour-statistics-v1", ColourStatistics(), torch.device("cpu"))
 
 
-def make_pool(root: Path, means: dict[str, float], count: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for name, mean in means.items():
-        (root / name).mkdir(parents=True)
-        for index in range(count):
-            pixels = np.clip(rng.normal(mean, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{index:02d}.png")
-    return root
-
-
 @pytest.fixture
 def pools(tmp_path: Path) -> dict[str, Path]:
     return {
-        "reference": make_pool(tmp_path / "reference", {"ADI": 210, "STR": 120}, 14, seed=1),
-        "faded": make_pool(tmp_path / "faded", {"ADI": 120, "STR": 40}, 9, seed=2),
+        "reference": brightness_pool(
+            tmp_path / "reference", {"ADI": 210, "STR": 120}, 14, seed=1, side=24, spread=25
+        ),
+        "faded": brightness_pool(tmp_path / "faded", {"ADI": 120, "STR": 40}, 9, seed=2, side=24, spread=25),
     }
 
 
@@ -110,7 +97,7 @@ def test_subsets_follow_the_seeding_rule(
     pools: dict[str, Path], extractor: Extractor, tmp_path: Path
 ) -> None:
     """Same seed and pools: same tiles; adding a source or a class changes no other's tiles."""
-    other = make_pool(tmp_path / "other", {"ADI": 60, "STR": 200}, 9, seed=3)
+    other = brightness_pool(tmp_path / "other", {"ADI": 60, "STR": 200}, 9, seed=3, side=24, spread=25)
     settings = TsneSettings(extractor=extractor, per_source=5)
     reference, faded = pools["reference"], pools["faded"]
     alone = drawn_files(compute_tsne(reference, {"faded": faded}, settings))

@@ -4,7 +4,7 @@ database giving the same tables as its exported CSV."""
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,6 @@ from evaluator.ratings.report import (
     write_ratings,
 )
 from evaluator.ratings.votes import VotesError, read_votes
-from histosynth import cli
 from histosynth.errors import HistosynthError
 from histosynth.tables import format_estimate, latex_escape, write_table
 
@@ -46,15 +45,6 @@ def study_votes(seed: int = 0, raters: tuple[str, ...] = ("A", "B", "C")) -> pd.
         rows.append((rater, "ADIreal0", "ADI", "real", "real", 6, 1, 1.0))
     columns = ["rater", "item", "class", "source", "vote", "confidence", "repeat", "seconds"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["histosynth", *args])
-    try:
-        cli.main()
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
 
 
 def test_report_files_and_renderings(tmp_path: Path) -> None:
@@ -147,13 +137,10 @@ def test_a_rerun_removes_the_optional_files_of_an_earlier_run(tmp_path: Path) ->
     assert {"expert_scores.csv", "fleiss_kappa.md", "ratings_settings.json"} <= names
 
 
-def test_cli_votes_csv(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_cli_votes_csv(tmp_path: Path, run_cli: Callable[..., int], capsys: pytest.CaptureFixture) -> None:
     study_votes().to_csv(tmp_path / "votes.csv", index=False)
     out = tmp_path / "out"
     code = run_cli(
-        monkeypatch,
         "evaluate",
         "ratings",
         "--votes",
@@ -181,19 +168,19 @@ def test_cli_votes_csv(
     ],
 )
 def test_cli_needs_votes_or_db_and_study(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str]
+    tmp_path: Path, run_cli: Callable[..., int], capsys: pytest.CaptureFixture, args: list[str]
 ) -> None:
-    code = run_cli(monkeypatch, "evaluate", "ratings", *args, "--out", str(tmp_path / "out"))
+    code = run_cli("evaluate", "ratings", *args, "--out", str(tmp_path / "out"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err == ["error: give either --votes FILE or both --db FILE and --study NAME"]
 
 
 def test_cli_bad_votes_file_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, run_cli: Callable[..., int], capsys: pytest.CaptureFixture
 ) -> None:
     path = tmp_path / "votes.csv"
     path.write_text("rater,item,class,source,vote\nA,1,ADI,real,real\nA,1,ADI,real,synthetic\n")
-    code = run_cli(monkeypatch, "evaluate", "ratings", "--votes", str(path), "--out", str(tmp_path / "out"))
+    code = run_cli("evaluate", "ratings", "--votes", str(path), "--out", str(tmp_path / "out"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err == [f"error: {path} line 3: rater 'A' rated twice without repeat=1 item '1'"]
@@ -222,11 +209,11 @@ def test_cli_class_without_real_tiles_is_one_line(tmp_path: Path, lines: list[st
 
 
 def test_cli_negative_ddof_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, run_cli: Callable[..., int], capsys: pytest.CaptureFixture
 ) -> None:
     study_votes().to_csv(tmp_path / "votes.csv", index=False)
     args = ["--votes", str(tmp_path / "votes.csv"), "--out", str(tmp_path / "out"), "--ddof", "-1"]
-    code = run_cli(monkeypatch, "evaluate", "ratings", *args)
+    code = run_cli("evaluate", "ratings", *args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err == ["error: ddof (delta degrees of freedom) must be >= 0, got -1"]
     assert not (tmp_path / "out").exists()
@@ -241,9 +228,7 @@ def write_pool(root: Path, classes: tuple[str, ...], per_class: int, seed: int) 
             Image.fromarray(pixels).save(root / klass / f"{klass}-{index}.png")
 
 
-def test_database_and_exported_csv_give_the_same_tables(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_database_and_exported_csv_give_the_same_tables(tmp_path: Path, run_cli: Callable[..., int]) -> None:
     export = pytest.importorskip("rater_app.export")
     create = pytest.importorskip("rater_app.create")
     raters = pytest.importorskip("rater_app.raters")
@@ -281,15 +266,8 @@ def test_database_and_exported_csv_give_the_same_tables(
     from_db = tmp_path / "from_db"
     from_csv = tmp_path / "from_csv"
     common = ["--bootstrap", "60", "--no-figure"]  # the old spelling of --n-bootstrap still works
-    assert (
-        run_cli(
-            monkeypatch, "evaluate", "ratings", "--db", db, "--study", "eval", "--out", str(from_db), *common
-        )
-        == 0
-    )
-    assert (
-        run_cli(monkeypatch, "evaluate", "ratings", "--votes", str(csv), "--out", str(from_csv), *common) == 0
-    )
+    assert run_cli("evaluate", "ratings", "--db", db, "--study", "eval", "--out", str(from_db), *common) == 0
+    assert run_cli("evaluate", "ratings", "--votes", str(csv), "--out", str(from_csv), *common) == 0
     written = sorted(path.name for path in from_db.iterdir())
     assert written == sorted(path.name for path in from_csv.iterdir())
     assert {"intra_rater.csv", "roc_auc.csv", "timing.csv"} <= set(written)
