@@ -103,6 +103,9 @@ class FeatureSettings:
     def load(self) -> Extractor:
         """The extractor these settings name, loaded once (a ready `Extractor` is returned as is).
 
+        Returns:
+            The extractor, on `device`.
+
         Raises:
             ExtractorError: see `load_extractor`.
         """
@@ -443,6 +446,9 @@ def read_pools(
         classes: the classes to compare; None takes each pool's own classes, all of which
             must exist in the reference.
 
+    Returns:
+        (reference pool on the union of the pools' classes, name -> generated pool).
+
     Raises:
         PoolError: no pools given, a pool lacks a requested class, or a pool has a class the
             reference does not.
@@ -478,6 +484,9 @@ def pool_features(
 
     Returns:
         Class name -> float32 (n_images, D) features, in the pool's file order.
+
+    Raises:
+        ImageError, ExtractorError, HistosynthError: see `compute_features`.
     """
     return {
         name: compute_features(
