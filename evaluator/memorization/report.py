@@ -167,6 +167,9 @@ def _settings(result: MemorizationResult) -> str:
     return f"Grayscale (ITU-R 601 luma) at {size}; transforms seen: {', '.join(transforms)}; {rule}."
 
 
+# Kept on purpose beside `histosynth.tables.write_table`: memorization.md/.tex hold three tables
+# and notes in one file, rendered by pandas since they were first written, and stay byte for
+# byte what they were.
 def markdown_report(result: MemorizationResult) -> str:
     """The tables as Markdown: the paper's layout, the long summary and the verdict."""
     parts = [

@@ -134,6 +134,8 @@ def evaluate_fid(
     typer.echo(f"wrote {out / 'fid.csv'}", err=True)
 
 
+# `tsne` repeats the feature options of `fid` on purpose: typer declares a command's options in
+# its own signature, and each command lists them for its --help.
 @app.command("tsne")
 def evaluate_tsne(
     reference: ReferenceOption,
