@@ -54,11 +54,14 @@ def test_creates_blinded_items(tmp_path, three_sources, write_study) -> None:
     assert len(rows) == 12
     store = image_store_dir(db)
     assert sorted(p.name for p in store.iterdir()) == sorted(f"{r['id']}.png" for r in rows)
+    assert len({(store / f"{r['id']}.png").stat().st_size for r in rows}) == 1  # one length for all
     for row in rows:
         assert re.fullmatch(r"[0-9a-f]{24}", row["id"])
         data = (store / f"{row['id']}.png").read_bytes()
         chunks = png_chunks(data)
-        assert chunks[0] == "IHDR" and chunks[-1] == "IEND" and set(chunks) == {"IHDR", "IDAT", "IEND"}
+        # the critical chunks, and one padding chunk of random bytes right before IEND
+        assert chunks[0] == "IHDR" and chunks[-2:] == ["paDd", "IEND"]
+        assert set(chunks) == {"IHDR", "IDAT", "paDd", "IEND"}
         with Image.open(store / f"{row['id']}.png") as image:
             assert image.size == (256, 256) and image.mode == "RGB" and not image.info
         original = Path(row["original_path"])
