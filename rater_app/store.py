@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS items (
     class TEXT NOT NULL,
     original_path TEXT NOT NULL,
     sha256 TEXT NOT NULL,             -- of the original file, for provenance
-    png_sha256 TEXT NOT NULL          -- of the served PNG, to detect tampering
+    png_sha256 TEXT NOT NULL          -- of the stored (padded) PNG, to detect tampering
 );
 CREATE INDEX IF NOT EXISTS items_study ON items(study_id);
 CREATE TABLE IF NOT EXISTS raters (

@@ -7,8 +7,8 @@ can be called directly with any inputs, so each one asks `voting.may_show` befor
 tile: a fresh session starts at the first unanswered tile and can walk back only over answered
 ones, and only when the study allows changes. A tile is an <img> pointing at the app's own
 `tiles/<token>.png` route (a random token per showing, so a repeated tile gets a new URL),
-which serves the stored PNG byte for byte; the next tile is loaded by a hidden <img> so the
-switch after a vote is instant.
+which serves the stored PNG with only its padding bytes renewed; the next tile is loaded by a
+hidden <img> so the switch after a vote is instant.
 """
 
 from __future__ import annotations
