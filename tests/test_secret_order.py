@@ -117,3 +117,20 @@ def test_audit_finds_a_seed_only_order_and_a_shared_permutation(tmp_path, make_p
     leaks = audit_study(db, "pilot").leaks
     assert "order of rater 'ann' is derivable from the study TOML (random(seed) over sampling order)" in leaks
     assert "raters 'ben' and 'cy' have the same order" in leaks
+
+
+def test_a_database_of_schema_1_is_migrated(tmp_path, make_pool, write_study) -> None:
+    db = tmp_path / "study.db"
+    create_study(write_study(make_sources(make_pool), images_per_cell=6), db)
+    add_raters(str(db), "pilot", ["ann"])
+    with sqlite3.connect(db) as conn:  # as histosynth wrote it before order secrets
+        conn.execute("ALTER TABLE raters DROP COLUMN order_secret")
+        conn.execute("PRAGMA user_version = 1")
+    rewrite_order(db, "ann", old_scheme_order(db, "ann", seed=7))
+    add_raters(str(db), "pilot", ["ben"])
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        secrets = dict(conn.execute("SELECT name, order_secret FROM raters"))
+    assert secrets["ann"] is None and len(secrets["ben"]) == 32
+    leaks = audit_study(db, "pilot").leaks
+    assert len(leaks) == 1 and leaks[0].startswith("order of rater 'ann' is derivable")
