@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ PAD = PAD_CHUNK.decode("ascii")
 # The critical chunks, and the padding chunk (random bytes only) that equalises lengths.
 ALLOWED_CHUNKS = {"IHDR", "IDAT", "IEND", PAD}
 ORDER_ALPHA = 0.001  # family-wise, Bonferroni-corrected over raters
+CHANCE_ALPHA = 0.001  # an order matching by chance more often than this is a warning, not a leak
 
 
 @dataclass
@@ -80,7 +82,7 @@ def audit_study(db_path: str | Path, study: str) -> AuditReport:
     _audit_ids(items, assignments, report)
     _audit_orders(assignments, report)
     _audit_derivable_orders(row, items, orders, report)
-    _audit_shared_orders(orders, report)
+    _audit_shared_orders(items, json.loads(row["settings"]), orders, report)
     _audit_byte_lengths(items, image_store_dir(db_path), report)
     return report
 
@@ -174,13 +176,17 @@ def _order_association(entries: list[dict]) -> tuple[float, float]:
 def _audit_derivable_orders(
     study: dict, items: list[dict], orders: dict[str, list], report: AuditReport
 ) -> None:
-    """A stored order that a seeded scheme reproduces from public values is no secret."""
+    """A stored order that a seeded scheme reproduces from public values is no secret.
+
+    In a study with few possible orders a secret order can equal a derivable one by chance;
+    then it is reported as a warning (a rater could guess the order about as well), not a leak.
+    """
     known = [
         KnownItem(item["id"], item["source"], item["class"], item["original_path"], item["rowid"])
         for item in items
     ]
     settings = json.loads(study["settings"])
-    tried = 0
+    tried, matches = 0, []
     for index, (rater, order) in enumerate(orders.items()):
         stored = tuple(entry.item_id for entry in order if not entry.repeat)
         for candidate in derivable_orders(
@@ -193,20 +199,49 @@ def _audit_derivable_orders(
         ):
             tried += 1
             if candidate.permutation == stored:
-                scheme = candidate.scheme
-                report.leaks.append(f"order of rater {rater!r} is derivable from the study TOML ({scheme})")
+                matches.append(
+                    f"order of rater {rater!r} is derivable from the study TOML ({candidate.scheme})"
+                )
                 break
+    possible = _log10_possible_orders(items, settings["block_by_class"])
+    _report_unless_chance(matches, math.log10(max(tried, 1)) - possible, report)
     report.notes.append(f"secret orders: {tried} orders derivable from TOML, seed and names tried")
 
 
-def _audit_shared_orders(orders: dict[str, list], report: AuditReport) -> None:
+def _audit_shared_orders(
+    items: list[dict], settings: dict, orders: dict[str, list], report: AuditReport
+) -> None:
     """Two raters with one permutation: one can tell the other the answers, position by position."""
     first_rater: dict[tuple[str, ...], str] = {}
+    shared = []
     for rater, order in orders.items():
         permutation = tuple(entry.item_id for entry in order if not entry.repeat)
         if permutation in first_rater:
-            report.leaks.append(f"raters {first_rater[permutation]!r} and {rater!r} have the same order")
+            shared.append(f"raters {first_rater[permutation]!r} and {rater!r} have the same order")
         first_rater.setdefault(permutation, rater)
+    pairs = len(orders) * (len(orders) - 1) / 2
+    _report_unless_chance(
+        shared, math.log10(max(pairs, 1)) - _log10_possible_orders(items, settings["block_by_class"]), report
+    )
+
+
+def _log10_possible_orders(items: list[dict], block_by_class: bool) -> float:
+    """log10 of how many orders of first showings the study's design allows."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        key = item["class"] if block_by_class else ""
+        sizes[key] = sizes.get(key, 0) + 1
+    return sum(math.lgamma(size + 1) for size in sizes.values()) / math.log(10)
+
+
+def _report_unless_chance(findings: list[str], log10_chance: float, report: AuditReport) -> None:
+    """Findings are leaks, unless they are likely by chance alone (too few possible orders)."""
+    if log10_chance < math.log10(CHANCE_ALPHA):
+        report.leaks.extend(findings)
+        return
+    chance = min(1.0, 10**log10_chance)
+    note = f" (the study allows so few orders that this happens by chance: p ~ {chance:.2g})"
+    report.warnings.extend(finding + note for finding in findings)
 
 
 def _audit_byte_lengths(items: list[dict], store: Path, report: AuditReport) -> None:

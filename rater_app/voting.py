@@ -165,9 +165,8 @@ def record_vote(
 
     Raises:
         VoteRefused: the item is not at that place in this rater's order, the place is after
-            the first unanswered one, the value is bad,
-            confidence is missing or unexpected, or the vote differs from a stored one in a
-            study that does not allow changes.
+            the first unanswered one, the value is bad, confidence is missing or unexpected,
+            or the vote differs from a stored one in a study that does not allow changes.
     """
     if vote not in VOTES:
         raise VoteRefused(f"vote must be one of {', '.join(VOTES)}, got {vote!r}")

@@ -134,3 +134,17 @@ def test_a_database_of_schema_1_is_migrated(tmp_path, make_pool, write_study) ->
     assert secrets["ann"] is None and len(secrets["ben"]) == 32
     leaks = audit_study(db, "pilot").leaks
     assert len(leaks) == 1 and leaks[0].startswith("order of rater 'ann' is derivable")
+
+
+def test_orders_are_drawn_again_until_distinct(tmp_path, make_pool, write_study) -> None:
+    sources = {name: make_pool(name, classes=("ADI",), per_class=1) for name in ("real", "gen")}
+    db = tmp_path / "tiny.db"
+    create_study(write_study(sources, images_per_cell=1), db)  # two tiles: two possible orders
+    add_raters(str(db), "pilot", ["ann", "ben"])
+    orders = provenance_orders(db)
+    assert orders["ann"] != orders["ben"]  # drawn again until distinct (by chance: 1 in 2)
+    add_raters(str(db), "pilot", ["cy"])  # no third order exists: kept, and the audit says so
+    report = audit_study(db, "pilot")
+    assert report.passed  # with two possible orders, equal or derivable ones are chance: warnings
+    shared = [w for w in report.warnings if "and 'cy' have the same order" in w]
+    assert len(shared) == 1 and "happens by chance: p ~ 1" in shared[0]
