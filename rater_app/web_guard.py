@@ -31,6 +31,7 @@ SECURITY_HEADERS = [
 ]
 FORWARDING_HEADERS = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 _REPLACED = {name for name, _ in SECURITY_HEADERS}
+_PAGE_TYPES = {b"text/html", b"application/json"}
 _HOST = re.compile(rb"^(?:[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 
 
@@ -83,8 +84,12 @@ class WebGuard:
                     for name, value in message.get("headers", [])
                     if name.lower() not in _REPLACED and not name.lower().startswith(b"access-control-")
                 ]
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))  # tiles set their own (private)
+                kinds = {
+                    value.split(b";")[0].strip() for name, value in headers if name.lower() == b"content-type"
+                }
+                if kinds & _PAGE_TYPES:  # pages and API answers; tiles and assets keep their caching
+                    headers = [(name, value) for name, value in headers if name.lower() != b"cache-control"]
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers + SECURITY_HEADERS}
             await send(message)
 
