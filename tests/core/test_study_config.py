@@ -47,7 +47,9 @@ def test_defaults(tmp_path: Path) -> None:
     text = '[study]\nname = "s"\nseed = 1\nimages_per_cell = 2\n[sources]\nreal = "r"\ngen = "g"\n'
     config = load_study_config(write(tmp_path, text))
     assert config.classes is None and config.block_by_class and config.allow_changes
-    assert config.confidence == "none" and config.repeats == 0
+    assert config.confidence == "none" and config.repeats == 0 and config.title is None
+    titled = load_study_config(write(tmp_path, text.replace("seed = 1", 'seed = 1\ntitle = "Skin study"')))
+    assert titled.title == "Skin study" and titled.settings()["title"] == "Skin study"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +69,10 @@ def test_defaults(tmp_path: Path) -> None:
         ('styleGAN2 = "/abs/pools/stylegan2"', 'klf8-dm = "other"', "duplicate source name"),
         ('"KLF8-DM" = "pools/klf8"', '"KLF8-DM" = 3', "sources.KLF8-DM must be a folder path"),
         ("[sources]", "[sauces]", "unknown table [sauces]"),
+        ("repeats = 5", 'repeats = 5\ntitle = ""', "study.title must be 1-100 printable characters"),
+        ("repeats = 5", 'repeats = 5\ntitle = "a\\nb"', "study.title must be 1-100 printable characters"),
+        ("repeats = 5", f'repeats = 5\ntitle = "{"x" * 101}"', "study.title must be 1-100"),
+        ("repeats = 5", "repeats = 5\ntitle = 3", "study.title must be str"),
     ],
 )
 def test_bad_fields(tmp_path: Path, old: str, new: str, message: str) -> None:
