@@ -106,7 +106,7 @@ def read_model_info(folder: str | Path, kinds: Sequence[str] | None = None) -> d
     if not isinstance(info, dict) or "kind" not in info or "classes" not in info:
         raise HistosynthError(f"{path}: not a histosynth model description (no kind or classes)")
     if kinds is not None and info["kind"] not in kinds:
-        raise HistosynthError(f"{folder}: a {info['kind']} model, expected {' or '.join(kinds)}")
+        raise HistosynthError(f"{folder}: a model of kind {info['kind']}, expected {' or '.join(kinds)}")
     return info
 
 

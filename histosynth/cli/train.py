@@ -110,3 +110,59 @@ def autoencoder(
         disc_start=disc_start,
     )
     typer.echo(f"wrote {folder}", err=True)
+
+
+@app.command("ldm")
+def ldm(
+    autoencoder: Annotated[Path, typer.Option("--autoencoder", help="Model folder of `train autoencoder`.")],
+    data: DataOption,
+    out: OutOption,
+    preset: PresetOption = "paper",
+    epochs: EpochsOption = None,
+    max_steps: MaxStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    learning_rate: LearningRateOption = None,
+    scale_lr: ScaleLrOption = True,
+    lr_warmup_steps: WarmupOption = 0,
+    size: SizeOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
+    keep_checkpoints: KeepOption = 2,
+    resume: ResumeOption = False,
+    mixed_precision: PrecisionOption = "auto",
+    workers: WorkersOption = 0,
+    classes: ClassesOption = None,
+    cond_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="Probability of the null class per example, for classifier-free guidance [preset]."
+        ),
+    ] = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Train a class-conditional latent diffusion model on an autoencoder's latents (KLF8-DM, VQF8-DM)."""
+    from trainer.ldm import train_ldm
+
+    folder = train_ldm(
+        autoencoder,
+        data,
+        out,
+        preset=preset,
+        resume=resume,
+        classes=classes or None,
+        progress=progress,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        scale_lr=scale_lr,
+        lr_warmup_steps=lr_warmup_steps,
+        size=size,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        mixed_precision=mixed_precision,
+        num_workers=workers,
+        cond_drop=cond_drop,
+    )
+    typer.echo(f"wrote {folder}", err=True)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,25 @@ def tissue() -> np.ndarray:
     return np.asarray(Image.fromarray(base).resize((896, 896), Image.Resampling.BILINEAR))
 
 
+def write_tiles(
+    root: Path,
+    tissue: np.ndarray,
+    classes: tuple[str, ...] = ("ADI", "TUM"),
+    per_class: int = 4,
+    size: int = TILE,
+) -> Path:
+    """A pool of `per_class` crops per class, cut in reading order from `tissue`."""
+    index = 0
+    for class_name in classes:
+        (root / class_name).mkdir(parents=True)
+        for item in range(per_class):
+            row, col = divmod(index, tissue.shape[1] // size)
+            crop = tissue[row * size : (row + 1) * size, col * size : (col + 1) * size]
+            Image.fromarray(crop).save(root / class_name / f"{class_name}-{item:02d}.png")
+            index += 1
+    return root
+
+
 @pytest.fixture
 def make_tiles(tmp_path: Path, tissue: np.ndarray) -> Callable[..., Path]:
     """Factory: make_tiles(name, classes=("ADI", "TUM"), per_class=4, size=28) -> pool folder."""
@@ -47,18 +67,32 @@ def make_tiles(tmp_path: Path, tissue: np.ndarray) -> Callable[..., Path]:
     def make(
         name: str = "pool", classes: tuple[str, ...] = ("ADI", "TUM"), per_class: int = 4, size: int = TILE
     ):
-        root = tmp_path / name
-        index = 0
-        for class_name in classes:
-            (root / class_name).mkdir(parents=True)
-            for item in range(per_class):
-                row, col = divmod(index, tissue.shape[1] // size)
-                crop = tissue[row * size : (row + 1) * size, col * size : (col + 1) * size]
-                Image.fromarray(crop).save(root / class_name / f"{class_name}-{item:02d}.png")
-                index += 1
-        return root
+        return write_tiles(tmp_path / name, tissue, classes, per_class, size)
 
     return make
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """A tiny KL autoencoder and an LDM trained on it, shared by the tests that only read them."""
+
+    pool: Path
+    autoencoder: Path
+    ldm: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, tissue: np.ndarray) -> TinyModels:
+    from trainer.autoencoder import train_autoencoder
+    from trainer.ldm import train_ldm
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    pool = write_tiles(root / "pool", tissue)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HISTOSYNTH_CACHE_DIR", str(root / "cache"))
+        autoencoder = train_autoencoder(pool, root / "kl", kind="kl", perceptual=False, max_steps=3)
+        ldm = train_ldm(autoencoder, pool, root / "ldm", max_steps=4)
+    return TinyModels(pool=pool, autoencoder=autoencoder, ldm=ldm)
 
 
 @pytest.fixture(autouse=True)
