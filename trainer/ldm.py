@@ -350,6 +350,7 @@ def sample_latents(
     eta: float = 0.0,
     guidance: float = 1.0,
     on_step: StepCallback | None = None,
+    pad_to: int = PAD_TO,
 ) -> torch.Tensor:
     """DDIM-sample latents for `labels`, image b drawing all its noise from `generators[b]` (CPU).
 
@@ -362,6 +363,8 @@ def sample_latents(
         eta: 0 is deterministic DDIM; 1 is DDPM-like.
         guidance: classifier-free guidance scale; 1 uses the class alone.
         on_step: called with (step index, predicted x0 in latent space) after each step.
+        pad_to: run the U-Net on a multiple of this many images (1: no padding, for timing
+            an unpadded baseline; images may then differ between batch sizes by rounding).
 
     Returns:
         Latents (B, C, h, w) in the autoencoder's scale (divided by the scaling factor).
@@ -370,7 +373,7 @@ def sample_latents(
     scheduler.set_timesteps(steps)
     shape = model.latent_shape
     count = len(generators)
-    padding = -count % PAD_TO
+    padding = -count % pad_to
 
     def draw() -> torch.Tensor:
         noise = [torch.randn(shape, generator=g) for g in generators] + [torch.zeros(shape)] * padding
@@ -398,10 +401,16 @@ def sample_latents(
 
 
 @torch.no_grad()
-def decode_images(model: LatentDiffusionModel, latents: torch.Tensor) -> np.ndarray:
-    """Latents -> (B, H, W, 3) uint8 RGB (float32 decoder; [-1, 1] mapped and rounded to 0..255)."""
-    count = latents.shape[0]
-    padded = torch.cat([latents, latents.new_zeros((-count % PAD_TO, *latents.shape[1:]))])
-    images = model.vae.decode(padded.to(model.device, torch.float32)).sample[:count]
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+def decode_images(
+    model: LatentDiffusionModel, latents: torch.Tensor, pad_to: int = PAD_TO, chunk: int = 32
+) -> np.ndarray:
+    """Latents -> (B, H, W, 3) uint8 RGB: the float32 decoder on chunks of at most `chunk` latents,
+    each padded to a multiple of `pad_to` (bounded memory at 256 px); [-1, 1] rounded to 0..255."""
+    parts = []
+    for start in range(0, latents.shape[0], chunk):
+        part = latents[start : start + chunk].to(model.device, torch.float32)
+        count = part.shape[0]
+        padded = torch.cat([part, part.new_zeros((-count % pad_to, *part.shape[1:]))])
+        images = model.vae.decode(padded).sample[:count]
+        parts.append(((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(parts).numpy()
