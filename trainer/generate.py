@@ -2,8 +2,9 @@
 
 Image i of class c is a pure function of (model, seed, c, i): all of its noise comes from a CPU
 generator seeded with `histosynth.sampling.derive_seed(seed, c, i)`, so the batch size, the
-number of processes and any interruption never change a file (on one device type; GPU kernels
-may round differently from CPU ones). Each PNG is written under a temporary name, fsynced and
+number of processes and any interruption never change a file (given the same kernels: on CPU
+with the same thread count, batches padded as `trainer.ldm.PAD_TO` says; GPU kernels may round
+differently between batch shapes). Each PNG is written under a temporary name, fsynced and
 renamed, so a visible file is complete; a rerun skips the files that exist and makes the rest.
 While a pool is being made, a hidden `.histosynth-generate.json` records its identity (model
 hash, sampler, steps, eta, guidance, seed); `pool.json` (the core's `write_manifest`, with a

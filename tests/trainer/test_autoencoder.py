@@ -4,6 +4,7 @@ bad input refused in one line with nothing written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,9 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_old_one(
     with pytest.raises(HistosynthError, match="other settings \\(batch_size\\)"):
         train_autoencoder(pool, out, perceptual=False, max_steps=2, batch_size=4, resume=True)
     assert read_model_info(out)["steps"] == 1
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(HistosynthError, match="holds a model but no checkpoint"):
+        train_autoencoder(pool, out, perceptual=False, max_steps=2, resume=True)
 
 
 def test_bad_pools_are_refused_in_one_line_with_nothing_written(make_tiles, tmp_path: Path, cli) -> None:
