@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from histosynth.cli import evaluate, rate, study
+from histosynth.cli import evaluate, generate, rate, study, train
 from histosynth.errors import HistosynthError
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ app.add_typer(study.app, name="study")
 app.command("rate")(rate.rate)
 app.command("demo")(rate.demo)
 app.add_typer(evaluate.app, name="evaluate")
+app.add_typer(train.app, name="train")
+app.command("generate")(generate.generate)
 
 
 def main() -> None:

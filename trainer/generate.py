@@ -1,0 +1,244 @@
+"""`generate`: a pool `<POOL>/<CLASS>/<index>.png` from a trained model, resumable and reproducible.
+
+Image i of class c is a pure function of (model, seed, c, i): all of its noise comes from a CPU
+generator seeded with `histosynth.sampling.derive_seed(seed, c, i)`, so the batch size, the
+number of processes and any interruption never change a file (given the same kernels: on CPU
+with the same thread count, batches padded as `trainer.ldm.PAD_TO` says; GPU kernels may round
+differently between batch shapes). Each PNG is written under a temporary name, fsynced and
+renamed, so a visible file is complete; a rerun skips the files that exist and makes the rest.
+While a pool is being made, a hidden `.histosynth-generate.json` records its identity (model
+hash, sampler, steps, eta, guidance, seed); `pool.json` (the core's `write_manifest`, with a
+sha256 per file) replaces it at the end. An out folder made with another model or other
+settings is refused, so two runs never mix in one pool.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from histosynth.errors import HistosynthError, PoolError
+from histosynth.files import atomic_write_bytes, atomic_write_text
+from histosynth.pools import MANIFEST_NAME, read_manifest, write_manifest
+from histosynth.progress import progress_bar
+from histosynth.sampling import derive_seed
+from trainer.model_folder import model_hash, read_model_info
+
+logger = logging.getLogger(__name__)
+
+MARKER = ".histosynth-generate.json"
+SAMPLERS = ("ldm",)
+IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "seed")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def image_name(index: int) -> str:
+    """The file name of image `index` of a class: zero-padded to 6 digits, so names sort in order."""
+    return f"{index:06d}.png"
+
+
+def generate_pool(
+    model: str | Path,
+    out: str | Path,
+    per_class: int,
+    *,
+    classes: list[str] | None = None,
+    steps: int = 200,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str | None = None,
+    precision: str = "auto",
+    name: str | None = None,
+    save_intermediates: str | Path | None = None,
+    intermediate_steps: int = 8,
+    progress: bool | None = None,
+) -> Path:
+    """Generate `per_class` images of each class into the pool `out`, resuming where files exist.
+
+    Args:
+        model: a model folder written by `histosynth train` (kind `ldm`).
+        out: the pool folder; created, or continued when it holds this same pool.
+        per_class: images per class (indices 0 .. per_class - 1).
+        classes: the classes to generate (default: all of the model's).
+        steps: DDIM steps (the paper: 200).
+        eta: DDIM eta (0: deterministic).
+        guidance: classifier-free guidance scale (1: none); needs a model trained with
+            `cond_drop` > 0.
+        batch_size: images per denoiser pass (does not change any image).
+        seed: the pool's seed.
+        device: torch device; None: accelerate's (cuda when present, one GPU per process).
+        precision: U-Net precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`.
+        name: the generator's name in `pool.json` (default: the model folder's name).
+        save_intermediates: a folder (outside the pool) for the paper's Fig. 5B rows: per image,
+            the decoded x0 predictions at `intermediate_steps` evenly spaced steps, side by side.
+        intermediate_steps: how many steps such a row shows.
+        progress: show a progress bar (None: when stderr is a terminal).
+
+    Returns:
+        The pool folder, with `pool.json`.
+
+    Raises:
+        HistosynthError: `per_class` < 1, a model folder without `histosynth.json` or of a kind
+            that cannot generate, an unknown class, guidance without a trained null class, or
+            an out folder holding another pool or other files.
+    """
+    from accelerate import PartialState
+
+    from trainer.ldm import decode_images, load_ldm, sample_latents
+
+    if per_class < 1:
+        raise HistosynthError(f"--per-class {per_class}: must be at least 1")
+    if steps < 1 or batch_size < 1:
+        raise HistosynthError("--steps and --batch-size must be at least 1")
+    if precision not in ("auto", *PRECISIONS):
+        raise HistosynthError(f"--precision {precision!r}: expected auto, fp32, fp16 or bf16")
+    model = Path(model).expanduser()
+    out = Path(out).expanduser()
+    info = read_model_info(model, list(SAMPLERS))
+    wanted = list(classes or info["classes"])
+    unknown = [item for item in wanted if item not in info["classes"]]
+    if unknown:
+        raise HistosynthError(
+            f"--classes {', '.join(unknown)}: not a class of {model} ({', '.join(info['classes'])})"
+        )
+    if guidance != 1.0 and float(info["settings"].get("cond_drop", 0.0)) == 0.0:
+        raise HistosynthError(
+            f"--guidance {guidance}: {model} was trained with cond_drop 0, so its null class is untrained; "
+            "use --guidance 1 or retrain with --cond-drop"
+        )
+    state = PartialState()
+    target = torch.device(device) if device else state.device
+    dtype = (
+        PRECISIONS["fp16" if target.type == "cuda" else "fp32"]
+        if precision == "auto"
+        else PRECISIONS[precision]
+    )
+    identity = {
+        "generator": name or model.name,
+        "checkpoint": model_hash(model),
+        "sampler": "ddim",
+        "steps": steps,
+        "eta": eta,
+        "guidance": guidance,
+        "seed": seed,
+    }
+    if state.is_main_process:
+        _claim(out, identity, model)
+        for c in wanted:
+            (out / c).mkdir(exist_ok=True)
+    state.wait_for_everyone()
+    todo = [(c, i) for c in wanted for i in range(per_class) if not (out / c / image_name(i)).exists()]
+    mine = todo[state.process_index :: state.num_processes]
+    loaded = load_ldm(model, target, dtype)
+    label_of = {c: index for index, c in enumerate(info["classes"])}
+    shown = intermediate_indices(steps, intermediate_steps) if save_intermediates else []
+    with progress_bar(progress if state.is_main_process else False) as bar:
+        task = bar.add_task(f"generate {len(todo)} images", total=len(mine))
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
+            generators = [torch.Generator().manual_seed(derive_seed(seed, c, i)) for c, i in batch]
+            rows: dict[int, torch.Tensor] = {}
+
+            def keep(index: int, x0: torch.Tensor, rows: dict[int, torch.Tensor] = rows) -> None:
+                if index in shown:
+                    rows[index] = x0.float().cpu()
+
+            latents = sample_latents(
+                loaded,
+                [label_of[c] for c, _ in batch],
+                generators,
+                steps=steps,
+                eta=eta,
+                guidance=guidance,
+                on_step=keep if shown else None,
+            )
+            images = decode_images(loaded, latents)
+            for (c, i), image in zip(batch, images, strict=True):
+                atomic_write_bytes(out / c / image_name(i), png_bytes(image))
+            if shown:
+                _write_rows(loaded, Path(save_intermediates), batch, [rows[index] for index in shown])
+            bar.advance(task, len(batch))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        extra = {key: identity[key] for key in ("eta", "guidance")}
+        extra.update(per_class=per_class, model_kind=info["kind"], model_folder=str(model))
+        write_manifest(
+            out,
+            generator=identity["generator"],
+            checkpoint=identity["checkpoint"],
+            sampler="ddim",
+            steps=steps,
+            seed=seed,
+            extra=extra,
+        )
+        (out / MARKER).unlink(missing_ok=True)
+    state.wait_for_everyone()
+    return out
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An RGB uint8 array as PNG bytes without metadata (the same pixels give the same bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def intermediate_indices(steps: int, count: int) -> list[int]:
+    """`count` DDIM step indices evenly spread from the first to the last step."""
+    count = max(1, min(count, steps))
+    return sorted({round(k * (steps - 1) / max(count - 1, 1)) for k in range(count)})
+
+
+def _claim(out: Path, identity: dict[str, Any], model: Path) -> None:
+    """Make `out` this pool's folder, or check that it already is; remove stale temporary files.
+
+    Raises:
+        HistosynthError: `out` is a file, holds a pool or a run with another identity, or
+            holds files without either record.
+    """
+    if out.exists() and not out.is_dir():
+        raise HistosynthError(f"{out}: output path exists and is not a folder")
+    marker = out / MARKER
+    record = None
+    if marker.is_file():
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    elif (out / MANIFEST_NAME).is_file():
+        try:
+            record = read_manifest(out)
+        except PoolError as error:
+            raise HistosynthError(f"{out}: holds an unreadable {MANIFEST_NAME} ({error})") from error
+    elif out.is_dir() and any(not entry.name.startswith(".") for entry in out.iterdir()):
+        raise HistosynthError(
+            f"{out}: holds files that histosynth generate did not write; choose another --out"
+        )
+    if record is not None:
+        differ = [key for key in IDENTITY if record.get(key) != identity[key]]
+        if differ:
+            raise HistosynthError(
+                f"{out}: holds another pool ({', '.join(differ)} differ from this run: "
+                f"{', '.join(f'{key}={record.get(key)!r}' for key in differ)}); choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps({**identity, "model_folder": str(model)}, indent=2) + "\n")
+    for stale in out.glob("*/.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _write_rows(model: Any, folder: Path, batch: list[tuple[str, int]], x0s: list[torch.Tensor]) -> None:
+    """Decode each kept x0 prediction and write one row image per generated image."""
+    from trainer.ldm import decode_images
+
+    decoded = [decode_images(model, x0) for x0 in x0s]  # per step: (B, H, W, 3)
+    for position, (c, i) in enumerate(batch):
+        row = np.concatenate([step[position] for step in decoded], axis=1)
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / c / image_name(i), png_bytes(row))
