@@ -75,3 +75,17 @@ def test_atomic_write_into_missing_folder_fails(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write_text(tmp_path / "missing" / "file.txt", "x")
     fsync_folder(tmp_path)  # a folder can be flushed
+
+
+def test_atomic_write_gives_the_mode_open_would(tmp_path: Path) -> None:
+    """A generated PNG must be readable by a server running as another user, as with open()."""
+    import os
+    import stat
+
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(b"x")
+    atomic = atomic_write_bytes(tmp_path / "atomic.png", b"x")
+    assert stat.S_IMODE(atomic.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    os.chmod(atomic, 0o640)
+    atomic_write_bytes(atomic, b"y")  # replacing keeps the file's own mode
+    assert stat.S_IMODE(atomic.stat().st_mode) == 0o640
