@@ -98,26 +98,26 @@ def test_a_pool_is_the_same_for_any_batch_size_and_resumes(model: Path, tmp_path
 def test_a_planted_collapse_rolls_back_with_a_lower_rate_and_a_higher_gamma(
     pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The monitor's metric is forced to zero once, at the check of step 4."""
+    """The monitor's metric is forced to zero once, at the check of step 2."""
     original = CollapseMonitor.fake_diversity
     calls = []
 
     def forced(self, generator, device):
         calls.append(1)
         values = original(self, generator, device)
-        return [0.0 for _ in values] if len(calls) == 2 else values
+        return [0.0 for _ in values] if len(calls) == 1 else values
 
     monkeypatch.setattr(CollapseMonitor, "fake_diversity", forced)
-    out = train_stylegan2(pool, tmp_path / "run", max_steps=6, **RUN)
+    out = train_stylegan2(pool, tmp_path / "run", max_steps=4, **RUN)
     info = read_model_info(out)
-    assert info["steps"] == 6 and len(info["rollbacks"]) == 1
+    assert info["steps"] == 4 and len(info["rollbacks"]) == 1
     event = info["rollbacks"][0]
-    assert (event["detected_at"], event["rolled_back_to"]) == (4, 2)
+    assert (event["detected_at"], event["rolled_back_to"]) == (2, 0)
     assert (event["learning_rate"], event["r1_gamma"]) == (0.001, 1.0)
     assert event["reasons"] == ["ADI diversity 0.000 < 0.05", "TUM diversity 0.000 < 0.05"]
     assert (info["final_learning_rate"], info["final_r1_gamma"]) == (0.001, 1.0)
     log = [(item["event"], item.get("step", item.get("detected_at"))) for item in log_events(out)]
-    assert log == [("check", 2), ("check", 4), ("rollback", 4), ("check", 4), ("check", 6)]
+    assert log == [("check", 2), ("rollback", 2), ("check", 2), ("check", 4)]
     assert json.loads((checkpoint_folders(out)[-1][1] / "run.json").read_text())["rollbacks"] == [event]
 
 
@@ -155,15 +155,24 @@ def test_the_cli_trains_and_generates_and_refuses_in_one_line(pool: Path, tmp_pa
     )
     assert made.returncode == 0, made.stderr
     assert read_manifest(tmp_path / "pool")["truncation"] == 0.5
-    cases = [
-        (
-            ["train", "stylegan2", *common, "--out", tmp_path / "a", "--size", "48"],
-            "--size 48: StyleGAN2 needs",
-        ),
-        (["train", "stylegan2", *common, "--out", tmp_path / "b", "--mixed-precision", "fp16"], "fp16 loss"),
-        (["generate", "--model", out, "--out", tmp_path / "c", "--per-class", "1", "--eta", "1"], "--eta:"),
-    ]
-    for args, message in cases:
-        result = cli(*args)
-        assert result.returncode == 1 and message in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+    refused = cli("generate", "--model", out, "--out", tmp_path / "c", "--per-class", "1", "--eta", "1")
+    assert refused.returncode == 1 and "--eta: diffusion options" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(size=48), "--size 48: StyleGAN2 needs a power of two"),
+        (dict(mixed_precision="fp16"), "fp16 loss scaling does not cover"),
+        (dict(r1_interval=0), "--r1-interval 0: must be at least 1"),
+        (dict(monitor_samples=1), "--monitor-samples 1: must be at least 2"),
+        (dict(style_mixing=1.5), "--style-mixing 1.5: must lie in"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(
+    pool: Path, tmp_path: Path, settings: dict, message: str
+) -> None:
+    with pytest.raises(HistosynthError, match=message):
+        train_stylegan2(pool, tmp_path / "run", **settings)
+    assert not (tmp_path / "run").exists()
