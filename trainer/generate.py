@@ -146,7 +146,7 @@ def generate_pool(
     if stylegan:
         from trainer.stylegan2_train import generate_images, load_stylegan2
 
-        loaded, _ = load_stylegan2(model, target)
+        loaded = load_stylegan2(model, target)
     else:
         from trainer.ldm import decode_images, load_ldm, sample_latents
 

@@ -121,7 +121,7 @@ class AdaptiveAugment(nn.Module):
     @torch.no_grad()
     def accumulate(self, real_logits: torch.Tensor) -> None:
         """Add the signs of the discriminator's logits on (augmented) real images to r_t."""
-        self.sign_sum += real_logits.detach().sign().sum().double().cpu().to(self.sign_sum.device)
+        self.sign_sum += real_logits.detach().sign().sum().to(self.sign_sum)
         self.sign_count += real_logits.numel()
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ import copy
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
@@ -487,15 +489,24 @@ def train_stylegan2(
 
 
 def roll_back(
-    accelerator: Any,
+    accelerator: Accelerator,
     out: Path,
     options: StyleGAN2Options,
     run: dict[str, Any],
     check: MonitorCheck,
-    write_log: Any,
-    current: Any,
+    write_log: Callable[[dict[str, Any]], None],
+    current: Callable[[], tuple[float, float]],
 ) -> int:
     """Restore the newest (good) checkpoint after a failed check and record the event.
+
+    Args:
+        accelerator: holds the prepared networks, optimizers and registered states.
+        out: the run's folder.
+        options: the run's settings (`max_rollbacks`, the factors).
+        run: the run's record; the event is appended to its `rollbacks`.
+        check: the failed check.
+        write_log: appends an event to the run log.
+        current: the learning rate and R1 gamma in force before this rollback.
 
     Returns:
         The step of the checkpoint restored.
@@ -534,19 +545,19 @@ def roll_back(
     return step
 
 
-def load_stylegan2(folder: str | Path, device: torch.device) -> tuple[StyleGAN2Generator, dict[str, Any]]:
-    """The EMA generator of a StyleGAN2 model folder, for sampling, and its `histosynth.json`.
+def load_stylegan2(folder: str | Path, device: torch.device) -> StyleGAN2Generator:
+    """The EMA generator of a StyleGAN2 model folder, on `device`, for sampling.
 
     Raises:
         HistosynthError: no `histosynth.json`, another kind of model, or no `generator/`.
     """
     folder = Path(folder).expanduser()
-    info = read_model_info(folder, [KIND])
+    read_model_info(folder, [KIND])
     try:
         generator = StyleGAN2Generator.from_pretrained(folder / "generator")
     except OSError as error:
         raise HistosynthError(f"{folder}: incomplete model folder ({error})") from error
-    return generator.to(device).eval().requires_grad_(False), info
+    return generator.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
