@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
@@ -416,10 +417,13 @@ def train_stylegan2(
 
         update_ema(ema, plain_generator, ema_beta)
         if (index + 1) % options.ada_interval == 0:
+            for total_of in (augment.sign_sum, augment.sign_count):  # r_t over every process's images
+                total_of.copy_(accelerator.reduce(total_of.clone(), "sum"))
             augment.adjust(images_per_step)
         done = index + 1
         if done % options.checkpoint_every == 0 or done == total:
             check = monitor.check(plain_generator, done, device)
+            check = broadcast_object_list([check])[0]  # all processes act on the main one's verdict
             learning_rate, gamma = current()
             write_log(
                 {
