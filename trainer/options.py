@@ -201,13 +201,22 @@ LDM_PRESETS: dict[str, dict[str, Any]] = {
 OptionsT = TypeVar("OptionsT", bound=TrainOptions)
 
 
-def resolve(cls: type[OptionsT], preset: str, kind: str | None = None, **overrides: Any) -> OptionsT:
+def resolve(
+    cls: type[OptionsT],
+    preset: str,
+    kind: str | None = None,
+    *,
+    presets: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> OptionsT:
     """Settings of `cls` from a preset, with the non-None `overrides` replacing preset values.
 
     Args:
-        cls: `AutoencoderOptions` or `LDMOptions`.
+        cls: `AutoencoderOptions`, `LDMOptions` or another model's `TrainOptions` subclass.
         preset: `paper` or `tiny`.
         kind: the autoencoder kind (`kl` or `vq`); None for the LDM.
+        presets: the preset table of a model defined in its own module (e.g.
+            `trainer.stylegan2_train.STYLEGAN2_PRESETS`); None for the autoencoders and the LDM.
         overrides: field values from the command line; None means "the preset's".
 
     Raises:
@@ -219,6 +228,8 @@ def resolve(cls: type[OptionsT], preset: str, kind: str | None = None, **overrid
         if kind not in ("kl", "vq"):
             raise HistosynthError(f"--kind {kind!r}: expected kl or vq")
         values = {"kind": kind, **AUTOENCODER_PRESETS[(kind, preset)]}
+    elif presets is not None:
+        values = dict(presets[preset])
     else:
         values = dict(LDM_PRESETS[preset])
     names = {item.name for item in dataclasses.fields(cls)}
@@ -250,8 +261,16 @@ def from_record(cls: type[OptionsT], record: dict[str, Any]) -> OptionsT:
     return cls(**{key: value for key, value in values.items() if key in names})
 
 
-# Settings that may change between a run and its resume without changing its result.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "num_workers")
+# Settings that may change between a run and its resume without changing its result
+# (`max_rollbacks`: StyleGAN2's collapse guard may be given more tries after it gave up).
+RESUMABLE_CHANGES = (
+    "epochs",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_workers",
+    "max_rollbacks",
+)
 
 
 def changed_settings(before: TrainOptions, after: TrainOptions) -> list[str]:

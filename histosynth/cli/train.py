@@ -1,4 +1,4 @@
-"""`histosynth train ...`: the paper's autoencoders and latent diffusion model.
+"""`histosynth train ...`: the paper's autoencoders, latent diffusion model and StyleGAN2.
 
 Every command takes the shared run options (preset, epochs, steps, batch, seed, learning rate,
 checkpoints, resume, progress); options left unset take the preset's value. Run several GPUs or
@@ -164,5 +164,83 @@ def ldm(
         mixed_precision=mixed_precision,
         num_workers=workers,
         cond_drop=cond_drop,
+    )
+    typer.echo(f"wrote {folder}", err=True)
+
+
+@app.command("stylegan2")
+def stylegan2(
+    data: DataOption,
+    out: OutOption,
+    preset: PresetOption = "paper",
+    epochs: EpochsOption = None,
+    max_steps: MaxStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="Adam's rate for G and D [preset: 0.001], before the lazy correction."),
+    ] = None,
+    size: SizeOption = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Check for mode collapse and save a checkpoint every N steps [preset].")
+    ] = None,
+    keep_checkpoints: KeepOption = 2,
+    resume: ResumeOption = False,
+    mixed_precision: Annotated[
+        str, typer.Option(help="no or bf16 (fp16 cannot scale R1's gradients).")
+    ] = "no",
+    workers: WorkersOption = 0,
+    classes: ClassesOption = None,
+    r1_gamma: Annotated[float | None, typer.Option(help="R1 weight gamma [preset: 0.5].")] = None,
+    pl_weight: Annotated[float | None, typer.Option(help="Path-length weight [preset: 2].")] = None,
+    style_mixing: Annotated[
+        float | None, typer.Option(help="Style-mixing probability [preset: 0.9].")
+    ] = None,
+    ema_half_life: Annotated[
+        int | None, typer.Option(help="Images over which the EMA generator's past weight halves [preset].")
+    ] = None,
+    augment: Annotated[bool, typer.Option(help="Adaptive discriminator augmentation (ADA).")] = True,
+    ada_target: Annotated[float | None, typer.Option(help="ADA's target r_t [preset: 0.6].")] = None,
+    min_diversity: Annotated[
+        float | None, typer.Option(help="Collapse when a class's diversity ratio falls below this [preset].")
+    ] = None,
+    max_gap: Annotated[
+        float | None, typer.Option(help="Collapse when D's real-minus-fake mean logit exceeds this [preset].")
+    ] = None,
+    max_rollbacks: Annotated[
+        int | None, typer.Option(help="Rollbacks to the last good checkpoint before giving up [preset: 3].")
+    ] = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Train a class-conditional StyleGAN2 with ADA that rolls back on mode collapse."""
+    from trainer.stylegan2_train import train_stylegan2
+
+    folder = train_stylegan2(
+        data,
+        out,
+        preset=preset,
+        resume=resume,
+        classes=classes or None,
+        progress=progress,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        size=size,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        mixed_precision=mixed_precision,
+        num_workers=workers,
+        r1_gamma=r1_gamma,
+        pl_weight=pl_weight,
+        style_mixing=style_mixing,
+        ema_half_life=ema_half_life,
+        augment=augment,
+        ada_target=ada_target,
+        min_diversity=min_diversity,
+        max_gap=max_gap,
+        max_rollbacks=max_rollbacks,
     )
     typer.echo(f"wrote {folder}", err=True)
