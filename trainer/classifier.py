@@ -113,9 +113,9 @@ def train_classifier(
     chosen = parse_arms(arms)
     sources = {name: Path(folder) for name, folder in train.items()}
     caps = dict(caps or {})
-    unknown = [name for name in caps if name not in sources]
-    if unknown:
-        raise HistosynthError(f"--cap {unknown[0]}: no --train source of that name")
+    for name, cap in caps.items():
+        if name not in sources or cap < 1:
+            raise HistosynthError(f"--cap {name}={cap}: needs a --train source of that name and N >= 1")
     weights = pretrained_weights(options.arch, pretrained)
     test_pool = read_pool(test)
     classes = test_pool.classes
@@ -202,7 +202,7 @@ def train_classifier(
     accuracy = pd.DataFrame(accuracy_rows)
     metrics = pd.DataFrame(metric_rows)
     comparison = compare_arms(metrics, chosen)
-    labels = {arm: f"{arm} ({', '.join(members[arm])})" for arm in chosen}
+    labels = {arm: arm if arm == "real" else f"{arm} ({' + '.join(members[arm])})" for arm in chosen}
     record = {
         "settings": to_record(options),
         "arms": {arm: members[arm] for arm in chosen},

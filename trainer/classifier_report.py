@@ -53,7 +53,7 @@ def write_report(
         comparison: `trainer.classifier_stats.compare_arms`.
         confusion: the confusion matrix (rows true) of each (arm, seed).
         classes: label order.
-        arm_labels: the row label of each arm in Table 3 (e.g. "synthetic (KLF8-DM)").
+        arm_labels: the row label of each arm in Table 3 (e.g. "combined (real + KLF8-DM)").
         record: the experiment's description for `classifier.json`.
 
     Returns:

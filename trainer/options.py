@@ -221,7 +221,8 @@ CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's classifier: 15 epochs, batch 64, Adam at 1e-3 with fastai's one-cycle schedule,
     # taken as given (no CompVis scaling); 224 px, the native size of NCT-CRC-HE-100K tiles.
     "paper": dict(epochs=15, batch_size=64, learning_rate=1e-3, scale_lr=False, size=224),
-    "tiny": dict(epochs=1, batch_size=8, learning_rate=1e-3, scale_lr=False, size=32),
+    # CPU smoke runs: ResNet18 (half ResNet34's weights to initialise and save), 32 px, 1 epoch.
+    "tiny": dict(arch="resnet18", epochs=1, batch_size=8, learning_rate=1e-3, scale_lr=False, size=32),
 }
 
 OptionsT = TypeVar("OptionsT", bound=TrainOptions)

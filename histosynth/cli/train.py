@@ -180,14 +180,14 @@ def classifier(
         str, typer.Option(help="Arms, comma-separated: real, synthetic, combined (the paper's three).")
     ] = "real,synthetic,combined",
     seeds: Annotated[int, typer.Option(help="Repeats of every arm (SEED, SEED+1, ...); mean ± std.")] = 1,
-    cap: Annotated[
+    caps: Annotated[
         list[str] | None, typer.Option("--cap", help="NAME=N: at most N tiles per class of a source; repeat.")
     ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
-            help="torchvision's resnet34-b627a593.pth (default: $TORCH_HOME/hub/checkpoints/), "
-            "or 'none' to train from scratch."
+            help="torchvision's ImageNet weights, e.g. resnet34-b627a593.pth "
+            "(default: $TORCH_HOME/hub/checkpoints/), or 'none' to train from scratch."
         ),
     ] = None,
     stain_reference: Annotated[
@@ -198,6 +198,9 @@ def classifier(
     ] = True,
     valid_fraction: Annotated[
         float | None, typer.Option(help="Share of each source's tiles per class held out for validation.")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="resnet18, resnet34 or resnet50 [preset: resnet34; tiny: resnet18].")
     ] = None,
     freeze_body: Annotated[
         bool, typer.Option(help="With ImageNet weights, train only the head (fastai's frozen start).")
@@ -226,7 +229,7 @@ def classifier(
         out,
         arms=arms,
         seeds=seeds,
-        caps=parse_caps(cap or [], sources),
+        caps=parse_caps(caps or [], sources),
         pretrained=pretrained,
         stain_reference=stain_reference,
         preset=preset,
@@ -240,6 +243,7 @@ def classifier(
         num_workers=workers,
         stain_normalize=stain_normalize,
         valid_fraction=valid_fraction,
+        arch=arch,
         freeze_body=freeze_body,
     )
     typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)

@@ -62,7 +62,7 @@ def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_til
 
     table = (out / "classifier_accuracy.md").read_text(encoding="utf-8")
     assert "| trained on | ADI | TUM | ALL | balanced accuracy | macro F1 |" in table
-    for label in ("real (real)", "synthetic (KLF8-DM)", "combined (real, KLF8-DM)"):
+    for label in ("real", "synthetic (KLF8-DM)", "combined (real + KLF8-DM)"):
         assert f"| {label} |" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "±" in line]
     assert (
@@ -169,7 +169,7 @@ def test_a_test_class_the_training_pools_lack_is_refused_before_training(
 def test_missing_imagenet_weights_name_the_file_and_where_it_goes(make_tiles, sources, cli, tmp_path) -> None:
     test = make_tiles("test", per_class=2)
     result = cli("train", "classifier", "--train", f"real={sources['real']}", "--test", test,
-                 "--out", tmp_path / "out", "--arms", "real", "--preset", "tiny")  # fmt: skip
+                 "--out", tmp_path / "out", "--arms", "real", "--preset", "paper")  # fmt: skip
     hub = tmp_path / "torch" / "hub" / "checkpoints" / "resnet34-b627a593.pth"
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ") and str(hub) in result.stderr
