@@ -1,4 +1,8 @@
-"""Macenko normalisation for the classifier: the shipped reference, the pass-through rule, the cache."""
+"""Macenko normalisation for the classifier: the shipped reference, the pass-through rule, the cache.
+
+Tissue comes from the demo's sheet of real H&E crops (rater_app/demo_tiles/cmu_tiles.jpg, read as a
+file), so these tests see real stain statistics with or without ../shared.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,21 @@ from histosynth.errors import HistosynthError
 from histosynth.images import load_rgb
 from trainer.stain import MIN_TISSUE_FRACTION, default_reference, fit_normalizer, prepare_tiles
 
+SHEET = Path(__file__).resolve().parents[2] / "rater_app" / "demo_tiles" / "cmu_tiles.jpg"
 
-def test_the_shipped_reference_is_tissue_and_agrees_with_torchstains_torch_backend(tissue) -> None:
+
+def sheet_crop(index: int, size: int = 224) -> np.ndarray:
+    """Crop `index` of the demo sheet in reading order (0..39 are tissue, 40..47 background)."""
+    sheet = load_rgb(SHEET)
+    row, col = divmod(index, sheet.shape[1] // 224)
+    return np.ascontiguousarray(sheet[row * 224 : row * 224 + size, col * 224 : col * 224 + size])
+
+
+def test_the_shipped_reference_is_tissue_and_agrees_with_torchstains_torch_backend() -> None:
     normalizer = fit_normalizer()
     assert normalizer.reference == default_reference() and normalizer.reference.is_file()
     assert stain.tissue_fraction(load_rgb(default_reference())) > 0.5
-    tile = np.ascontiguousarray(tissue[:224, :224])
+    tile = sheet_crop(17)
     normalized, changed = normalizer.normalize(tile)
     assert changed and normalized.shape == tile.shape and normalized.dtype == np.uint8
     from torchstain.torch.normalizers import TorchMacenkoNormalizer  # the second implementation
@@ -57,6 +70,10 @@ def test_blank_and_degenerate_tiles_never_crash_and_pass_through_unchanged(tmp_p
     assert not normalizer.normalize(blank_tiles()["white"])[1]
     assert not normalizer.normalize(blank_tiles()["speck"])[1]  # 1% tissue < MIN_TISSUE_FRACTION
     assert MIN_TISSUE_FRACTION > 0.01
+    for index in range(40, 48):  # the sheet's real background crops (glass)
+        background = sheet_crop(index)
+        result, changed = normalizer.normalize(background)
+        assert not changed and np.array_equal(result, background)
     files = []
     for name, tile in blank_tiles().items():
         Image.fromarray(tile).save(tmp_path / f"{name}.png")
@@ -73,9 +90,9 @@ def test_a_blank_reference_is_refused(tmp_path: Path) -> None:
         fit_normalizer(tmp_path / "glass.png")
 
 
-def test_tiles_are_cached_by_content_and_reference(tmp_path: Path, tissue, monkeypatch) -> None:
+def test_tiles_are_cached_by_content_and_reference(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "tile.png"
-    Image.fromarray(np.ascontiguousarray(tissue[:56, :56])).save(path)
+    Image.fromarray(sheet_crop(3, 56)).save(path)
     normalizer = fit_normalizer()
     first = prepare_tiles([path], normalizer, 32)
     cached = first.arrays[path]
@@ -83,11 +100,11 @@ def test_tiles_are_cached_by_content_and_reference(tmp_path: Path, tissue, monke
     with monkeypatch.context() as patch:  # a second run reads the cache and decodes nothing
         patch.setattr(stain, "load_rgb", lambda *args, **kwargs: pytest.fail("decoded a cached tile"))
         assert prepare_tiles([path], normalizer, 32).arrays[path] == cached
-    Image.fromarray(np.ascontiguousarray(tissue[56:112, :56])).save(path)  # new content, new key
+    Image.fromarray(sheet_crop(20, 56)).save(path)  # new content, new key
     os.utime(path, ns=(1, 1))
     changed = prepare_tiles([path], normalizer, 32).arrays[path]
     assert changed != cached and not np.array_equal(np.load(changed), np.load(cached))
     other = tmp_path / "other-reference.png"
-    Image.fromarray(np.ascontiguousarray(tissue[200:424, 200:424])).save(other)
+    Image.fromarray(sheet_crop(30)).save(other)
     assert prepare_tiles([path], fit_normalizer(other), 32).arrays[path].parent != changed.parent
     assert prepare_tiles([path], None, 32).arrays[path].parent.name.endswith("resize-only-32")
