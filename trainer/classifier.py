@@ -141,10 +141,12 @@ def train_classifier(
     prepared = prepare_tiles(every_file, normalizer, options.size, workers=workers, progress=progress)
     cached = prepared.arrays
 
+    for design in designs.values():  # refuse an arm smaller than one batch before any training
+        total_steps(options, len(design.train), 1)
+
     accuracy_rows, metric_rows, confusion, models = [], [], {}, []
     for (arm, seed), design in designs.items():
         run_options = dataclasses.replace(options, seed=seed)
-        total_steps(run_options, len(design.train), 1)  # refuses an arm smaller than one batch
         with tempfile.TemporaryDirectory(prefix="histosynth-classifier-") as scratch:
             learn = build_learner(
                 [(cached[path], label) for path, label in design.train],
@@ -158,45 +160,21 @@ def train_classifier(
             predicted = predict(learn.model, [cached[path] for path in test_files], run_options.batch_size)
         scores = run_scores(truth, predicted, classes)
         confusion[(arm, seed)] = scores["confusion"]
-        for name in classes:
-            accuracy_rows.append(
-                {
-                    "arm": arm,
-                    "seed": seed,
-                    "class": name,
-                    "accuracy": scores["per_class"].get(name, np.nan),
-                    "n": scores["n"][name],
-                }
-            )
-        accuracy_rows.append(
-            {"arm": arm, "seed": seed, "class": ALL_CLASSES, "accuracy": scores["accuracy"], "n": len(truth)}
-        )
-        metric_rows.append(
-            {
-                "arm": arm,
-                "seed": seed,
-                "accuracy": scores["accuracy"],
-                "balanced_accuracy": scores["balanced_accuracy"],
-                "macro_f1": scores["macro_f1"],
-                "n_train": len(design.train),
-                "n_valid": len(design.valid),
-                "best_epoch": fit.best_epoch + 1,
-                "best_valid_loss": fit.valid_losses[fit.best_epoch],
-                "last_valid_loss": fit.valid_losses[-1],
-            }
-        )
+        accuracy_rows += _accuracy_rows(arm, seed, scores, classes)
+        metric_rows.append(_metric_row(arm, seed, scores, design, fit))
         folder = out / MODELS / f"{arm}-seed{seed}"
         if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
             roots = {name: pools[name].root for name in design.sources}
             _save_model(folder, learn.model, design, run_options, classes, fit, normalizer, roots, weights)
         models.append(folder)
+        kept = fit.best_epoch + 1
         logger.info(
             "%s seed %d: accuracy %.3f (epoch %d of %d kept)",
             arm,
             seed,
             scores["accuracy"],
-            fit.best_epoch + 1,
-            run_options.epochs,
+            kept,
+            options.epochs,
         )
 
     accuracy = pd.DataFrame(accuracy_rows)
@@ -220,6 +198,35 @@ def train_classifier(
     if rank_distrib() == 0:
         files = write_report(out, accuracy, metrics, comparison, confusion, classes, labels, record)
     return ClassifierResult(out, files, models, accuracy, metrics, comparison)
+
+
+def _accuracy_rows(arm: str, seed: int, scores: dict, classes: Sequence[str]) -> list[dict[str, object]]:
+    """Table 3's long rows of one run: accuracy per class and overall (`ALL`), with the test tiles."""
+    rows = []
+    for name in classes:
+        accuracy = scores["per_class"].get(name, np.nan)
+        rows.append({"arm": arm, "seed": seed, "class": name, "accuracy": accuracy, "n": scores["n"][name]})
+    total = sum(scores["n"].values())
+    return [
+        *rows,
+        {"arm": arm, "seed": seed, "class": ALL_CLASSES, "accuracy": scores["accuracy"], "n": total},
+    ]
+
+
+def _metric_row(arm: str, seed: int, scores: dict, design, fit) -> dict[str, object]:
+    """One run's scores, tile counts and the epoch kept (1-based) with its validation loss."""
+    return {
+        "arm": arm,
+        "seed": seed,
+        "accuracy": scores["accuracy"],
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "n_train": len(design.train),
+        "n_valid": len(design.valid),
+        "best_epoch": fit.best_epoch + 1,
+        "best_valid_loss": fit.valid_losses[fit.best_epoch],
+        "last_valid_loss": fit.valid_losses[-1],
+    }
 
 
 def _save_model(folder, model, design, options, classes, fit, normalizer, roots, weights) -> None:

@@ -200,7 +200,7 @@ def classifier(
         float | None, typer.Option(help="Share of each source's tiles per class held out for validation.")
     ] = None,
     arch: Annotated[
-        str | None, typer.Option(help="resnet18, resnet34 or resnet50 [preset: resnet34; tiny: resnet18].")
+        str | None, typer.Option(help="resnet18, resnet34 or resnet50 (paper: resnet34; tiny: resnet18).")
     ] = None,
     freeze_body: Annotated[
         bool, typer.Option(help="With ImageNet weights, train only the head (fastai's frozen start).")
@@ -210,9 +210,9 @@ def classifier(
     batch_size: BatchOption = None,
     seed: SeedOption = 0,
     learning_rate: Annotated[
-        float | None, typer.Option(help="Maximal one-cycle learning rate [preset: 1e-3], taken as given.")
+        float | None, typer.Option(help="Maximal one-cycle learning rate (paper: 1e-3), as given.")
     ] = None,
-    size: Annotated[int | None, typer.Option(help="Tiles resized bilinearly to SIZE [preset: 224].")] = None,
+    size: Annotated[int | None, typer.Option(help="Tiles resized bilinearly to SIZE (paper: 224).")] = None,
     mixed_precision: PrecisionOption = "auto",
     workers: WorkersOption = 0,
     progress: ProgressOption = None,
