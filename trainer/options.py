@@ -137,6 +137,25 @@ class LDMOptions(TrainOptions):
     cache_latents: bool = True
 
 
+@dataclass(frozen=True)
+class ClassifierOptions(TrainOptions):
+    """The downstream tissue classifier (the paper's Table 3): fastai `vision_learner`, ResNet34.
+
+    Attributes:
+        arch: the torchvision architecture (`resnet34`, the paper's).
+        valid_fraction: share of each source's tiles per class held out, seeded and
+            stratified, to pick the checkpoint with the lowest validation loss.
+        freeze_body: with ImageNet weights, train only the head (fastai's frozen start);
+            False trains the whole network.
+        stain_normalize: Macenko-normalise training and test tiles to the stain reference.
+    """
+
+    arch: str = "resnet34"
+    valid_fraction: float = 0.2
+    freeze_body: bool = False
+    stain_normalize: bool = True
+
+
 AUTOENCODER_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # CompVis models/first_stage_models/kl-f8/config.yaml with the paper's epochs and batch size.
     ("kl", "paper"): dict(
@@ -198,6 +217,14 @@ LDM_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(),
 }
 
+CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's classifier: 15 epochs, batch 64, Adam at 1e-3 with fastai's one-cycle schedule,
+    # taken as given (no CompVis scaling); 224 px, the native size of NCT-CRC-HE-100K tiles.
+    "paper": dict(epochs=15, batch_size=64, learning_rate=1e-3, scale_lr=False, size=224),
+    # CPU smoke runs: ResNet18 (half ResNet34's weights to initialise and save), 32 px, 1 epoch.
+    "tiny": dict(arch="resnet18", epochs=1, batch_size=8, learning_rate=1e-3, scale_lr=False, size=32),
+}
+
 OptionsT = TypeVar("OptionsT", bound=TrainOptions)
 
 
@@ -212,7 +239,8 @@ def resolve(
     """Settings of `cls` from a preset, with the non-None `overrides` replacing preset values.
 
     Args:
-        cls: `AutoencoderOptions`, `LDMOptions` or another model's `TrainOptions` subclass.
+        cls: `AutoencoderOptions`, `LDMOptions`, `ClassifierOptions` or another model's
+            `TrainOptions` subclass.
         preset: `paper` or `tiny`.
         kind: the autoencoder kind (`kl` or `vq`); None for the LDM.
         presets: the preset table of a model defined in its own module (e.g.
@@ -230,6 +258,8 @@ def resolve(
         values = {"kind": kind, **AUTOENCODER_PRESETS[(kind, preset)]}
     elif presets is not None:
         values = dict(presets[preset])
+    elif cls is ClassifierOptions:
+        values = dict(CLASSIFIER_PRESETS[preset])
     else:
         values = dict(LDM_PRESETS[preset])
     names = {item.name for item in dataclasses.fields(cls)}
@@ -298,5 +328,7 @@ def _check(options: TrainOptions) -> None:
         )
     if options.size % 8:
         raise HistosynthError(f"--size {options.size}: must be a multiple of 8 (f=8 autoencoders)")
+    if isinstance(options, ClassifierOptions) and not 0.0 < options.valid_fraction < 1.0:
+        raise HistosynthError(f"--valid-fraction {options.valid_fraction}: must lie in (0, 1)")
     if isinstance(options, LDMOptions) and not 0.0 <= options.cond_drop < 1.0:
         raise HistosynthError(f"--cond-drop {options.cond_drop}: must lie in [0, 1)")

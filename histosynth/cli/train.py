@@ -244,3 +244,84 @@ def stylegan2(
         max_rollbacks=max_rollbacks,
     )
     typer.echo(f"wrote {folder}", err=True)
+
+
+@app.command("classifier")
+def classifier(
+    train: Annotated[
+        list[str],
+        typer.Option("--train", help="Training source NAME=POOL; repeat. 'real' is real, others synthetic."),
+    ],
+    test: Annotated[Path, typer.Option("--test", help="Test pool; its classes are the labels.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: tables, figures and models/.")],
+    arms: Annotated[
+        str, typer.Option(help="Arms, comma-separated: real, synthetic, combined (the paper's three).")
+    ] = "real,synthetic,combined",
+    seeds: Annotated[int, typer.Option(help="Repeats of every arm (SEED, SEED+1, ...); mean ± std.")] = 1,
+    caps: Annotated[
+        list[str] | None, typer.Option("--cap", help="NAME=N: at most N tiles per class of a source; repeat.")
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="torchvision's ImageNet weights, e.g. resnet34-b627a593.pth "
+            "(default: $TORCH_HOME/hub/checkpoints/), or 'none' to train from scratch."
+        ),
+    ] = None,
+    stain_reference: Annotated[
+        Path | None, typer.Option(help="Macenko reference tile (default: the H&E tile histosynth ships).")
+    ] = None,
+    stain_normalize: Annotated[
+        bool, typer.Option(help="Macenko-normalise training and test tiles to the reference.")
+    ] = True,
+    valid_fraction: Annotated[
+        float | None, typer.Option(help="Share of each source's tiles per class held out for validation.")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="resnet18, resnet34 or resnet50 (paper: resnet34; tiny: resnet18).")
+    ] = None,
+    freeze_body: Annotated[
+        bool, typer.Option(help="With ImageNet weights, train only the head (fastai's frozen start).")
+    ] = False,
+    preset: PresetOption = "paper",
+    epochs: EpochsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Maximal one-cycle learning rate (paper: 1e-3), as given.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Tiles resized bilinearly to SIZE (paper: 224).")] = None,
+    mixed_precision: PrecisionOption = "auto",
+    workers: WorkersOption = 0,
+    progress: ProgressOption = None,
+) -> None:
+    """Train a ResNet34 tissue classifier per arm and seed on real, synthetic or combined tiles (Table 3)."""
+    from histosynth.cli.options import parse_named_dirs
+    from trainer.classifier import train_classifier
+    from trainer.classifier_arms import parse_caps
+
+    sources = parse_named_dirs(train, "--train")
+    result = train_classifier(
+        sources,
+        test,
+        out,
+        arms=arms,
+        seeds=seeds,
+        caps=parse_caps(caps or [], sources),
+        pretrained=pretrained,
+        stain_reference=stain_reference,
+        preset=preset,
+        progress=progress,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        size=size,
+        mixed_precision=mixed_precision,
+        num_workers=workers,
+        stain_normalize=stain_normalize,
+        valid_fraction=valid_fraction,
+        arch=arch,
+        freeze_body=freeze_body,
+    )
+    typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)
