@@ -59,7 +59,7 @@ class RatingSettings:
         ci_level: confidence level of the intervals.
         correction: statsmodels `multipletests` method for the discrimination tests.
         alpha: family-wise (or FDR) level at which a test is called significant.
-        seed: seed of the bootstrap replicates.
+        seed: seed of the bootstrap replicates and of the permutation tests' draws.
         ddof: delta degrees of freedom of standard deviations across raters (>= 0).
     """
 
@@ -133,7 +133,9 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
     )
     kappas, categories = kappa_tables(matrix)
     kappas = kappas.merge(bootstrap_kappas(matrix, **boot), on=["source", "class"], how="left")
-    tests = discrimination_tests(matrix, correction=settings.correction, alpha=settings.alpha)
+    tests = discrimination_tests(
+        matrix, correction=settings.correction, alpha=settings.alpha, seed=settings.seed
+    )
     timing, timing_by_source = reading_times(votes)
     return RatingsReport(
         raters=progress,
