@@ -28,7 +28,7 @@ import pandas as pd
 
 from evaluator.memorization.cache import GrayMatrix, load_class_matrix, load_gray_stack
 from evaluator.memorization.search import TRANSFORMS, block_sizes, nearest_tiles
-from evaluator.memorization.stats import check_threshold_rule, summarize, verdict_table
+from evaluator.memorization.stats import check_threshold_rule, summarize, tail_pvalues, verdict_table
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
 from histosynth.pools import Pool, list_classes, read_pool
@@ -37,7 +37,7 @@ from histosynth.sampling import sample_files
 
 logger = logging.getLogger(__name__)
 
-TILE_COLUMNS = ["source", "class", "tile", "r", "train_class", "train_tile", "transform", "flagged"]
+TILE_COLUMNS = ["source", "class", "tile", "r", "train_class", "train_tile", "transform", "flagged", "tail_p"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class MemorizationResult:
     Attributes:
         tiles: one row per audited tile (`TILE_COLUMNS`): its source, class and file, the best
             r, the training tile and the transform (see `TRANSFORMS`) that gave it, and
-            whether it lies above its class's baseline threshold.
+            whether it lies above its class's baseline threshold, and its tail p-value under
+            the baseline's extreme-value model (`stats.tail_pvalues`; NaN without a baseline).
         summary: the paper's table (`stats.SUMMARY_COLUMNS`).
         verdict: threshold, count and shift tests per class and source; None without a baseline.
         sources: the generated sources, in the order given.
@@ -165,12 +166,14 @@ def audit_memorization(
             )
     tiles = pd.concat(frames, ignore_index=True)
     tiles["flagged"] = False
+    tiles["tail_p"] = np.nan
     verdict = None
     if base_name is not None:
         verdict, flagged = verdict_table(
             tiles, classes, sources, base_name, settings.threshold, settings.alpha
         )
         tiles["flagged"] = flagged.to_numpy()
+        tiles["tail_p"] = tail_pvalues(tiles, classes, base_name).to_numpy()
         _warn_overlap(tiles, base_name)
     order = sources + ([base_name] if base_name else [])
     tiles = _ordered(tiles, order, classes)

@@ -145,7 +145,9 @@ def test_fresh_tiles_are_not_flagged_and_verdicts_separate_the_pools(world: dict
     assert len(planted_above) == len(PLANTED)
     assert verdict.loc[("A", "gen"), "verdict"] == "copies suspected"
     assert verdict.loc[("A", "gen"), "exact_p"] < 1e-3
-    assert verdict.loc[("A", "gen"), "exact_p_adjusted"] < 4e-3  # Holm over 4 cells: at most 4 x
+    assert verdict.loc[("A", "gen"), "exact_p_adjusted"] < 18e-3  # Holm over 6 rows x 3 tests: at most 18 x
+    assert verdict.loc[("A", "gen"), "tail_p_adjusted"] < 1e-6
+    assert verdict.loc[("A", "gen"), "tail_tile"] in world["planted"]
     assert verdict.loc[("ALL", "gen"), "verdict"] == "copies suspected"
     for key in [("A", "fresh"), ("B", "fresh"), ("ALL", "fresh"), ("B", "gen")]:
         assert verdict.loc[key, "verdict"] == "no evidence of memorization", key
@@ -175,6 +177,41 @@ def test_a_few_copies_the_papers_mean_rule_misses_are_caught(tmp_path: Path) -> 
     row = result.verdict.set_index("class").loc["A"]
     assert (row["n_above"], row["n"], row["verdict"]) == (3, 153, "copies suspected")
     assert row["mwu_p"] > 0.05  # the bulk of the distribution does not move
+
+
+@pytest.mark.parametrize("make", ["jpeg", "noised"])
+def test_one_copy_at_the_default_settings_is_named_in_its_class_and_all_row(
+    tmp_path: Path, make: str
+) -> None:
+    """End to end at the defaults (n 200, baseline as large as n): one rotated copy of a
+    training tile, JPEG re-encoded or mildly noised (r >= 0.95), among 199 fresh tiles of one
+    class and 200 of another. The count test alone could not see it (1 tile above the maximum
+    of 200 baseline values is what chance gives); the tail test names it."""
+    rng = np.random.default_rng(12)
+    train = {name: fill(tmp_path / "train", name, 50, rng) for name in ("A", "B")}
+    for name in ("A", "B"):
+        fill(tmp_path / "base", name, 200, rng)
+        fill(tmp_path / "gen", name, 200, rng)
+    tile = np.rot90(np.asarray(Image.open(train["B"][9]).convert("RGB")), 1)
+    if make == "jpeg":
+        tile = jpeg_roundtrip(tile, quality=75)
+    else:
+        tile = np.clip(tile + rng.normal(0, 10, tile.shape), 0, 255).astype(np.uint8)
+    copy = save(tile, tmp_path / "gen" / "B" / "B000.png")
+    result = audit_memorization(
+        tmp_path / "train",
+        {"gen": tmp_path / "gen"},
+        tmp_path / "base",
+        MemorizationSettings(size=None, cache_dir=tmp_path / "cache"),
+    )
+    tiles = result.tiles.set_index("tile")
+    assert tiles.loc[str(copy), "r"] >= 0.95
+    verdict = result.verdict.set_index(["class", "source"])
+    for key in [("B", "gen"), ("ALL", "gen")]:
+        assert verdict.loc[key, "verdict"] == "copies suspected", key
+        assert verdict.loc[key, "tail_tile"] == str(copy)
+    assert verdict.loc[("A", "gen"), "verdict"] == "no evidence of memorization"
+    assert tiles.loc[str(copy), "tail_p"] == tiles["tail_p"].min()
 
 
 def test_best_r_equals_brute_force_corrcoef_on_grayscale_files(world: dict) -> None:
@@ -301,7 +338,8 @@ def test_verdict_all_row_sums_counts_and_convolves_nulls() -> None:
 def test_verdict_corrects_for_many_cells_and_still_flags_copies() -> None:
     """18 class x source cells as at the paper's scale, all exchangeable with the baseline but
     one with 8 copies: chance puts some fresh cell's exact_p below alpha, which alone no
-    longer flags it; the copies still do. Adjusted p-values equal statsmodels' Holm."""
+    longer flags it; the copies still do. The adjusted p-values are statsmodels' Holm over
+    one family: the 3 tests of all 20 rows."""
     rng = np.random.default_rng(3)
     classes = [f"C{i}" for i in range(9)]
     rows = []
@@ -319,15 +357,10 @@ def test_verdict_corrects_for_many_cells_and_still_flags_copies() -> None:
     assert table.loc[("C1", "g2"), "verdict"] == "copies suspected"
     assert table.loc[("ALL", "g2"), "verdict"] == "copies suspected"
     assert table.loc[("ALL", "g1"), "verdict"] == "no evidence of memorization"
-    for overall in (False, True):
-        family = verdict[(verdict["class"] == "ALL") == overall]
-        assert len(family) == (2 if overall else 18)
-        for column in ("exact_p", "mwu_p"):
-            expected = multipletests(family[column], method="holm")[1]
-            assert family[f"{column}_adjusted"].to_numpy() == pytest.approx(expected)
-        assert set(family["correction"]) == {
-            "holm over 2 ALL rows" if overall else "holm over 18 class x source cells"
-        }
+    tests = ["tail_p", "exact_p", "mwu_p"]
+    expected = multipletests(verdict[tests].to_numpy().ravel(), method="holm")[1].reshape(len(verdict), 3)
+    np.testing.assert_allclose(verdict[[f"{t}_adjusted" for t in tests]].to_numpy(), expected)
+    assert set(verdict["correction"]) == {"holm over 60 tests (20 rows x 3)"}
 
 
 def test_progress_bars_end_at_their_totals(
@@ -447,9 +480,11 @@ def test_report_files_and_gallery_alignment(world: dict, tmp_path: Path) -> None
     table = pd.read_csv(out / "memorization.csv")
     assert list(table.columns) == ["class", "source", "mean", "std", "median", "p5", "p95", "n"]
     markdown = (out / "memorization.md").read_text()
-    assert "copies suspected" in markdown and "Holm-adjusted over the class x source tests (2)" in markdown
     verdict = pd.read_csv(out / "memorization_verdict.csv")
-    assert {"exact_p_adjusted", "mwu_p_adjusted", "correction"} <= set(verdict.columns)
+    assert "copies suspected" in markdown and f"one family of all {3 * len(verdict)} tests" in markdown
+    assert {"tail_p_adjusted", "tail_gof_p", "exact_p_adjusted", "mwu_p_adjusted", "correction"} <= set(
+        verdict.columns
+    )
     assert "\\begin{tabular}" in (out / "memorization.tex").read_text()
     assert Image.open(out / "memorization.png").size[0] > 400
     assert (out / "memorization.pdf").read_bytes().startswith(b"%PDF")
