@@ -15,7 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from evaluator.ratings.figure import expert_score_figure, save_figure
-from evaluator.ratings.reader_metrics import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
+from evaluator.ratings.reader_metrics import (
+    imrmc_frame,
+    imrmc_input,
+    intra_rater_agreement,
+    reading_times,
+    roc_auc_table,
+)
 from evaluator.ratings.scores import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
 from evaluator.ratings.stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
 from evaluator.ratings.votes import REAL_SOURCE, VotesError, rater_progress, validate_votes, vote_matrix
@@ -43,6 +49,7 @@ TABLE_STEMS = (
 OWNED_FILES = (
     *(f"{stem}.{suffix}" for stem in TABLE_STEMS for suffix in ("csv", "md", "tex")),
     "imrmc.csv",
+    "imrmc.imrmc",
     "expert_scores.png",
     "expert_scores.pdf",
     "ratings_settings.json",
@@ -245,7 +252,8 @@ def _write_all(report: RatingsReport, folder: Path, figure: bool) -> list[Path]:
             paths += write_table(frame, folder, stem, caption=caption)
     if not report.imrmc.empty:
         report.imrmc.to_csv(folder / "imrmc.csv", index=False)
-        paths.append(folder / "imrmc.csv")
+        (folder / "imrmc.imrmc").write_text(imrmc_input(report.imrmc), encoding="utf-8")
+        paths += [folder / "imrmc.csv", folder / "imrmc.imrmc"]
     if figure:
         paths += save_figure(expert_score_figure(report.expert_scores), folder, "expert_scores")
     settings = folder / "ratings_settings.json"

@@ -14,7 +14,13 @@ from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
 from evaluator.multiple_testing import adjusted_p
-from evaluator.ratings.reader_metrics import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
+from evaluator.ratings.reader_metrics import (
+    imrmc_frame,
+    imrmc_input,
+    intra_rater_agreement,
+    reading_times,
+    roc_auc_table,
+)
 from evaluator.ratings.report import RatingSettings, compute_ratings
 from evaluator.ratings.scores import expert_scores, fleiss_kappa
 from evaluator.ratings.stats import (
@@ -323,6 +329,42 @@ def test_imrmc_export_has_truth_and_one_modality_per_generator() -> None:
     no_confidence = validate_votes(random_study(per_cell=2).assign(confidence=np.nan))
     assert imrmc_frame(vote_matrix(no_confidence)).empty
     assert roc_auc_table(vote_matrix(no_confidence)).empty
+
+
+def test_imrmc_java_input_file_line_by_line() -> None:
+    # Two raters, one class: real tiles r0, r1 (truth 1), G1's g0 and G2's h0 (truth 0).
+    rows = [
+        ("A", "r0", "K", "real", "real", 3),
+        ("A", "r1", "K", "real", "synthetic", 2),
+        ("A", "g0", "K", "G1", "synthetic", 5),
+        ("A", "h0", "K", "G2", "real", 1),
+        ("B", "r0", "K", "real", "real", 6),
+        ("B", "r1", "K", "real", "real", 4),
+        ("B", "g0", "K", "G1", "real", 2),
+        ("B", "h0", "K", "G2", "synthetic", 3),
+    ]
+    votes = pd.DataFrame(
+        [(*row, 0, 1.0, position) for position, row in enumerate(rows, start=1)], columns=COLUMNS
+    )
+    text = imrmc_input(imrmc_frame(vote_matrix(validate_votes(votes))))
+    lines = text.splitlines()
+    assert text.endswith("\n")
+    assert lines[:5] == ["NR: 2", "N0: 2", "N1: 2", "NM: 2", "BEGIN DATA:"]
+    truth = sorted(lines[5:9])
+    assert truth == ["-1,g0,0,0", "-1,h0,0,0", "-1,r0,0,1", "-1,r1,0,1"]
+    reads = sorted(lines[9:])
+    assert reads == sorted(
+        [
+            "A,r0,G1,3", "A,r1,G1,-2", "A,g0,G1,-5", "B,r0,G1,6", "B,r1,G1,4", "B,g0,G1,2",
+            "A,r0,G2,3", "A,r1,G2,-2", "A,h0,G2,1", "B,r0,G2,6", "B,r1,G2,4", "B,h0,G2,-3",
+        ]
+    )  # fmt: skip
+    for line in lines[5:]:
+        reader, case, modality, score = line.split(",")
+        assert reader and case and modality and float(score) == int(score)
+    comma = votes.assign(rater=votes["rater"].replace("A", "A,1"))
+    with pytest.raises(VotesError, match="contains a comma"):
+        imrmc_input(imrmc_frame(vote_matrix(validate_votes(comma))))
 
 
 def test_intra_rater_kappa_by_hand_and_repeats_left_out_elsewhere() -> None:
