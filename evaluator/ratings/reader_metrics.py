@@ -37,7 +37,7 @@ ALL_SOURCES = "ALL"
 
 
 def roc_auc_table(
-    matrix: VoteMatrix, n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0
+    matrix: VoteMatrix, n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0, ddof: int = 1
 ) -> pd.DataFrame:
     """Each rater's ROC AUC for real vs each generator's tiles (all classes), and the mean.
 
@@ -47,6 +47,8 @@ def roc_auc_table(
 
     Args:
         matrix: first-presentation votes with `signed_confidence`.
+        ddof: delta degrees of freedom of `auc_std` (1: sample std, NaN for one rater), as for
+            the expert scores.
 
     Returns:
         source, rater (name or `MEAN`), auc, auc_std (std across raters, `MEAN` rows only),
@@ -99,7 +101,7 @@ def roc_auc_table(
             )
         finite = point[np.isfinite(point)]
         mean_low, mean_high = percentile_interval(np.concatenate(mean[source])[None, :], ci_level)
-        spread = float(finite.std(ddof=1)) if finite.size > 1 else np.nan
+        spread = float(finite.std(ddof=ddof)) if finite.size > ddof else np.nan
         center = float(finite.mean()) if finite.size else np.nan
         rows.append(
             [

@@ -151,7 +151,7 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
         fleiss_kappa=kappas,
         fleiss_kappa_categories=categories,
         discrimination_tests=tests,
-        roc_auc=roc_auc_table(matrix, **boot),
+        roc_auc=roc_auc_table(matrix, **boot, ddof=settings.ddof),
         imrmc=imrmc_frame(matrix),
         intra_rater=intra_rater_agreement(votes),
         timing=timing,
@@ -227,7 +227,10 @@ def _write_all(report: RatingsReport, folder: Path, figure: bool) -> list[Path]:
         folder,
         "fleiss_kappa",
         display=_grid(report.fleiss_kappa, "kappa", None, digits, extra=(ALL_CLASSES, MEAN_CLASSES)),
-        caption="Fleiss' kappa [bootstrap CI over tiles]",
+        caption=(
+            "Fleiss' kappa [bootstrap CI over tiles]; the MEAN row's se assumes independent classes "
+            "(they share raters), its CI does not"
+        ),
     )
     paths += write_table(
         report.fleiss_kappa_categories,
