@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from scipy import stats
 from scipy.ndimage import gaussian_filter
@@ -214,6 +215,25 @@ def test_one_copy_at_the_default_settings_is_named_in_its_class_and_all_row(
     assert tiles.loc[str(copy), "tail_p"] == tiles["tail_p"].min()
 
 
+def test_the_demo_audit_finds_each_warped_stand_in_tile_s_source_crop(tmp_path: Path) -> None:
+    """`histosynth demo`'s pools: every StandIn-Warp tile is an elastic warp of one real crop
+    of its class (same index), which the audit must name as its closest training tile."""
+    from rater_app.demo import build_demo_pools
+
+    build_demo_pools(tmp_path)
+    result = audit_memorization(
+        tmp_path / "real",
+        {"warp": tmp_path / "standin-warp", "mosaic": tmp_path / "standin-mosaic"},
+        settings=MemorizationSettings(cache_dir=tmp_path / "cache"),
+    )
+    warped = result.tiles[result.tiles["source"] == "warp"]
+    assert len(warped) == 48
+    origin = warped["tile"].str.extract(r"warp-(\d+)\.png$")[0]
+    matched = warped["train_tile"].str.extract(r"-(\d+)\.tif$")[0]
+    assert (origin == matched).all() and (warped["class"] == warped["train_class"]).all()
+    assert warped["r"].min() > 0.25
+
+
 def test_best_r_equals_brute_force_corrcoef_on_grayscale_files(world: dict) -> None:
     """Independent reference: PIL's "L" conversion and np.corrcoef over the 8 transforms."""
     tiles = world["result"].tiles
@@ -240,12 +260,26 @@ def test_summary_matches_numpy_on_the_tiles(world: dict) -> None:
     assert list(result.summary["source"].unique()) == ["gen", "fresh", "CRC-VAL"]
 
 
-def test_search_equals_corrcoef_with_blocks_chunks_ties_and_flat_tiles() -> None:
+DEVICES = [
+    "numpy",
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mapped", [False, True], ids=["in-memory", "memory-mapped"])
+def test_search_equals_corrcoef_with_blocks_chunks_ties_and_flat_tiles(
+    device: str, mapped: bool, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(5)
     side = 12
     first = (rng.random((37, side * side)) * 255).astype(np.uint8)
     second = (rng.random((20, side * side)) * 255).astype(np.uint8)
     second[4] = 128  # a flat training tile: no correlation defined
+    if mapped:  # as the cache stores them: read in blocks from the file, not through the mapping
+        np.save(tmp_path / "second.npy", second)
+        second = np.load(tmp_path / "second.npy", mmap_mode="r")
     queries = (rng.random((9, side * side)) * 255).astype(np.uint8)
     queries[0] = np.rot90(second[7].reshape(side, side), 3).ravel()
     queries[1] = 77  # a flat query
@@ -254,7 +288,7 @@ def test_search_equals_corrcoef_with_blocks_chunks_ties_and_flat_tiles() -> None
         GrayMatrix("Y", [], second, *row_stats(second)),
     ]
     # 0.01 MiB: one query tile per chunk, 16-row training blocks
-    matches = nearest_tiles(queries, references, flips=True, memory_mb=0.01)
+    matches = nearest_tiles(queries, references, flips=True, memory_mb=0.01, device=device)
     training = np.vstack([first, second]).astype(float)
     for i, query in enumerate(queries.astype(float)):
         image = query.reshape(side, side)
@@ -270,6 +304,27 @@ def test_search_equals_corrcoef_with_blocks_chunks_ties_and_flat_tiles() -> None
         assert (matches.transform[i], matches.matrix[i]) == (transform, int(column >= len(first)))
         assert matches.row[i] == column - len(first) * matches.matrix[i]
     assert (matches.matrix[0], matches.row[0], TRANSFORMS[matches.transform[0]]) == (1, 7, "rot90")
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])
+def test_torch_search_gives_the_numpy_results(device: str, tmp_path: Path) -> None:
+    """The torch path (cpu here, cuda where a GPU is lent) against the numpy path on 64x64
+    tiles, 700 memory-mapped training rows in blocks: same matches, r within float32 rounding."""
+    rng = np.random.default_rng(9)
+    side = 64
+    train = np.stack([texture(rng, side)[..., 0] for _ in range(700)]).reshape(700, -1)
+    queries = np.stack([texture(rng, side)[..., 0] for _ in range(30)]).reshape(30, -1)
+    queries[3] = np.rot90(train[123].reshape(side, side), 1).ravel()
+    np.save(tmp_path / "train.npy", train)
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
+    references = [GrayMatrix("X", [], mapped, *row_stats(mapped))]
+    expected = nearest_tiles(queries, references, flips=True, memory_mb=2)
+    found = nearest_tiles(queries, references, flips=True, memory_mb=2, device=device)
+    difference = float(np.abs(found.r - expected.r).max())
+    print(f"max |r_torch({device}) - r_numpy| = {difference:.2e}")
+    assert difference < 1e-5
+    assert np.array_equal(found.row, expected.row) and np.array_equal(found.transform, expected.transform)
+    assert (found.row[3], TRANSFORMS[found.transform[3]]) == (123, "rot270")
 
 
 def test_only_rotations_without_flips() -> None:
