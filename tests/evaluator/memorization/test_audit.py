@@ -559,6 +559,14 @@ def test_report_files_and_gallery_alignment(world: dict, tmp_path: Path) -> None
 def test_bad_inputs_give_clear_errors(world: dict, tmp_path: Path) -> None:
     root = world["root"]
     rng = np.random.default_rng(9)
+    devices = {"tpu": "device 'tpu': expected numpy, cpu or cuda"}
+    if not torch.cuda.is_available():
+        devices["cuda"] = "device 'cuda': torch sees no CUDA GPU"
+    for device, message in devices.items():
+        with pytest.raises(HistosynthError, match=message):
+            audit_memorization(
+                root / "train", {"gen": root / "gen"}, None, MemorizationSettings(device=device)
+            )
     with pytest.raises(HistosynthError, match="class folders differ.*lacks B"):
         fill(tmp_path / "base_a", "A", 3, rng)
         audit_memorization(
