@@ -7,16 +7,22 @@ training class of 224x224 TIFF tiles (like NCT-CRC-HE-100K; by default 11,111 ti
 class of the paper's 9 at its scale, so the paper's run is 9 of these) and a pool of
 generated tiles, then times, in the same run:
 
-* bare GEMM: `np.matmul` of random float32 matrices of the audit's shapes, with the whole
-  training matrix already in RAM as float32 (what the audit avoids needing);
+* bare GEMM: one product of random float32 matrices of the audit's shapes, with the whole
+  training matrix already in memory as float32 (what the audit avoids needing): `np.matmul`
+  for the numpy path, `torch.matmul` on the device for the torch paths;
 * cold: `audit_memorization` with an empty cache (decoding and upscaling every training tile);
 * warm: the same call again, reading the uint8 cache (end to end: listing the pools,
-  sampling, decoding the query tiles, the search and the statistics).
+  sampling, decoding the query tiles, the search and the statistics), once per device
+  (`numpy`, torch on `cpu`, and `cuda` when torch sees a GPU).
 
-It prints the ratios, the achieved FLOP rate, the accuracy of r against float64, and a
-projection to the paper's scale on this machine.
+Bare GEMM and warm audit alternate `--repeats` times per device, so that other load on a
+shared machine hits both alike; it prints each device's ratio (best of each, and the range
+of the per-repeat ratios), the achieved FLOP rate, the largest difference of r between each
+torch device and the numpy path, the accuracy of r against float64, and a projection to the
+paper's scale on this machine.
 
 Usage: python benchmarks/memorization_speed.py [--train-tiles 11111] [--queries 200] [--flips]
+    [--devices numpy,cpu,cuda]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from evaluator.memorization.audit import MemorizationSettings, audit_memorization
@@ -60,15 +67,24 @@ def write_tiles(folder: Path, count: int, seed: int, side: int = 224) -> list[Pa
 
 
 class BareGemm:
-    """A float32 product (rows x pixels) @ (pixels x train) with both operands already in RAM."""
+    """A float32 product (rows x pixels) @ (pixels x train) with both operands already in memory
+    (RAM for numpy and torch's cpu, the device's memory otherwise)."""
 
-    def __init__(self, rows: int, pixels: int, train: int) -> None:
+    def __init__(self, rows: int, pixels: int, train: int, device: str) -> None:
         rng = np.random.default_rng(0)
         self.left = rng.random((rows, pixels), dtype=np.float32)
         self.right = rng.random((train, pixels), dtype=np.float32)
+        self.device = device
+        if device != "numpy":
+            self.left, self.right = (torch.from_numpy(a).to(device) for a in (self.left, self.right))
 
     def run(self) -> None:
-        np.matmul(self.left, self.right.T)
+        if self.device == "numpy":
+            np.matmul(self.left, self.right.T)
+            return
+        torch.matmul(self.left, self.right.T)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
 
 def timed(function: Callable[[], object]) -> tuple[float, float]:
@@ -115,6 +131,11 @@ def main() -> None:
     parser.add_argument("--flips", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--devices",
+        default="numpy,cpu" + (",cuda" if torch.cuda.is_available() else ""),
+        help="Comma-separated search devices (default: numpy, cpu and cuda when available).",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="Folder for tiles and cache (default: tmp)."
     )
     args = parser.parse_args()
@@ -129,50 +150,65 @@ def main() -> None:
     shutil.rmtree(cache_dir, ignore_errors=True)
     options = {"n": args.queries, "size": args.size, "flips": args.flips, "cache_dir": cache_dir}
 
+    def audit(device: str):
+        settings = MemorizationSettings(**options, device=device)
+        return audit_memorization(workdir / "train", pools, None, settings)
+
     transforms = 8 if args.flips else 4
     pixels = args.size * args.size
     rows = args.pools * args.queries * transforms
     flops = 2.0 * rows * pixels * args.train_tiles
-    bare = BareGemm(rows, pixels, args.train_tiles)
-    gemm, gemm_cpu = timed(bare.run)
-    cold, _ = timed(
-        lambda: audit_memorization(workdir / "train", pools, None, MemorizationSettings(**options))
-    )
-    # Interleaved, best of each: other load on a shared machine hits both alike.
-    warm = warm_cpu = np.inf
-    for _ in range(args.repeats):
-        wall, cpu = timed(bare.run)
-        gemm, gemm_cpu = min(gemm, wall), min(gemm_cpu, cpu)
-        wall, cpu = timed(
-            lambda: audit_memorization(workdir / "train", pools, None, MemorizationSettings(**options))
+    devices = args.devices.split(",")
+    cold, _ = timed(lambda: audit(devices[0]))
+    results, lines, rates = {}, [], {}
+    for device in devices:
+        bare = BareGemm(rows, pixels, args.train_tiles, device)
+        bare.run()  # warms the device (CUDA context, cuBLAS handles)
+        audit(device)
+        gemm = gemm_cpu = warm = warm_cpu = np.inf
+        ratios = []
+        for _ in range(args.repeats):
+            wall_gemm, cpu_gemm = timed(bare.run)
+            wall_audit, cpu_audit = timed(lambda device=device: audit(device))
+            ratios.append(wall_audit / wall_gemm)
+            gemm, gemm_cpu = min(gemm, wall_gemm), min(gemm_cpu, cpu_gemm)
+            warm, warm_cpu = min(warm, wall_audit), min(warm_cpu, cpu_audit)
+        del bare
+        results[device] = audit(device).tiles
+        rates[device] = (flops / gemm, flops / warm)
+        lines.append(
+            f"{device:>6}: bare GEMM {gemm:7.2f} s ({flops / gemm / 1e9:7.1f} GFLOP/s), "
+            f"warm audit {warm:7.2f} s"
+            f"  ratio {warm / gemm:.2f}x (per repeat {min(ratios):.2f}-{max(ratios):.2f}x)"
+            + (f"; CPU time ratio {warm_cpu / gemm_cpu:.2f}x" if device in ("numpy", "cpu") else "")
         )
-        warm, warm_cpu = min(warm, wall), min(warm_cpu, cpu)
-    del bare
-    result = audit_memorization(workdir / "train", pools, None, MemorizationSettings(**options))
     start = time.perf_counter()
     queries = [load_gray(p, args.size) for p in sorted((workdir / "gen0" / "A").iterdir())]
     query_decode = time.perf_counter() - start
-    error = max_error_vs_float64(result.tiles, train_paths, args.size) if not args.flips else float("nan")
+    reference = results[devices[0]]
+    error = max_error_vs_float64(reference, train_paths, args.size) if not args.flips else float("nan")
 
-    decode_rate = args.train_tiles / max(cold - warm, 1e-9)
-    rate = flops / warm
+    decode_rate = args.train_tiles / max(cold, 1e-9)
     print(f"machine: {os.cpu_count()} CPUs; shapes: ({rows} x {pixels}) @ ({pixels} x {args.train_tiles})")
     print(f"FLOPs per run:          {flops:.3e}")
-    print(f"bare float32 GEMM:      {gemm:8.2f} s  ({flops / gemm / 1e9:6.1f} GFLOP/s)")
-    print(f"audit, warm cache:      {warm:8.2f} s  ({rate / 1e9:6.1f} GFLOP/s)  ratio {warm / gemm:.2f}x")
-    print(f"CPU time, GEMM / audit: {gemm_cpu:8.2f} s / {warm_cpu:.2f} s  ratio {warm_cpu / gemm_cpu:.2f}x")
-    print(
-        f"audit, cold cache:      {cold:8.2f} s  ratio {cold / gemm:.2f}x  "
-        f"({decode_rate:.0f} training tiles/s)"
-    )
+    print("\n".join(lines))
+    for device in devices[1:]:
+        difference = np.abs(results[device]["r"].to_numpy() - reference["r"].to_numpy()).max()
+        same = (results[device]["train_tile"] == reference["train_tile"]).mean()
+        print(
+            f"max |r_{device} - r_{devices[0]}| = {difference:.2e}; "
+            f"same training tile for {same:.1%} of tiles"
+        )
+    print(f"audit, cold cache:      {cold:8.2f} s  ({decode_rate:.0f} training tiles/s, search included)")
     print(f"query decode alone:     {query_decode:8.2f} s for {len(queries)} tiles (1 thread)")
     print(f"max |r - r_float64| over 5 queries: {error:.2e}")
-    print(
-        f"projection, paper scale (9 classes x 200 tiles x 4 rotations vs 100,000 training tiles, "
-        f"{PAPER_FLOPS:.2e} FLOPs per source): bare GEMM {PAPER_FLOPS / (flops / gemm):.0f} s, "
-        f"audit warm {PAPER_FLOPS / rate:.0f} s (from this run's rate; exact when the run is one class "
-        f"of 11,111 tiles and one pool); one-time cache build {100_000 / decode_rate / 60:.1f} min"
-    )
+    for device, (gemm_rate, audit_rate) in rates.items():
+        print(
+            f"projection, paper scale (9 classes x 200 tiles x 4 rotations vs 100,000 training tiles, "
+            f"{PAPER_FLOPS:.2e} FLOPs per source) on {device}: bare GEMM {PAPER_FLOPS / gemm_rate:.0f} s, "
+            f"audit warm {PAPER_FLOPS / audit_rate:.0f} s"
+        )
+    print(f"one-time cache build at paper scale: {100_000 / decode_rate / 60:.1f} min")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from evaluator.memorization.cache import GrayMatrix, load_class_matrix, load_gray_stack
-from evaluator.memorization.search import TRANSFORMS, block_sizes, nearest_tiles
-from evaluator.memorization.stats import check_threshold_rule, summarize, verdict_table
+from evaluator.memorization.search import TRANSFORMS, block_sizes, default_device, nearest_tiles
+from evaluator.memorization.stats import check_threshold_rule, summarize, tail_pvalues, verdict_table
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
 from histosynth.pools import Pool, list_classes, read_pool
@@ -37,7 +37,7 @@ from histosynth.sampling import sample_files
 
 logger = logging.getLogger(__name__)
 
-TILE_COLUMNS = ["source", "class", "tile", "r", "train_class", "train_tile", "transform", "flagged"]
+TILE_COLUMNS = ["source", "class", "tile", "r", "train_class", "train_tile", "transform", "flagged", "tail_p"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class MemorizationResult:
     Attributes:
         tiles: one row per audited tile (`TILE_COLUMNS`): its source, class and file, the best
             r, the training tile and the transform (see `TRANSFORMS`) that gave it, and
-            whether it lies above its class's baseline threshold.
+            whether it lies above its class's baseline threshold, and its tail p-value under
+            the baseline's extreme-value model (`stats.tail_pvalues`; NaN without a baseline).
         summary: the paper's table (`stats.SUMMARY_COLUMNS`).
         verdict: threshold, count and shift tests per class and source; None without a baseline.
         sources: the generated sources, in the order given.
@@ -96,6 +97,8 @@ class MemorizationSettings:
         memory_mb: working memory of the correlation search, in MiB.
         workers: decoding threads (None: the CPU count).
         progress: show progress bars; None shows them when stderr is a terminal.
+        device: where the correlation search runs: `numpy` (the CPU path), or a torch device
+            (`cuda`, `cuda:1`, `cpu`); None: `cuda` when torch sees a GPU, else `numpy`.
     """
 
     baseline_name: str | None = None
@@ -112,6 +115,7 @@ class MemorizationSettings:
     memory_mb: float = 2048
     workers: int | None = None
     progress: bool | None = None
+    device: str | None = None
 
 
 def audit_memorization(
@@ -152,6 +156,7 @@ def audit_memorization(
     counts = {name: (baseline_n or n) if name == base_name else n for name in read}
     samples = {name: _sample(pool, counts[name], seed, name) for name, pool in read.items()}
     workers = settings.workers
+    device = settings.device or default_device()
     with _progress_bars(progress_enabled(settings.progress)) as bar:
         matrices = _load_training(training, size, settings.cache_dir, workers, bar)
         groups = [classes] if settings.across_classes else [[name] for name in classes]
@@ -160,17 +165,19 @@ def audit_memorization(
             references = matrices if settings.across_classes else [m for m in matrices if m.name == group[0]]
             frames.append(
                 _search_group(
-                    samples, group, references, size, settings.flips, settings.memory_mb, workers, bar
+                    samples, group, references, size, settings.flips, settings.memory_mb, workers, bar, device
                 )
             )
     tiles = pd.concat(frames, ignore_index=True)
     tiles["flagged"] = False
+    tiles["tail_p"] = np.nan
     verdict = None
     if base_name is not None:
         verdict, flagged = verdict_table(
             tiles, classes, sources, base_name, settings.threshold, settings.alpha
         )
         tiles["flagged"] = flagged.to_numpy()
+        tiles["tail_p"] = tail_pvalues(tiles, classes, base_name).to_numpy()
         _warn_overlap(tiles, base_name)
     order = sources + ([base_name] if base_name else [])
     tiles = _ordered(tiles, order, classes)
@@ -198,10 +205,27 @@ def _check_arguments(
     if not 0 < settings.alpha < 1:
         raise HistosynthError(f"alpha must lie between 0 and 1, got {settings.alpha}")
     check_threshold_rule(settings.threshold)
+    _check_device(settings.device)
     name = settings.baseline_name or (Path(baseline).name if baseline is not None else None)
     if baseline is not None and name in pools:
         raise HistosynthError(f"baseline name {name!r} is also a pool name; pass another")
     return list(pools)
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device the search cannot run on before any tile is decoded."""
+    if device is None or device == "numpy":
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise HistosynthError(f"device {device!r}: expected numpy, cpu or cuda[:N]") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise HistosynthError(f"device {device!r}: torch sees no CUDA GPU; use cpu or numpy")
+    if kind not in ("cpu", "cuda"):
+        raise HistosynthError(f"device {device!r}: expected numpy, cpu or cuda[:N]")
 
 
 def _resolve_classes(folders: dict[str, Path], classes: list[str] | None) -> list[str]:
@@ -274,6 +298,7 @@ def _search_group(
     memory_mb: float,
     workers: int | None,
     bar: Callable[[str, int], Callable[[int], None]],
+    device: str = "numpy",
 ) -> pd.DataFrame:
     """Search the sampled tiles of `group`'s classes, from every source, in one pass."""
     owners = [(source, name, path) for name in group for source in samples for path in samples[source][name]]
@@ -289,7 +314,7 @@ def _search_group(
     chunks = -(-len(queries) // block_sizes(queries.shape[1], 8 if flips else 4, memory_mb)[0])
     total = chunks * sum(len(matrix.pixels) for matrix in references)
     label = "searching " + (group[0] if len(group) == 1 else "all classes")
-    matches = nearest_tiles(queries, references, flips, memory_mb, bar(label, total))
+    matches = nearest_tiles(queries, references, flips, memory_mb, bar(label, total), device)
     return pd.DataFrame(
         {
             "source": [source for source, _, _ in owners],

@@ -13,8 +13,8 @@ symmetric PSD matrix similar to S1 S2, in float64:
 
 The last form makes small classes (n < d, singular covariance, where sqrtm is unreliable)
 cheap and exact, and makes a bootstrap of FID affordable. Because small classes also make FID
-biased, every row carries KID (unbiased, with its spread over subsets), the bootstrap spread of
-FID and the sample counts.
+biased, every row carries KID (unbiased, with its spread over subsets, or over bootstrap
+resamples where both sets fit in one subset), the bootstrap spread of FID and the sample counts.
 """
 
 from __future__ import annotations
@@ -300,8 +300,8 @@ def render_fid_tables(table: pd.DataFrame) -> dict[str, str]:
     """`fid.csv`, `fid.md` and `fid.tex`: the long table and the paper's Table 2 layout.
 
     Markdown and LaTeX hold three tables with one row per source and one column per class:
-    FID (± bootstrap std where computed), KID x 10^3 (± std over subsets), and the counts
-    `n_generated / n_reference`.
+    FID (± bootstrap std where computed), KID x 10^3 (± std over subsets, or over bootstrap
+    resamples where both sets fit in one subset), and the counts `n_generated / n_reference`.
     """
     order = list(dict.fromkeys(table["class"]))
     counts = table.assign(n=table["n_generated"].astype(str) + " / " + table["n_reference"].astype(str))

@@ -2,9 +2,17 @@
 
 FID is biased upwards when a class has few images (a study with 500 tiles per class instead
 of the paper's 10,000 reads as a worse generator); the squared MMD with the cubic polynomial
-kernel k(x, y) = (x.y / d + 1)^3 is unbiased, and its spread over random subsets says how far
-the number can be trusted. Subsets follow clean-fid and torch-fidelity: `num_subsets` draws of
+kernel k(x, y) = (x.y / d + 1)^3 is unbiased, and its spread says how far the number can be
+trusted. Subsets follow clean-fid and torch-fidelity: `num_subsets` draws of
 `min(n_a, n_b, max_subset_size)` features from each side, without replacement.
+
+Where both sets fit in one subset (at most `max_subset_size` images, 1,000 by default, the
+usual size of a study's class) every subset is the whole set, the subset spread is exactly 0
+and says nothing. There the spread is a bootstrap instead: both sets are resampled with
+replacement `num_subsets` times and the U-statistic is re-evaluated on each resample, pairs
+weighted by how often each image was drawn and a drawn image never paired with itself (its
+own copies), so a duplicated image does not inflate the kernel sums. That std estimates the
+standard error of the KID of sets of these sizes.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ def kernel_inception_distance(
             some accelerators, e.g. MPS, have no float64).
 
     Returns:
-        (mean, std) over subsets; std is the population standard deviation over subsets
-        (as torch-fidelity reports it), 0 when every subset is the whole set.
+        (mean, std). With both sets larger than a subset: mean and population standard
+        deviation over subsets (as torch-fidelity reports them). Otherwise every subset is
+        the whole set: the mean is the KID of the whole sets and std the standard deviation
+        over `num_subsets` bootstrap resamples (see the module docstring), NaN for one.
 
     Raises:
         HistosynthError: shapes disagree, fewer than 2 features on a side, or bad counts.
@@ -56,12 +66,47 @@ def kernel_inception_distance(
     a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
     if torch.device(device).type == "cuda":  # large kernel matrices are where a GPU pays off
         a, b = (torch.as_tensor(array, device=device) for array in (a, b))
+    if max(len(a), len(b)) <= max_subset_size:
+        return _unbiased_mmd2(a, b), _bootstrap_std(a, b, num_subsets, rng)
     values = np.empty(num_subsets)
     for index in range(num_subsets):
         x = a[_indices(rng, len(a), size, a)]
         y = b[_indices(rng, len(b), size, b)]
         values[index] = _unbiased_mmd2(x, y)
     return float(values.mean()), float(values.std())
+
+
+def _bootstrap_std(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, replicates: int, rng: np.random.Generator
+) -> float:
+    """Std (ddof=1) of the unbiased MMD^2 over bootstrap resamples of both sets (`resampled_mmd2`),
+    NaN for fewer than 2 resamples."""
+    if replicates < 2:
+        return float("nan")
+    dim = a.shape[1]
+    kernels = [(x @ y.T / dim + 1) ** 3 for x, y in ((a, a), (b, b), (a, b))]
+    k_aa, k_bb, k_ab = (k.cpu().numpy() if isinstance(k, torch.Tensor) else k for k in kernels)
+    w = rng.multinomial(len(a), np.full(len(a), 1 / len(a)), size=replicates).astype(np.float64)
+    v = rng.multinomial(len(b), np.full(len(b), 1 / len(b)), size=replicates).astype(np.float64)
+    return float(np.std(resampled_mmd2(k_aa, k_bb, k_ab, w, v), ddof=1))
+
+
+def resampled_mmd2(
+    k_aa: np.ndarray, k_bb: np.ndarray, k_ab: np.ndarray, w: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """The unbiased MMD^2 of resamples given by draw counts w (replicates x n_a) and v (x n_b).
+
+    Pairs of distinct draws of distinct images count: (w'Kw - sum w_i^2 K_ii) / (n^2 - sum w_i^2)
+    within a set (n draws), w'K v / (n_a n_b) across.
+    """
+
+    def within(counts: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        n = counts.sum(axis=1)
+        pairs = ((counts @ kernel) * counts).sum(axis=1) - (counts**2) @ np.diag(kernel)
+        return pairs / (n**2 - (counts**2).sum(axis=1))
+
+    cross = ((w @ k_ab) * v).sum(axis=1) / (w.sum(axis=1) * v.sum(axis=1))
+    return within(w, k_aa) + within(v, k_bb) - 2 * cross
 
 
 def _indices(rng: np.random.Generator, count: int, size: int, like: np.ndarray | torch.Tensor):

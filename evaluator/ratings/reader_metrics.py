@@ -4,8 +4,9 @@ With a confidence rating, each vote becomes a score (+confidence for "real", -co
 "synthetic"; higher means "more real") and each rater an ROC curve separating real tiles from
 one generator's tiles: AUC 0.5 means the generator fools that rater completely. Across raters,
 the MRMC-style summary is the mean AUC with a two-way (raters and tiles) bootstrap interval, and
-the reads are exported in iMRMC's data-frame format for a full Obuchowski-Rockette / U-statistic
-analysis with the FDA's iMRMC tool.
+the reads are exported for a full Obuchowski-Rockette / U-statistic analysis with the FDA's
+iMRMC: as the R package's data frame (`imrmc.csv`) and as the Java application's input file
+(`imrmc.imrmc`, which RJafroc also reads).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from evaluator.ratings.stats import (
     percentile_interval,
     weighted_rater_mean,
 )
-from evaluator.ratings.votes import VoteMatrix, first_presentations, with_positions
+from evaluator.ratings.votes import VoteMatrix, VotesError, first_presentations, with_positions
 from histosynth.votes import REAL_SOURCE, VOTE_VALUES
 
 MEAN_RATER = "MEAN"
@@ -30,7 +31,7 @@ ALL_SOURCES = "ALL"
 
 
 def roc_auc_table(
-    matrix: VoteMatrix, n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0
+    matrix: VoteMatrix, n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0, ddof: int = 1
 ) -> pd.DataFrame:
     """Each rater's ROC AUC for real vs each generator's tiles (all classes), and the mean.
 
@@ -40,6 +41,8 @@ def roc_auc_table(
 
     Args:
         matrix: first-presentation votes with `signed_confidence`.
+        ddof: delta degrees of freedom of `auc_std` (1: sample std, NaN for one rater), as for
+            the expert scores.
 
     Returns:
         source, rater (name or `MEAN`), auc, auc_std (std across raters, `MEAN` rows only),
@@ -92,7 +95,7 @@ def roc_auc_table(
             )
         finite = point[np.isfinite(point)]
         mean_low, mean_high = percentile_interval(np.concatenate(mean[source])[None, :], ci_level)
-        spread = float(finite.std(ddof=1)) if finite.size > 1 else np.nan
+        spread = float(finite.std(ddof=ddof)) if finite.size > ddof else np.nan
         center = float(finite.mean()) if finite.size else np.nan
         rows.append(
             [
@@ -174,6 +177,52 @@ def imrmc_frame(matrix: VoteMatrix) -> pd.DataFrame:
             )
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def imrmc_input(frame: pd.DataFrame) -> str:
+    """The reads as an input file of the iMRMC Java application (also read by RJafroc).
+
+    The layout is iMRMC's: header lines `NR:` (readers), `N0:` (cases with truth 0: generated
+    tiles), `N1:` (cases with truth 1: real tiles) and `NM:` (modalities: generators), then
+    `BEGIN DATA:`, then one `readerID,caseID,modalityID,score` line per read. Truth lines come
+    first, one per case, with readerID -1, modalityID 0 and the integer score 0 or 1; reads
+    follow as in `imrmc_frame` (each generator a modality over the real tiles and its own).
+
+    Args:
+        frame: what `imrmc_frame` returned.
+
+    Returns:
+        The file's text ending in a newline; empty when there are no confidence ratings.
+
+    Raises:
+        VotesError: a rater, tile or generator name contains a comma or a line break (it
+            would split a data line), or a generator is named 0 or -1 (iMRMC's truth codes).
+    """
+    if frame.empty:
+        return ""
+    is_truth = frame["readerID"] == "truth"
+    truth, reads = frame[is_truth], frame[~is_truth]
+    for name in pd.unique(frame[["readerID", "caseID", "modalityID"]].to_numpy().ravel()):
+        if any(mark in str(name) for mark in (",", "\n", "\r")):
+            raise VotesError(f"iMRMC export: name {name!r} contains a comma or a line break")
+    for name in pd.unique(reads["modalityID"]):
+        if str(name).strip() in ("0", "-1"):
+            raise VotesError(f"iMRMC export: generator named {name!r} clashes with iMRMC's truth codes")
+    lines = [
+        f"NR: {reads['readerID'].nunique()}",
+        f"N0: {int((truth['score'] == 0).sum())}",
+        f"N1: {int((truth['score'] == 1).sum())}",
+        f"NM: {reads['modalityID'].nunique()}",
+        "BEGIN DATA:",
+    ]
+    lines += [
+        f"-1,{case},0,{int(score)}" for case, score in zip(truth["caseID"], truth["score"], strict=True)
+    ]
+    lines += [
+        f"{reader},{case},{modality},{score:.17g}"
+        for reader, case, modality, score in reads.itertuples(index=False, name=None)
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def intra_rater_agreement(votes: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from evaluator.ratings.figure import expert_score_figure, save_figure
-from evaluator.ratings.reader_metrics import imrmc_frame, intra_rater_agreement, reading_times, roc_auc_table
+from evaluator.ratings.reader_metrics import (
+    imrmc_frame,
+    imrmc_input,
+    intra_rater_agreement,
+    reading_times,
+    roc_auc_table,
+)
 from evaluator.ratings.scores import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
 from evaluator.ratings.stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
 from evaluator.ratings.votes import VotesError, rater_progress, validate_votes, vote_matrix
@@ -44,6 +50,7 @@ TABLE_STEMS = (
 OWNED_FILES = (
     *(f"{stem}.{suffix}" for stem in TABLE_STEMS for suffix in ("csv", "md", "tex")),
     "imrmc.csv",
+    "imrmc.imrmc",
     "expert_scores.png",
     "expert_scores.pdf",
     "ratings_settings.json",
@@ -60,7 +67,7 @@ class RatingSettings:
         ci_level: confidence level of the intervals.
         correction: statsmodels `multipletests` method for the discrimination tests.
         alpha: family-wise (or FDR) level at which a test is called significant.
-        seed: seed of the bootstrap replicates.
+        seed: seed of the bootstrap replicates and of the permutation tests' draws.
         ddof: delta degrees of freedom of standard deviations across raters (>= 0).
     """
 
@@ -134,7 +141,9 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
     )
     kappas, categories = kappa_tables(matrix)
     kappas = kappas.merge(bootstrap_kappas(matrix, **boot), on=["source", "class"], how="left")
-    tests = discrimination_tests(matrix, correction=settings.correction, alpha=settings.alpha)
+    tests = discrimination_tests(
+        matrix, correction=settings.correction, alpha=settings.alpha, seed=settings.seed
+    )
     timing, timing_by_source = reading_times(votes)
     return RatingsReport(
         raters=progress,
@@ -143,7 +152,7 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
         fleiss_kappa=kappas,
         fleiss_kappa_categories=categories,
         discrimination_tests=tests,
-        roc_auc=roc_auc_table(matrix, **boot),
+        roc_auc=roc_auc_table(matrix, **boot, ddof=settings.ddof),
         imrmc=imrmc_frame(matrix),
         intra_rater=intra_rater_agreement(votes),
         timing=timing,
@@ -219,7 +228,10 @@ def _write_all(report: RatingsReport, folder: Path, figure: bool) -> list[Path]:
         folder,
         "fleiss_kappa",
         display=_grid(report.fleiss_kappa, "kappa", None, digits, extra=(ALL_CLASSES, MEAN_CLASSES)),
-        caption="Fleiss' kappa [bootstrap CI over tiles]",
+        caption=(
+            "Fleiss' kappa [bootstrap CI over tiles]; the MEAN row's se assumes independent classes "
+            "(they share raters), its CI does not"
+        ),
     )
     paths += write_table(
         report.fleiss_kappa_categories,
@@ -244,7 +256,8 @@ def _write_all(report: RatingsReport, folder: Path, figure: bool) -> list[Path]:
             paths += write_table(frame, folder, stem, caption=caption)
     if not report.imrmc.empty:
         report.imrmc.to_csv(folder / "imrmc.csv", index=False)
-        paths.append(folder / "imrmc.csv")
+        (folder / "imrmc.imrmc").write_text(imrmc_input(report.imrmc), encoding="utf-8")
+        paths += [folder / "imrmc.csv", folder / "imrmc.imrmc"]
     if figure:
         paths += save_figure(expert_score_figure(report.expert_scores), folder, "expert_scores")
     settings = folder / "ratings_settings.json"

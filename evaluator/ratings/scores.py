@@ -355,9 +355,9 @@ def _mean_row(per_class: list[dict], source: str) -> dict:
     kappas = np.array([row["kappa"] for row in per_class], dtype=float)
     ses = np.array([row["se"] for row in per_class], dtype=float)
     defined = np.isfinite(kappas) & np.isfinite(ses)
-    note = ""
+    notes = ["se assumes the classes' kappas are independent (they share raters); the bootstrap CI does not"]
     if not defined.all():
-        note = f"{int((~defined).sum())} of {len(per_class)} classes without a defined kappa left out"
+        notes.append(f"{int((~defined).sum())} of {len(per_class)} classes without a defined kappa left out")
     if defined.any():
         kappa = float(kappas[defined].mean())
         se = float(np.sqrt((ses[defined] ** 2).sum()) / defined.sum())
@@ -375,5 +375,5 @@ def _mean_row(per_class: list[dict], source: str) -> dict:
         "n_raters": int(max((row["n_raters"] for row in per_class), default=0)),
         "n_dropped": int(sum(row["n_dropped"] for row in per_class)),
         "raters_left_out": sorted({name for row in per_class for name in row["raters_left_out"]}),
-        "note": note,
+        "note": "; ".join(notes),
     }

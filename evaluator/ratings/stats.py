@@ -3,24 +3,29 @@
 Three raters and ten tiles per cell give wide error bars, so every expert rating score gets a
 two-way bootstrap interval (raters resampled with replacement, and tiles resampled within
 each class and source) and every class x generator a test of "raters tell its tiles from real
-ones": a permutation test of the expert score that shuffles the real/generated labels within
-each rater (and class), which keeps each rater's tendency to answer "real" fixed. Its null
-distribution is a sum of independent hypergeometric terms, computed exactly by convolution
-when small and by its normal approximation otherwise; for one rater it is Fisher's exact test.
+ones": a permutation test of the expert score whose null (H0: the generator's tiles and the
+real tiles of a class are exchangeable) permutes the source labels over the tiles once, with
+every rater's votes following their tile. All raters see the same tiles, and when they agree
+on which tiles look real (Fleiss' kappa of 0.2 or more) their scores move together; a null
+that shuffled labels for each rater on its own would treat them as independent, be too
+narrow, and reject too often. The relabellings are enumerated where there are few (exact p)
+and drawn at random otherwise (a stated number of draws, p = (1 + #{T* >= T}) / (1 + B)).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from evaluator.multiple_testing import CORRECTIONS, adjusted_p
 from evaluator.ratings.scores import MEAN_CLASSES, subject_table
 from evaluator.ratings.votes import VoteMatrix, VotesError
+from histosynth.sampling import derive_seed
 from histosynth.tables import ALL_CLASSES
 from histosynth.votes import REAL_SOURCE
 
@@ -240,69 +245,128 @@ def check_bootstrap_settings(n_bootstrap: int, ci_level: float) -> None:
         raise VotesError(f"confidence level must lie between 0 and 1, got {ci_level}")
 
 
-@dataclass(frozen=True)
-class Stratum:
-    """One rater (and class) of a stratified permutation test.
+N_PERMUTATIONS = 9999
+"""Monte Carlo draws of the label permutation test where exact enumeration would take more."""
 
-    The statistic's contribution is weight * (a / n_generated - (t - a) / n_real), where `a`
-    is the number of generated tiles called real and t the tiles called real in the stratum.
+
+@dataclass(frozen=True)
+class LabelBlock:
+    """One class of a discrimination test: every rater's votes on its generated and real tiles.
+
+    Attributes:
+        called: (raters x tiles) 1 where the rater called the tile real, 0 synthetic, NaN
+            where the rater did not rate it.
+        generated: (tiles,) True for the generator's tiles, False for the real ones.
     """
 
-    n_generated: int
-    n_real: int
-    called_real: int
-    generated_called_real: int
-    weight: float
+    called: np.ndarray
+    generated: np.ndarray
 
 
-def permutation_test(
-    strata: list[Stratum], alternative: str = "two-sided", exact_budget: int = 200_000
+def label_permutation_test(
+    blocks: list[LabelBlock],
+    alternative: str = "two-sided",
+    n_permutations: int = N_PERMUTATIONS,
+    seed: int = 0,
 ) -> tuple[float, float, str]:
-    """Test the weighted expert score against shuffling real/generated labels within strata.
+    """Test the expert score by permuting the source labels over the tiles, once for all raters.
 
-    Under H0 (raters cannot tell the generator's tiles from real ones) the generated tiles of
-    a stratum are a random draw from its tiles, so `a` is hypergeometric given the stratum's
-    number of "real" answers, and strata are independent. The null distribution of the
-    weighted sum is convolved exactly while that takes at most `exact_budget` operations;
-    beyond that (many raters or many tiles, where the central limit theorem holds) the sum's
-    exact null mean (0) and variance give a normal approximation.
+    The statistic is the expert score: per rater, the fraction of generated tiles called real
+    minus the fraction of real tiles called real, averaged over the blocks (classes) the rater
+    rated and then over raters. H0: the labels are exchangeable over the tiles of each block
+    (raters cannot tell the generator's tiles from real ones). One relabelling of the tiles is
+    shared by every rater, whose votes follow their tile, so raters who agree about which
+    tiles look real (a tile effect) move together under the null as they do in the data.
+    Where the number of relabellings (the product over blocks of C(tiles, generated)) is at
+    most `n_permutations`, all are enumerated and p is exact; otherwise `n_permutations`
+    uniform relabellings are drawn and p = (1 + #{T* at least as extreme}) / (1 + draws),
+    a valid p-value for any number of draws.
 
     Args:
-        strata: the rater (x class) strata with both generated and real tiles rated.
-        alternative: "two-sided" (|T| at least as large), "less" (generated called real less
-            often than real: raters spot it), or "greater".
-        exact_budget: the most value x support products the convolution may take.
+        blocks: the classes of the test; a class row has one block, an `ALL` row one per class.
+        alternative: "two-sided" (|T*| >= |T|), "less" (generated called real less often than
+            real: raters spot it) or "greater".
+        n_permutations: the most relabellings enumerated, and the draws beyond that (>= 1).
+        seed: seeds the Monte Carlo draws.
 
     Returns:
-        (observed statistic, p-value, method) with method "exact" or "normal".
+        (observed statistic, p-value, method): method "exact (N relabellings)" or
+        "monte carlo (N draws)"; (NaN, NaN, "none") when no rater rated both sides.
+
+    Raises:
+        VotesError: an unknown alternative or fewer than 1 permutation.
     """
     if alternative not in ALTERNATIVES:
         raise VotesError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
-    if not strata:
+    if n_permutations < 1:
+        raise VotesError(f"permutations must be >= 1, got {n_permutations}")
+    blocks = [block for block in blocks if block.generated.any() and (~block.generated).any()]
+    if not blocks:
         return np.nan, np.nan, "none"
-    observed = float(sum(_contribution(s, s.generated_called_real) for s in strata))
-    values, probabilities = np.zeros(1), np.ones(1)
-    work = 0
-    for stratum in strata:
-        support = np.arange(
-            max(0, stratum.called_real - stratum.n_real), min(stratum.called_real, stratum.n_generated) + 1
-        )
-        work += values.size * support.size
-        if work > exact_budget:
-            return observed, _normal_p(strata, observed, alternative), "normal"
-        pmf = stats.hypergeom.pmf(
-            support, stratum.n_generated + stratum.n_real, stratum.called_real, stratum.n_generated
-        )
-        values = (values[:, None] + _contribution(stratum, support)[None, :]).ravel()
-        probabilities = (probabilities[:, None] * pmf[None, :]).ravel()
-        values, inverse = np.unique(np.round(values, 10), return_inverse=True)
-        probabilities = np.bincount(inverse.ravel(), weights=probabilities)
-    return observed, float(min(1.0, probabilities[_extreme(values, observed, alternative)].sum())), "exact"
+    observed = float(_label_statistic(blocks, [block.generated[None, :] for block in blocks])[0])
+    if not np.isfinite(observed):
+        return np.nan, np.nan, "none"
+    sizes = [math.comb(block.generated.size, int(block.generated.sum())) for block in blocks]
+    total = math.prod(sizes)
+    exact = total <= n_permutations
+    draws = total if exact else n_permutations
+    rng = np.random.default_rng(seed)
+    enumerated = [_all_labelings(block) for block in blocks] if exact else None
+    chunk = max(1, 2**22 // sum(block.called.size for block in blocks))
+    extreme = 0
+    for start in range(0, draws, chunk):
+        stop = min(draws, start + chunk)
+        if enumerated is not None:
+            picks = np.unravel_index(np.arange(start, stop), sizes)
+            labels = [table[pick] for table, pick in zip(enumerated, picks, strict=True)]
+        else:
+            labels = [_random_labelings(block, stop - start, rng) for block in blocks]
+        extreme += int(np.count_nonzero(_extreme(_label_statistic(blocks, labels), observed, alternative)))
+    if exact:
+        return observed, min(1.0, extreme / total), f"exact ({total} relabellings)"
+    return observed, (1 + extreme) / (1 + draws), f"monte carlo ({draws} draws)"
 
 
-def _contribution(stratum: Stratum, generated_called_real: np.ndarray | int) -> np.ndarray:
-    other = stratum.called_real - np.asarray(generated_called_real)
-    return stratum.weight * (np.asarray(generated_called_real) / stratum.n_generated - other / stratum.n_real)
+def _label_statistic(blocks: list[LabelBlock], labels: list[np.ndarray]) -> np.ndarray:
+    """The expert score under each relabelling: labels[b] is (draws x tiles) of block b."""
+    per_block = []
+    for block, generated in zip(blocks, labels, strict=True):
+        rated = np.isfinite(block.called).T.astype(float)  # tiles x raters
+        called = np.nan_to_num(block.called).T
+        mask = generated.astype(float)
+        generated_called, generated_rated = mask @ called, mask @ rated
+        real_called = called.sum(axis=0) - generated_called
+        real_rated = rated.sum(axis=0) - generated_rated
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_block.append(
+                np.where(
+                    (generated_rated > 0) & (real_rated > 0),
+                    generated_called / generated_rated - real_called / real_rated,
+                    np.nan,
+                )
+            )
+    per_rater = _nanmean_stack(per_block, axis=0)  # draws x raters
+    count = np.isfinite(per_rater).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.nansum(per_rater, axis=1) / count, np.nan)
+
+
+def _all_labelings(block: LabelBlock) -> np.ndarray:
+    """Every assignment of the block's generated labels to its tiles, as (C x tiles) booleans."""
+    n, k = block.generated.size, int(block.generated.sum())
+    chosen = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    labels = np.zeros((len(chosen), n), dtype=bool)
+    np.put_along_axis(labels, chosen, True, axis=1)
+    return labels
+
+
+def _random_labelings(block: LabelBlock, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """`draws` uniform assignments of the block's generated labels, as (draws x tiles) booleans."""
+    n, k = block.generated.size, int(block.generated.sum())
+    order = rng.random((draws, n)).argsort(axis=1)[:, :k]
+    labels = np.zeros((draws, n), dtype=bool)
+    np.put_along_axis(labels, order, True, axis=1)
+    return labels
 
 
 def _extreme(values: np.ndarray, observed: float, alternative: str) -> np.ndarray:
@@ -313,41 +377,28 @@ def _extreme(values: np.ndarray, observed: float, alternative: str) -> np.ndarra
     return np.abs(values) >= abs(observed) - _TOLERANCE
 
 
-def _normal_p(strata: list[Stratum], observed: float, alternative: str) -> float:
-    """p-value of the normal approximation; each term has null mean 0 and a hypergeometric variance."""
-    variance = 0.0
-    for s in strata:
-        total = s.n_generated + s.n_real
-        var_a = (
-            s.called_real
-            * s.n_generated
-            * s.n_real
-            * (total - s.called_real)
-            / (total**2 * max(total - 1, 1))
-        )
-        variance += (s.weight * (1 / s.n_generated + 1 / s.n_real)) ** 2 * var_a
-    if variance <= 0:
-        return 1.0
-    z = observed / np.sqrt(variance)
-    if alternative == "less":
-        return float(stats.norm.cdf(z))
-    if alternative == "greater":
-        return float(stats.norm.sf(z))
-    return float(2 * stats.norm.sf(abs(z)))
-
-
 def discrimination_tests(
     matrix: VoteMatrix,
     correction: str = "holm",
     alpha: float = 0.05,
     alternative: str = "two-sided",
+    n_permutations: int = N_PERMUTATIONS,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Per class and generator (and per generator over all classes): can raters tell its tiles?
 
-    The statistic is the expert rating score itself; strata are raters (and, for `ALL`,
-    rater x class, weighted as in the `ALL` score). p-values are corrected for multiple
-    testing (`adjusted_p`: Holm, or any method of statsmodels' `multipletests`), separately
-    for the family of class x generator tests and for the family of per-generator `ALL` tests.
+    Each row is a `label_permutation_test` of the expert score: H0, the generator's and the
+    real tiles of a class are exchangeable (one relabelling shared by all raters, within each
+    class for `ALL`). p-values are corrected for multiple testing (`adjusted_p`: Holm, or any
+    method of statsmodels' `multipletests`), separately for the family of class x generator
+    tests and for the family of per-generator `ALL` tests.
+
+    Args:
+        matrix: first-presentation votes.
+        correction, alpha: the multiple-testing method and the level of `significant`.
+        alternative: see `label_permutation_test`.
+        n_permutations: relabellings enumerated at most, or drawn (see `label_permutation_test`).
+        seed: seeds the draws; each row draws from its own stream (seed, class, source).
 
     Returns:
         class, source, score, p, p_adjusted, significant, method, correction, alternative.
@@ -356,29 +407,19 @@ def discrimination_tests(
         raise VotesError(
             f"unknown multiple-testing correction {correction!r}; use one of {', '.join(CORRECTIONS)}"
         )
-    counts = _cell_counts(matrix)
     rows = []
     for source in matrix.generators:
-        overall: dict[int, list[tuple[int, int, int, int]]] = {}
+        blocks = []
         for klass in matrix.classes:
-            if (klass, source) not in counts:
+            in_class = matrix.item_class == klass
+            generated = in_class & (matrix.item_source == source)
+            if not generated.any():
                 continue
-            n_real, real_called = counts.get((klass, REAL_SOURCE), (np.zeros(0, int), np.zeros(0, int)))
-            n_generated, generated_called = counts[(klass, source)]
-            cells = []
-            for rater in np.flatnonzero(n_generated > 0):
-                if rater < n_real.size and n_real[rater] > 0:
-                    a, b = int(generated_called[rater]), int(real_called[rater])
-                    cells.append((int(n_generated[rater]), int(n_real[rater]), a + b, a))
-                    overall.setdefault(int(rater), []).append(cells[-1])
-            strata = [Stratum(*c[:3], c[3], 1.0 / len(cells)) for c in cells]
-            rows.append(_test_row(klass, source, strata, alternative))
-        strata = [
-            Stratum(*c[:3], c[3], 1.0 / (len(overall) * len(cells)))
-            for cells in overall.values()
-            for c in cells
-        ]
-        rows.append(_test_row(ALL_CLASSES, source, strata, alternative))
+            columns = np.flatnonzero(generated | (in_class & (matrix.item_source == REAL_SOURCE)))
+            block = LabelBlock(matrix.called_real[:, columns], generated[columns])
+            blocks.append(block)
+            rows.append(_test_row(klass, source, [block], alternative, n_permutations, seed))
+        rows.append(_test_row(ALL_CLASSES, source, blocks, alternative, n_permutations, seed))
     table = pd.DataFrame(rows)
     table["p_adjusted"] = np.nan
     for is_all in (False, True):
@@ -394,17 +435,9 @@ def discrimination_tests(
     ]
 
 
-def _cell_counts(matrix: VoteMatrix) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """Per (class, source): each rater's number of tiles rated and of tiles called real."""
-    cells = pd.MultiIndex.from_arrays([matrix.item_class, matrix.item_source])
-    codes, uniques = pd.factorize(cells)
-    one_hot = np.zeros((codes.size, len(uniques)))
-    one_hot[np.arange(codes.size), codes] = 1.0
-    rated = np.rint(np.isfinite(matrix.called_real) @ one_hot).astype(int)
-    called = np.rint(np.nan_to_num(matrix.called_real) @ one_hot).astype(int)
-    return {key: (rated[:, index], called[:, index]) for index, key in enumerate(uniques)}
-
-
-def _test_row(klass: str, source: str, strata: list[Stratum], alternative: str) -> dict:
-    score, p, method = permutation_test(strata, alternative=alternative)
+def _test_row(
+    klass: str, source: str, blocks: list[LabelBlock], alternative: str, n_permutations: int, seed: int
+) -> dict:
+    rng_seed = derive_seed(seed, "discrimination", klass, source)
+    score, p, method = label_permutation_test(blocks, alternative, n_permutations, rng_seed)
     return {"class": klass, "source": source, "score": score, "p": p, "method": method}

@@ -253,6 +253,12 @@ def evaluate_memorization(
         Path | None, typer.Option(help="Cache of decoded training tiles (default: user cache dir).")
     ] = None,
     progress: ProgressOption = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Search on: numpy (CPU), or a torch device: cuda, cpu (default: cuda if available)."
+        ),
+    ] = None,
 ) -> None:
     """Closest training tile of generated (and held-out) tiles by pixel correlation (the paper's Fig. 4)."""
     from evaluator.memorization.audit import MemorizationSettings
@@ -273,6 +279,7 @@ def evaluate_memorization(
         memory_mb=memory_mb,
         workers=workers,
         progress=progress,
+        device=device,
     )
     result = evaluate_memorization(
         train, parse_named_dirs(pool, "--pool"), out, baseline, settings, top_k=top_k

@@ -161,9 +161,45 @@ def test_kid_equals_clean_fid_kernel_distance_on_whole_sets() -> None:
     expected = kernel_distance(a, b, num_subsets=1, max_subset_size=60)  # subsets are permutations
     mean, std = kernel_inception_distance(a, b, num_subsets=3, max_subset_size=60)
     assert mean == pytest.approx(expected, rel=1e-9)
-    assert std == pytest.approx(0.0, abs=1e-12)
+    assert std > 0  # a bootstrap spread, not the 0 of identical subsets
     subset_mean, subset_std = kernel_inception_distance(a, b, num_subsets=20, max_subset_size=20)
     assert subset_std > 0 and subset_mean == pytest.approx(expected, abs=5 * subset_std)
+
+
+def test_resampled_mmd2_is_the_u_statistic_of_the_resample_without_self_pairs() -> None:
+    from evaluator.pools.kid import resampled_mmd2
+
+    a, b = gaussian_features(7, 4, seed=11), gaussian_features(6, 4, seed=12, shift=0.3)
+    kernel = lambda x, y: (x @ y / 4 + 1) ** 3  # noqa: E731
+    rng = np.random.default_rng(13)
+    draws_a, draws_b = rng.integers(0, 7, (3, 7)), rng.integers(0, 6, (3, 6))
+    counts_a = np.array([np.bincount(d, minlength=7) for d in draws_a], dtype=float)
+    counts_b = np.array([np.bincount(d, minlength=6) for d in draws_b], dtype=float)
+    got = resampled_mmd2(*(kernel(x, y.T) for x, y in ((a, a), (b, b), (a, b))), counts_a, counts_b)
+    for replicate in range(3):
+        da, db = draws_a[replicate], draws_b[replicate]
+
+        def within(draws: np.ndarray, x: np.ndarray) -> float:
+            pairs = [kernel(x[i], x[j]) for i in draws for j in draws if i != j]  # distinct images
+            return float(np.mean(pairs))
+
+        cross = np.mean([kernel(a[i], b[j]) for i in da for j in db])
+        assert got[replicate] == pytest.approx(within(da, a) + within(db, b) - 2 * cross, rel=1e-10)
+
+
+def test_kid_std_of_small_sets_estimates_its_sampling_spread() -> None:
+    # Sets of 80 images: every subset is the whole set, so the std is a bootstrap; it must be of
+    # the size of the KID's true sampling spread, simulated over 60 independent pairs of sets.
+    truth = [
+        kernel_inception_distance(
+            gaussian_features(80, 8, seed=100 + i), gaussian_features(80, 8, seed=500 + i, shift=0.3)
+        )[0]
+        for i in range(60)
+    ]
+    _, std = kernel_inception_distance(
+        gaussian_features(80, 8, seed=1), gaussian_features(80, 8, seed=2, shift=0.3), num_subsets=200
+    )
+    assert 0.6 < std / np.std(truth, ddof=1) < 1.6
 
 
 def test_kid_kernel_gives_the_same_value_on_torch_tensors() -> None:

@@ -59,7 +59,14 @@ def test_report_files_and_renderings(tmp_path: Path) -> None:
         "raters",
     ):
         assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex"} <= names
-    assert {"roc_auc.csv", "intra_rater.csv", "timing.csv", "timing_by_source.csv", "imrmc.csv"} <= names
+    assert {
+        "roc_auc.csv",
+        "intra_rater.csv",
+        "timing.csv",
+        "timing_by_source.csv",
+        "imrmc.csv",
+        "imrmc.imrmc",
+    } <= names
     assert (out / "expert_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "expert_scores.pdf").read_bytes()[:5] == b"%PDF-"
     assert not [name for name in names if name.startswith(".")]
@@ -123,7 +130,14 @@ def test_a_rerun_removes_the_optional_files_of_an_earlier_run(tmp_path: Path) ->
     out = tmp_path / "report"
     evaluate_ratings(study_votes(), out, RatingSettings(n_bootstrap=20))
     first = {path.name for path in out.iterdir()}
-    assert {"roc_auc.csv", "imrmc.csv", "intra_rater.md", "timing.tex", "expert_scores.png"} <= first
+    assert {
+        "roc_auc.csv",
+        "imrmc.csv",
+        "imrmc.imrmc",
+        "intra_rater.md",
+        "timing.tex",
+        "expert_scores.png",
+    } <= first
     assert first <= set(OWNED_FILES)
     (out / "notes.txt").write_text("mine")  # not ours: kept
     plain = study_votes()[lambda votes: votes["repeat"] == 0].drop(

@@ -193,6 +193,7 @@ def test_kappa_tables_pool_and_average_over_classes() -> None:
         assert mean["kappa"] == pytest.approx((per_class[0].kappa + per_class[1].kappa) / 2)
         assert mean["se"] == pytest.approx(np.hypot(per_class[0].se, per_class[1].se) / 2)
         assert mean["z"] == pytest.approx(mean["kappa"] / mean["se"])
+        assert "se assumes the classes' kappas are independent" in mean["note"]
     assert set(categories["category"]) == {"real", "synthetic"}
     assert len(categories) == 2 * 2 * 3  # sources x (X, Y, ALL) x categories
 
