@@ -24,10 +24,7 @@ products; they differ by the summation order of the GEMM only (about 1e-6 in r).
 
 from __future__ import annotations
 
-import mmap
-import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,84 +201,32 @@ def _search_chunk(
         inverse_norm = np.divide(
             1.0, reference.norm, out=np.zeros_like(reference.norm), where=reference.norm > 0
         )
-        with _row_blocks(reference.pixels, len(block_buffer)) as blocks:
-            for start, stop, pixels in blocks:
-                size = stop - start
-                train = block_buffer[:size]
-                # The cast stays on one thread: OpenBLAS's workers still spin after each GEMM, and
-                # casting in a thread pool beside them measured slower, not faster.
-                np.copyto(train[:, :-1], pixels, casting="unsafe")
-                train[:, -1] = reference.mean[start:stop]
-                product = product_buffer[: n_rows * size].reshape(n_rows, size)
-                np.matmul(expanded, train.T, out=product)
-                product *= inverse_norm[start:stop].astype(np.float32)
-                column = product.argmax(axis=1)
-                value = product[every_row, column]
-                better = value > best_r
-                best_r[better] = value[better]
-                best_matrix[better] = index
-                best_row[better] = start + column[better]
-                if advance is not None:
-                    advance(size)
+        for start, stop, pixels in _row_blocks(reference.pixels, len(block_buffer)):
+            size = stop - start
+            train = block_buffer[:size]
+            # The cast stays on one thread: OpenBLAS's workers still spin after each GEMM, and
+            # casting in a thread pool beside them measured slower, not faster.
+            np.copyto(train[:, :-1], pixels, casting="unsafe")
+            train[:, -1] = reference.mean[start:stop]
+            product = product_buffer[: n_rows * size].reshape(n_rows, size)
+            np.matmul(expanded, train.T, out=product)
+            product *= inverse_norm[start:stop].astype(np.float32)
+            column = product.argmax(axis=1)
+            value = product[every_row, column]
+            better = value > best_r
+            best_r[better] = value[better]
+            best_matrix[better] = index
+            best_row[better] = start + column[better]
+            if advance is not None:
+                advance(size)
     return best_r, best_matrix, best_row
 
 
-@contextmanager
-def _row_blocks(pixels: np.ndarray, block_rows: int) -> Iterator[Iterator[tuple[int, int, np.ndarray]]]:
-    """Yield an iterator of (start, stop, uint8 rows) blocks of `pixels`.
-
-    A memory-mapped cache is read with `os.preadv` into one reused buffer instead of through
-    the mapping: a fresh mapping faults in every 4 KiB page on first touch, which on the
-    audit's warm run cost as much CPU as a fifth of the GEMM; a read copies from the page
-    cache in large chunks. Any other array (in memory, or a mapping this cannot locate in its
-    file) is sliced as it is.
-    """
-    location = _file_location(pixels)
-    if location is None:
-        yield (
-            (start, min(start + block_rows, len(pixels)), pixels[start : start + block_rows])
-            for start in range(0, len(pixels), block_rows)
-        )
-        return
-    path, offset = location
-    row_bytes = pixels.shape[1]
-    buffer = np.empty((min(block_rows, len(pixels)), row_bytes), dtype=np.uint8)
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-
-        def blocks() -> Iterator[tuple[int, int, np.ndarray]]:
-            for start in range(0, len(pixels), block_rows):
-                stop = min(start + block_rows, len(pixels))
-                view = memoryview(buffer[: stop - start].reshape(-1))
-                done = 0
-                while done < view.nbytes:
-                    read = os.preadv(descriptor, [view[done:]], offset + start * row_bytes + done)
-                    if read == 0:
-                        raise OSError(f"{path}: cache file ends before row {stop}")
-                    done += read
-                yield start, stop, buffer[: stop - start]
-
-        yield blocks()
-    finally:
-        os.close(descriptor)
-
-
-def _file_location(pixels: np.ndarray) -> tuple[str, int] | None:
-    """(file, byte offset of row 0) of a C-contiguous uint8 `np.memmap`, or None for other arrays."""
-    mapping = getattr(pixels, "_mmap", None)
-    if (
-        not isinstance(pixels, np.memmap)
-        or not isinstance(mapping, mmap.mmap)
-        or mapping.closed
-        or not pixels.filename
-        or pixels.dtype != np.uint8
-        or not pixels.flags.c_contiguous
-        or pixels.ndim != 2
-    ):
-        return None
-    base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
-    start = pixels.offset - pixels.offset % mmap.ALLOCATIONGRANULARITY
-    return str(pixels.filename), start + pixels.ctypes.data - base
+def _row_blocks(pixels: np.ndarray, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, rows) blocks of a uint8 matrix (in memory or memory-mapped), in order."""
+    for start in range(0, len(pixels), block_rows):
+        stop = min(start + block_rows, len(pixels))
+        yield start, stop, pixels[start:stop]
 
 
 def _search_chunk_torch(
@@ -308,24 +253,23 @@ def _search_chunk_torch(
         )
         scale = torch.from_numpy(inverse_norm.astype(np.float32)).to(device)
         means = torch.from_numpy(reference.mean.astype(np.float32)).to(device)
-        with _row_blocks(reference.pixels, block_rows) as blocks:
-            for start, stop, pixels in blocks:
-                size = stop - start
-                # uint8 crosses to the device (from a writable copy); the cast happens there.
-                block = torch.from_numpy(np.array(pixels)).to(device)
-                train = train_buffer[:size]
-                train[:, :-1].copy_(block)
-                train[:, -1] = means[start:stop]
-                product = product_buffer[: n_rows * size].view(n_rows, size)
-                torch.matmul(expanded, train.T, out=product)
-                product.mul_(scale[start:stop])
-                value, column = product.max(dim=1)
-                better = value > best_r
-                best_r = torch.where(better, value, best_r)
-                best_matrix = torch.where(better, index, best_matrix)
-                best_row = torch.where(better, start + column, best_row)
-                if advance is not None:
-                    advance(size)
+        for start, stop, pixels in _row_blocks(reference.pixels, block_rows):
+            size = stop - start
+            # uint8 crosses to the device (from a writable copy); the cast happens there.
+            block = torch.from_numpy(np.array(pixels)).to(device)
+            train = train_buffer[:size]
+            train[:, :-1].copy_(block)
+            train[:, -1] = means[start:stop]
+            product = product_buffer[: n_rows * size].view(n_rows, size)
+            torch.matmul(expanded, train.T, out=product)
+            product.mul_(scale[start:stop])
+            value, column = product.max(dim=1)
+            better = value > best_r
+            best_r = torch.where(better, value, best_r)
+            best_matrix = torch.where(better, index, best_matrix)
+            best_row = torch.where(better, start + column, best_row)
+            if advance is not None:
+                advance(size)
     return best_r.cpu().numpy(), best_matrix.cpu().numpy(), best_row.cpu().numpy()
 
 

@@ -275,7 +275,7 @@ def test_search_equals_corrcoef_with_blocks_chunks_ties_and_flat_tiles(
     first = (rng.random((37, side * side)) * 255).astype(np.uint8)
     second = (rng.random((20, side * side)) * 255).astype(np.uint8)
     second[4] = 128  # a flat training tile: no correlation defined
-    if mapped:  # as the cache stores them: read in blocks from the file, not through the mapping
+    if mapped:  # as the cache stores them: a read-only memory map, which the torch path copies
         np.save(tmp_path / "second.npy", second)
         second = np.load(tmp_path / "second.npy", mmap_mode="r")
     queries = (rng.random((9, side * side)) * 255).astype(np.uint8)
