@@ -286,12 +286,16 @@ def train_ldm(
 
 @dataclass
 class LatentDiffusionModel:
-    """A trained LDM loaded for sampling: EMA U-Net, class embedder, decoder, schedule, classes."""
+    """A trained LDM loaded for sampling: EMA U-Net, class embedder, decoder, schedule, classes.
+
+    The embedder maps labels to the U-Net's context: `ClassEmbedder` for kind `ldm`,
+    `trainer.sd_finetune.PromptEmbedder` (fixed prompt embeddings) for kind `sd-finetune`.
+    """
 
     folder: Path
     info: dict[str, Any]
     unet: UNet2DConditionModel
-    embedder: ClassEmbedder
+    embedder: ModelMixin
     vae: Any
     device: torch.device
     dtype: torch.dtype
@@ -317,17 +321,23 @@ class LatentDiffusionModel:
 def load_ldm(
     folder: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> LatentDiffusionModel:
-    """Load an LDM model folder for sampling; the U-Net in `dtype`, the decoder in float32.
+    """Load an LDM (or fine-tuned SD) model folder for sampling; the U-Net in `dtype`, the decoder in float32.
 
     Raises:
         HistosynthError: no `histosynth.json`, another kind of model, or a component missing.
     """
+    from trainer.sd_finetune import KIND as SD_KIND
+    from trainer.sd_finetune import PromptEmbedder
+
     folder = Path(folder).expanduser()
-    info = read_model_info(folder, [KIND])
+    info = read_model_info(folder, [KIND, SD_KIND])
     kind = info["autoencoder"]["kind"]
+    embedder_class, embedder_folder = (
+        (ClassEmbedder, "class_embedder") if info["kind"] == KIND else (PromptEmbedder, "prompt_embeddings")
+    )
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
-        embedder = ClassEmbedder.from_pretrained(folder / "class_embedder", torch_dtype=dtype)
+        embedder = embedder_class.from_pretrained(folder / embedder_folder, torch_dtype=dtype)
         vae = AUTOENCODER_KINDS[kind].from_pretrained(folder / "vae")
     except OSError as error:
         raise HistosynthError(f"{folder}: incomplete model folder ({error})") from error

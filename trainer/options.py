@@ -201,13 +201,20 @@ LDM_PRESETS: dict[str, dict[str, Any]] = {
 OptionsT = TypeVar("OptionsT", bound=TrainOptions)
 
 
-def resolve(cls: type[OptionsT], preset: str, kind: str | None = None, **overrides: Any) -> OptionsT:
+def resolve(
+    cls: type[OptionsT],
+    preset: str,
+    kind: str | None = None,
+    presets: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> OptionsT:
     """Settings of `cls` from a preset, with the non-None `overrides` replacing preset values.
 
     Args:
-        cls: `AutoencoderOptions` or `LDMOptions`.
+        cls: `AutoencoderOptions`, `LDMOptions` or another model's subclass of `TrainOptions`.
         preset: `paper` or `tiny`.
         kind: the autoencoder kind (`kl` or `vq`); None for the LDM.
+        presets: the presets of a model defined in its own module (default: `LDM_PRESETS`).
         overrides: field values from the command line; None means "the preset's".
 
     Raises:
@@ -220,7 +227,7 @@ def resolve(cls: type[OptionsT], preset: str, kind: str | None = None, **overrid
             raise HistosynthError(f"--kind {kind!r}: expected kl or vq")
         values = {"kind": kind, **AUTOENCODER_PRESETS[(kind, preset)]}
     else:
-        values = dict(LDM_PRESETS[preset])
+        values = dict((presets or LDM_PRESETS)[preset])
     names = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
