@@ -259,6 +259,11 @@ def import_compvis(
             f"({', '.join(FIRST_STAGE_TARGETS)})"
         )
     _check_keys(params, "ldm", f"{config}: model.params")
+    if params.get("conditioning_key") != "crossattn":  # absent means CompVis' default, concat
+        raise HistosynthError(
+            f"{config}: model.params.conditioning_key {params.get('conditioning_key')!r}: "
+            "the importer supports 'crossattn' (a class embedding the U-Net attends to) only"
+        )
     schedule = _schedule(params, ledger, f"{config}: model.params")
     first_stage = params.get("first_stage_config") or {}
     kind = FIRST_STAGE_TARGETS.get(first_stage.get("target"))
@@ -547,6 +552,10 @@ def _unet(params: dict[str, Any], ledger: _Ledger, where: str) -> tuple[UNet2DCo
         raise HistosynthError(f"{where}.target {unet_config.get('target')!r}: expected {UNET_TARGET}")
     up = unet_config.get("params") or {}
     _check_keys(up, "unet", f"{where}.params")
+    if up.get("use_spatial_transformer") is not True:  # CompVis' default False has no cross-attention
+        raise HistosynthError(
+            f"{where}.params.use_spatial_transformer: must be true for a class-conditional U-Net"
+        )
     for key in ("image_size", "in_channels", "out_channels", "model_channels", "channel_mult", "context_dim"):
         if key not in up:
             raise HistosynthError(f"{where}.params.{key}: missing")
