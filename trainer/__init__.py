@@ -5,5 +5,6 @@ first stages), `ldm` (the class-conditional latent diffusion model), `generate` 
 trained model), `sd_finetune` (Stable Diffusion v1.4 fine-tuned on the tiles), `compvis_import`
 (the published CompVis checkpoints as model folders). Shared pieces are small: `options`
 (settings and presets), `data` (a pool as a dataset), `model_folder` (`histosynth.json`),
-`checkpoints` (resume), `loop` (the accelerate run). The trainer imports only the core (`histosynth`), never the evaluator or the rating app.
+`checkpoints` (resume), `loop` (the accelerate run). The trainer imports only the core
+(`histosynth`), never the evaluator or the rating app.
 """
