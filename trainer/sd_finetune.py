@@ -8,7 +8,9 @@ text encoder is frozen, the prompts' embeddings are computed once, before traini
 with the empty prompt's, which SD uses as its unconditional input: they are saved as the model's
 `prompt_embeddings/` (`PromptEmbedder`), so sampling needs neither transformers nor the text
 encoder, and `trainer.ldm`'s sampler (DDIM with the CompVis step placement) serves both models:
-`generate` treats label i as prompt i and the null class as the empty prompt.
+`generate` treats label i as prompt i and the null class as the empty prompt. The saved U-Net's
+`sample_size` is the training size / 8, so `generate` makes tiles of the size it was tuned on
+(SD v1.4's own is 512 px; the paper's tiles are 256 px).
 
 Training is the base's own DDPM (SD v1: T = 1000, betas linear in sqrt space from 0.00085 to
 0.012, epsilon prediction, as CompVis' v1 configs), the plain MSE loss on the noise, latents
@@ -306,6 +308,7 @@ def train_sd_finetune(
         model = accelerator.unwrap_model(denoiser)
 
         def write(staging: Path) -> None:
+            model.unet.register_to_config(sample_size=options.size // 8)  # generate at the trained size
             model.unet.save_pretrained(staging / "unet")
             model.embedder.save_pretrained(staging / "prompt_embeddings")
             for name in COPIED:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from PIL import Image
 from safetensors.torch import load_file
 
 from histosynth.errors import HistosynthError
@@ -61,7 +62,7 @@ def sd_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     transformers.CLIPTextModel(config).save_pretrained(base / "text_encoder")
     UNet2DConditionModel(
-        sample_size=4,
+        sample_size=8,  # SD v1.4: 64 latents (512 px), tuned on smaller tiles (32 px here, 256 in the paper)
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 2,
@@ -130,6 +131,7 @@ def test_finetune_through_the_cli_then_generate(sd_base: Path, make_tiles, cli, 
 
     pool_out = generate_pool(out, tmp_path / "generated", 2, steps=3, guidance=2.0, batch_size=3, seed=1)
     manifest = read_manifest(pool_out)
+    assert Image.open(pool_out / "ADI" / "000000.png").size == (32, 32)  # the tuned size, not the base's
     assert sorted(manifest["files"]) == [
         "ADI/000000.png",
         "ADI/000001.png",
