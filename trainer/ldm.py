@@ -53,6 +53,7 @@ from trainer.latents import (
 from trainer.loop import make_accelerator, resume_step, run_steps
 from trainer.model_folder import model_hash, publish_model, read_model_info, write_model_info
 from trainer.options import LDMOptions, effective_learning_rate, resolve, to_record
+from trainer.prompt_embedder import PromptEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class LatentDiffusionModel:
     """A trained LDM loaded for sampling: EMA U-Net, class embedder, decoder, schedule, classes.
 
     The embedder maps labels to the U-Net's context: `ClassEmbedder` for kind `ldm`,
-    `trainer.sd_finetune.PromptEmbedder` (fixed prompt embeddings) for kind `sd-finetune`.
+    `trainer.prompt_embedder.PromptEmbedder` (fixed prompt embeddings) for kind `sd-finetune`.
     """
 
     folder: Path
@@ -318,6 +319,13 @@ class LatentDiffusionModel:
         return float(self.info["settings"]["cond_drop"])
 
 
+# The label -> context module of each kind `load_ldm` samples, and its subfolder.
+EMBEDDERS: dict[str, tuple[type[ModelMixin], str]] = {
+    KIND: (ClassEmbedder, "class_embedder"),
+    "sd-finetune": (PromptEmbedder, "prompt_embeddings"),  # trainer.sd_finetune
+}
+
+
 def load_ldm(
     folder: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> LatentDiffusionModel:
@@ -326,15 +334,10 @@ def load_ldm(
     Raises:
         HistosynthError: no `histosynth.json`, another kind of model, or a component missing.
     """
-    from trainer.sd_finetune import KIND as SD_KIND
-    from trainer.sd_finetune import PromptEmbedder
-
     folder = Path(folder).expanduser()
-    info = read_model_info(folder, [KIND, SD_KIND])
+    info = read_model_info(folder, list(EMBEDDERS))
     kind = info["autoencoder"]["kind"]
-    embedder_class, embedder_folder = (
-        (ClassEmbedder, "class_embedder") if info["kind"] == KIND else (PromptEmbedder, "prompt_embeddings")
-    )
+    embedder_class, embedder_folder = EMBEDDERS[info["kind"]]
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
         embedder = embedder_class.from_pretrained(folder / embedder_folder, torch_dtype=dtype)

@@ -6,9 +6,10 @@ downloaded. The autoencoder and the CLIP text encoder stay frozen; only the U-Ne
 class is one prompt, a template with the class name (stored in `histosynth.json`). Because the
 text encoder is frozen, the prompts' embeddings are computed once, before training, together
 with the empty prompt's, which SD uses as its unconditional input: they are saved as the model's
-`prompt_embeddings/` (`PromptEmbedder`), so sampling needs neither transformers nor the text
-encoder, and `trainer.ldm`'s sampler (DDIM with the CompVis step placement) serves both models:
-`generate` treats label i as prompt i and the null class as the empty prompt. The saved U-Net's
+`prompt_embeddings/` (`trainer.prompt_embedder.PromptEmbedder`), so sampling needs neither
+transformers nor the text encoder, and `trainer.ldm`'s sampler (DDIM with the CompVis step
+placement) serves both models: `generate` treats label i as prompt i and the null class as the
+empty prompt. The saved U-Net's
 `sample_size` is the training size / 8, so `generate` makes tiles of the size it was tuned on
 (SD v1.4's own is 512 px; the paper's tiles are 256 px).
 
@@ -33,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, ModelMixin, UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
 from histosynth.errors import HistosynthError
@@ -46,6 +46,7 @@ from trainer.ldm import Denoiser, training_scheduler
 from trainer.loop import make_accelerator, resume_step, run_steps
 from trainer.model_folder import model_hash, publish_model, write_model_info
 from trainer.options import TrainOptions, effective_learning_rate, resolve, to_record
+from trainer.prompt_embedder import PromptEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -73,26 +74,6 @@ SD_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=20, batch_size=16, learning_rate=1e-6, size=PAPER_SIZE, checkpoint_every=5000),
     "tiny": dict(),
 }
-
-
-class PromptEmbedder(ModelMixin, ConfigMixin):
-    """The frozen text encoder's output for each class prompt and, last, for the empty prompt.
-
-    `forward(labels)` returns the (B, tokens, dim) context the U-Net cross-attends to; label
-    `null_class` (the number of classes) is the empty prompt.
-    """
-
-    @register_to_config
-    def __init__(self, num_classes: int, tokens: int, dim: int, prompts: tuple[str, ...] = ()) -> None:
-        super().__init__()
-        self.register_buffer("embeddings", torch.zeros(num_classes + 1, tokens, dim))
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embeddings[labels]
 
 
 def check_base(base: str | Path) -> Path:

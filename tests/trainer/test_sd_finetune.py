@@ -22,7 +22,8 @@ from histosynth.errors import HistosynthError
 from histosynth.pools import read_manifest
 from trainer.generate import generate_pool
 from trainer.model_folder import read_model_info
-from trainer.sd_finetune import PromptEmbedder, check_base
+from trainer.prompt_embedder import PromptEmbedder
+from trainer.sd_finetune import check_base
 
 transformers = pytest.importorskip("transformers", reason="the sd extra (transformers) is not installed")
 
