@@ -239,7 +239,7 @@ def import_compvis(
     source = {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "config": str(config)}
     if target in FIRST_STAGE_TARGETS:
         kind = FIRST_STAGE_TARGETS[target]
-        autoencoder = _first_stage(params, kind, ledger, "", f"{config}: model.params")
+        autoencoder = _first_stage(params, kind, ledger, "", f"{config}: model")
         ledger.drop_prefix("loss.")  # LPIPS and the discriminator: training only
         ledger.check_all_used()
         publish_model(out, autoencoder.save_pretrained)
@@ -273,7 +273,11 @@ def import_compvis(
             f"expected one of {', '.join(FIRST_STAGE_TARGETS)}"
         )
     vae = _first_stage(
-        first_stage.get("params") or {}, kind, ledger, "first_stage_model.", f"{config}: first_stage_config"
+        first_stage.get("params") or {},
+        kind,
+        ledger,
+        "first_stage_model.",
+        f"{config}: model.params.first_stage_config",
     )
     ledger.drop_prefix("first_stage_model.loss.")
     labels = _class_names(params, classes, f"{config}: model.params.cond_stage_config")

@@ -428,6 +428,11 @@ def test_configs_it_does_not_understand_fail_naming_the_key(tmp_path: Path, kl_s
     config["model"]["params"]["unet_config"]["params"]["use_scale_shift_norm"] = True
     expect_refusal(tmp_path, kl_state, config, "unet_config.params.use_scale_shift_norm = True")
     config = ldm_config("kl")
+    config["model"]["params"]["first_stage_config"]["params"]["ddconfig"]["attn_type"] = "linear"
+    expect_refusal(
+        tmp_path, kl_state, config, "model.params.first_stage_config.params.ddconfig.attn_type = 'linear'"
+    )
+    config = ldm_config("kl")
     config["model"]["params"]["mystery"] = 1
     expect_refusal(tmp_path, kl_state, config, r"model.params.mystery: not understood")
     config = ldm_config("kl")
