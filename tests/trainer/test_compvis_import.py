@@ -317,20 +317,25 @@ def test_vq_ldm_round_trip_gives_the_same_denoiser_decoder_and_class_embedding(i
 
 
 @torch.no_grad()
-def test_kl_first_stage_alone_imports_and_its_loss_weights_are_dropped_by_name(tmp_path: Path) -> None:
-    first_stage = tiny_first_stage("kl")
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_a_first_stage_alone_imports_and_its_loss_weights_are_dropped_by_name(
+    kind: str, tmp_path: Path
+) -> None:
+    first_stage = tiny_first_stage(kind)
     state = first_stage_to_compvis(first_stage, "")
     state["loss.logvar"] = torch.zeros(())
     state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
-    config = {"model": {"base_learning_rate": 4.5e-6, "target": "ldm.models.autoencoder.AutoencoderKL"}}
-    config["model"]["params"] = {**first_stage_params("kl"), "monitor": "val/rec_loss"}
+    target = {"kl": "ldm.models.autoencoder.AutoencoderKL", "vq": "ldm.models.autoencoder.VQModel"}[kind]
+    config = {"model": {"base_learning_rate": 4.5e-6, "target": target}}
+    config["model"]["params"] = {**first_stage_params(kind), "monitor": "val/rec_loss"}
     checkpoint, yaml_path = write_pair(tmp_path, state, config)
-    folder = import_compvis(checkpoint, yaml_path, tmp_path / "kl")
-    info = read_model_info(folder, ["kl-autoencoder"])
+    folder = import_compvis(checkpoint, yaml_path, tmp_path / kind)
+    info = read_model_info(folder, [f"{kind}-autoencoder"])
     assert info["imported_from"]["dropped"] == ["loss.* (2 tensors)"]
-    imported = AutoencoderKL.from_pretrained(folder)
+    imported = (AutoencoderKL if kind == "kl" else VQModel).from_pretrained(folder)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(imported.decode(x).sample, first_stage.decode(x).sample, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(imported.decode(x).sample, first_stage.decode(x).sample, atol=1e-5)
 
 
 def hand_compvis_ddim(model, label: int, generator: torch.Generator, steps: int, eta: float) -> torch.Tensor:
