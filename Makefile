@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install chromium
+.PHONY: demo test lint install chromium docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+docs: $(STAMP)
+	$(BIN)/python -m histosynth.cli.reference > docs/cli.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

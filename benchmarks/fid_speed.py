@@ -1,6 +1,6 @@
 """Speed of `histosynth evaluate fid`'s parts, each against its baseline in the same run.
 
-1. Frechet distance at 2048 dimensions: `evaluator.fid.frechet_distance` (Cholesky and a
+1. Frechet distance at 2048 dimensions: `evaluator.pools.fid.frechet_distance` (Cholesky and a
    symmetric eigenvalue problem) against clean-fid's `frechet_distance` (scipy.linalg.sqrtm), on the
    same covariances; prints both values and their relative difference.
 2. A whole FID run on a small synthetic pool pair with a cold feature cache against the same
@@ -36,7 +36,7 @@ def bench_frechet(dim: int, repeats: int) -> None:
     """Interleaved repeats, best of each: the machine may be shared, and the minimum is the cost."""
     from cleanfid.fid import frechet_distance as sqrtm_frechet_distance
 
-    from evaluator.fid import frechet_distance
+    from evaluator.pools.fid import frechet_distance
 
     rng = np.random.default_rng(0)
     mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim) + np.eye(dim)
@@ -59,7 +59,7 @@ def bench_frechet(dim: int, repeats: int) -> None:
 
 
 def inception_extractor():
-    from evaluator.features import Extractor, ExtractorError, load_extractor
+    from evaluator.pools.features import Extractor, ExtractorError, load_extractor
 
     try:
         return load_extractor("inception", device="cpu"), "TorchScript Inception-v3 (real weights)"
@@ -86,8 +86,8 @@ def make_pool(root: Path, classes: tuple[str, ...], count: int, seed: int) -> Pa
 
 
 def bench_pipeline(images: int) -> None:
-    from evaluator.features import compute_features
-    from evaluator.fid import compute_fid
+    from evaluator.pools.features import compute_features
+    from evaluator.pools.fid import FidSettings, compute_fid
 
     extractor, label = inception_extractor()
     print(f"[extractor] {label}; torch threads: {torch.get_num_threads()}")
@@ -103,19 +103,19 @@ def bench_pipeline(images: int) -> None:
             def __call__(self, batch):
                 return batch.mean(dim=(2, 3))
 
-        from evaluator.features import Extractor
+        from evaluator.pools.features import Extractor
 
         resize_only = Extractor("resize", "resize", ResizeOnly(), torch.device("cpu"))
         for workers in (0, 2):
-            _, seconds = timed(compute_features, files, resize_only, use_cache=False, num_workers=workers)
+            _, seconds = timed(compute_features, files, resize_only, cache=False, workers=workers)
             print(f"[extract] clean resize only, {workers} threads: {len(files) / seconds:.1f} images/s")
-        _, seconds = timed(compute_features, files, extractor, use_cache=False, num_workers=2)
+        _, seconds = timed(compute_features, files, extractor, cache=False, workers=2)
         print(f"[extract] resize + Inception-v3, batch 32, 2 threads: {len(files) / seconds:.1f} images/s")
 
-        run = dict(extractor=extractor, num_workers=2, kid_subsets=100, bootstrap=20)
-        cold, cold_s = timed(compute_fid, reference, {"generated": generated}, **run)
-        warm, warm_s = timed(compute_fid, reference, {"generated": generated}, **run)
-        assert np.allclose(cold["fid"], warm["fid"])
+        run = FidSettings(extractor=extractor, workers=2, kid_subsets=100, n_bootstrap=20)
+        cold, cold_s = timed(compute_fid, reference, {"generated": generated}, run)
+        warm, warm_s = timed(compute_fid, reference, {"generated": generated}, run)
+        assert np.allclose(cold.table["fid"], warm.table["fid"])
         total = 2 * len(classes) * images
         print(
             f"[fid run] {total} images, 2 classes: cold cache {cold_s:.2f} s, warm cache {warm_s:.2f} s, "

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from evaluator.memorization import audit_memorization
-from evaluator.memorization_cache import load_gray
+from evaluator.memorization.audit import MemorizationSettings, audit_memorization
+from evaluator.memorization.cache import load_gray
 
 PAPER_FLOPS = 2 * 800 * 65_536 * 100_000
 
@@ -135,16 +135,20 @@ def main() -> None:
     flops = 2.0 * rows * pixels * args.train_tiles
     bare = BareGemm(rows, pixels, args.train_tiles)
     gemm, gemm_cpu = timed(bare.run)
-    cold, _ = timed(lambda: audit_memorization(workdir / "train", pools, **options))
+    cold, _ = timed(
+        lambda: audit_memorization(workdir / "train", pools, None, MemorizationSettings(**options))
+    )
     # Interleaved, best of each: other load on a shared machine hits both alike.
     warm = warm_cpu = np.inf
     for _ in range(args.repeats):
         wall, cpu = timed(bare.run)
         gemm, gemm_cpu = min(gemm, wall), min(gemm_cpu, cpu)
-        wall, cpu = timed(lambda: audit_memorization(workdir / "train", pools, **options))
+        wall, cpu = timed(
+            lambda: audit_memorization(workdir / "train", pools, None, MemorizationSettings(**options))
+        )
         warm, warm_cpu = min(warm, wall), min(warm_cpu, cpu)
     del bare
-    result = audit_memorization(workdir / "train", pools, **options)
+    result = audit_memorization(workdir / "train", pools, None, MemorizationSettings(**options))
     start = time.perf_counter()
     queries = [load_gray(p, args.size) for p in sorted((workdir / "gen0" / "A").iterdir())]
     query_decode = time.perf_counter() - start

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
-from evaluator.ratings_report import RatingSettings, compute_ratings, write_ratings
+from evaluator.ratings.report import RatingSettings, compute_ratings, write_ratings
 
 CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
 SOURCES = ["real", "KLF8-DM", "VQF8-DM", "SD", "styleGAN2"]

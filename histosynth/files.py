@@ -24,6 +24,9 @@ from pathlib import Path
 
 from histosynth.errors import HistosynthError
 
+_UMASK = os.umask(0o022)  # reading the umask means setting it: restore it at once, at import time
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` through a fsynced temporary file and a rename.
@@ -41,6 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, _new_file_mode(path))  # mkstemp makes 0600; readers expect open()'s mode
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -50,6 +54,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode the file would have if written with open(): the old file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

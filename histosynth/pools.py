@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from histosynth.errors import PoolError
+from histosynth.files import atomic_write_text
 from histosynth.images import IMAGE_SUFFIXES
 
 MANIFEST_NAME = "pool.json"
@@ -113,7 +114,7 @@ def write_manifest(
         **(extra or {}),
     }
     target = pool.root / MANIFEST_NAME
-    target.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(target, json.dumps(manifest, indent=2) + "\n")
     return target
 
 

@@ -33,7 +33,9 @@ _STUDY_KEYS = {
     "confidence",
     "allow_changes",
     "repeats",
+    "title",
 }
+_TITLE_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class StudyConfig:
     confidence: str = "none"
     allow_changes: bool = True
     repeats: int = 0
+    title: str | None = None  # shown on the login page; by default a neutral title, not the name
 
     @property
     def generators(self) -> list[str]:
@@ -63,6 +66,7 @@ class StudyConfig:
             "allow_changes": self.allow_changes,
             "repeats": self.repeats,
             "images_per_cell": self.images_per_cell,
+            "title": self.title,
         }
 
 
@@ -112,6 +116,9 @@ def parse_study_config(
     if confidence not in CONFIDENCE_SCALES:
         raise ConfigError(f"{origin}: study.confidence must be one of {', '.join(CONFIDENCE_SCALES)}")
     classes = _classes(study, origin)
+    title = _field(study, "title", str, origin, default=None)
+    if title is not None and not (0 < len(title.strip()) <= _TITLE_MAX and title.isprintable()):
+        raise ConfigError(f"{origin}: study.title must be 1-{_TITLE_MAX} printable characters")
     return StudyConfig(
         name=name,
         seed=seed,
@@ -122,6 +129,7 @@ def parse_study_config(
         confidence=confidence,
         allow_changes=_field(study, "allow_changes", bool, origin, default=True),
         repeats=repeats,
+        title=title,
     )
 
 

@@ -1,15 +1,19 @@
 """`study audit`: check what a rater could learn about a tile's source, and fail loudly.
 
 A blinded study is only as good as its weakest side channel. The audit re-reads every stored
-PNG (format, pixel size, colour mode, chunks, hash), checks that ids and file names carry no
-provenance, and tests whether any rater's order is associated with the source (Kruskal-Wallis
-on positions within each class block). PNG byte sizes are reported per source as a warning:
-they are visible through Content-Length and differ when generators make smoother images.
+PNG (format, pixel size, colour mode, chunks, padding, hash) and requires every tile to have
+the same byte length (visible as Content-Length; smooth generated tiles compress better), checks
+that ids and file names carry no provenance, recomputes every order a rater could derive from
+the study TOML and the names (`rater_app.order_audit`) and requires each stored order to differ
+from all of them and from every other rater's, and tests whether any rater's order is
+associated with the source (Kruskal-Wallis on positions within each class block).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -19,11 +23,17 @@ import numpy as np
 from scipy import stats
 
 from histosynth.images import PAPER_SIZE
+from rater_app.order_audit import KnownItem, derivable_orders
+from rater_app.padding import PAD_CHUNK
+from rater_app.raters import stored_orders
 from rater_app.store import connect, image_store_dir, study_row
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
-ALLOWED_CHUNKS = {"IHDR", "IDAT", "IEND"}
+PAD = PAD_CHUNK.decode("ascii")
+# The critical chunks, and the padding chunk (random bytes only) that equalises lengths.
+ALLOWED_CHUNKS = {"IHDR", "IDAT", "IEND", PAD}
 ORDER_ALPHA = 0.001  # family-wise, Bonferroni-corrected over raters
+CHANCE_ALPHA = 0.001  # an order matching by chance more often than this is a warning, not a leak
 
 
 @dataclass
@@ -54,7 +64,11 @@ def audit_study(db_path: str | Path, study: str) -> AuditReport:
     report = AuditReport(study)
     with connect(db_path) as db:
         row = study_row(db, study)
-        items = [dict(r) for r in db.query("SELECT * FROM items WHERE study_id = ?", [row["id"]])]
+        items = [
+            dict(r)
+            for r in db.query("SELECT rowid, * FROM items WHERE study_id = ? ORDER BY rowid", [row["id"]])
+        ]
+        orders = stored_orders(db, row["id"])
         assignments = [
             dict(r)
             for r in db.query(
@@ -67,7 +81,9 @@ def audit_study(db_path: str | Path, study: str) -> AuditReport:
     _audit_images(items, image_store_dir(db_path), report)
     _audit_ids(items, assignments, report)
     _audit_orders(assignments, report)
-    _report_byte_sizes(items, image_store_dir(db_path), report)
+    _audit_derivable_orders(row, items, orders, report)
+    _audit_shared_orders(items, json.loads(row["settings"]), orders, report)
+    _audit_byte_lengths(items, image_store_dir(db_path), report)
     return report
 
 
@@ -100,9 +116,11 @@ def _audit_images(items: list[dict], store: Path, report: AuditReport) -> None:
         extra = sorted(set(chunks) - ALLOWED_CHUNKS)
         if extra:
             report.leaks.append(f"{path}: metadata chunks {', '.join(extra)}")
+        if chunks.count(PAD) != 1 or chunks[-2:] != [PAD, "IEND"]:
+            report.leaks.append(f"{path}: not padded (one {PAD} chunk right before IEND)")
         if hashlib.sha256(data).hexdigest() != item["png_sha256"]:
             report.leaks.append(f"{path}: bytes differ from those recorded at creation")
-    report.notes.append(f"images: {len(items)} PNGs checked (format, size, mode, chunks, sha256)")
+    report.notes.append(f"images: {len(items)} PNGs checked (format, size, mode, chunks, padding, sha256)")
 
 
 def _audit_ids(items: list[dict], assignments: list[dict], report: AuditReport) -> None:
@@ -155,15 +173,90 @@ def _order_association(entries: list[dict]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def _report_byte_sizes(items: list[dict], store: Path, report: AuditReport) -> None:
-    sizes: dict[str, list[int]] = {}
+def _audit_derivable_orders(
+    study: dict, items: list[dict], orders: dict[str, list], report: AuditReport
+) -> None:
+    """A stored order that a seeded scheme reproduces from public values is no secret.
+
+    In a study with few possible orders a secret order can equal a derivable one by chance;
+    then it is reported as a warning (a rater could guess the order about as well), not a leak.
+    """
+    known = [
+        KnownItem(item["id"], item["source"], item["class"], item["original_path"], item["rowid"])
+        for item in items
+    ]
+    settings = json.loads(study["settings"])
+    tried, matches = 0, []
+    for index, (rater, order) in enumerate(orders.items()):
+        stored = tuple(entry.item_id for entry in order if not entry.repeat)
+        for candidate in derivable_orders(
+            known,
+            seed=study["seed"],
+            classes=json.loads(study["classes"]),
+            block_by_class=settings["block_by_class"],
+            rater=rater,
+            index=index,
+        ):
+            tried += 1
+            if candidate.permutation == stored:
+                matches.append(
+                    f"order of rater {rater!r} is derivable from the study TOML ({candidate.scheme})"
+                )
+                break
+    possible = _log10_possible_orders(items, settings["block_by_class"])
+    _report_unless_chance(matches, math.log10(max(tried, 1)) - possible, report)
+    report.notes.append(f"secret orders: {tried} orders derivable from TOML, seed and names tried")
+
+
+def _audit_shared_orders(
+    items: list[dict], settings: dict, orders: dict[str, list], report: AuditReport
+) -> None:
+    """Two raters with one permutation: one can tell the other the answers, position by position."""
+    first_rater: dict[tuple[str, ...], str] = {}
+    shared = []
+    for rater, order in orders.items():
+        permutation = tuple(entry.item_id for entry in order if not entry.repeat)
+        if permutation in first_rater:
+            shared.append(f"raters {first_rater[permutation]!r} and {rater!r} have the same order")
+        first_rater.setdefault(permutation, rater)
+    pairs = len(orders) * (len(orders) - 1) / 2
+    _report_unless_chance(
+        shared, math.log10(max(pairs, 1)) - _log10_possible_orders(items, settings["block_by_class"]), report
+    )
+
+
+def _log10_possible_orders(items: list[dict], block_by_class: bool) -> float:
+    """log10 of how many orders of first showings the study's design allows."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        key = item["class"] if block_by_class else ""
+        sizes[key] = sizes.get(key, 0) + 1
+    return sum(math.lgamma(size + 1) for size in sizes.values()) / math.log(10)
+
+
+def _report_unless_chance(findings: list[str], log10_chance: float, report: AuditReport) -> None:
+    """Findings are leaks, unless they are likely by chance alone (too few possible orders)."""
+    if log10_chance < math.log10(CHANCE_ALPHA):
+        report.leaks.extend(findings)
+        return
+    chance = min(1.0, 10**log10_chance)
+    note = f" (the study allows so few orders that this happens by chance: p ~ {chance:.2g})"
+    report.warnings.extend(finding + note for finding in findings)
+
+
+def _audit_byte_lengths(items: list[dict], store: Path, report: AuditReport) -> None:
+    """Every tile must have one length: Content-Length is visible to any rater."""
+    lengths: dict[tuple[str, str], list[int]] = {}
     for item in items:
         path = store / f"{item['id']}.png"
         if path.is_file():
-            sizes.setdefault(item["source"], []).append(path.stat().st_size)
-    if len(sizes) < 2:
-        return
-    summary = ", ".join(f"{source} {np.mean(values) / 1024:.1f} KiB" for source, values in sizes.items())
-    p_value = float(stats.kruskal(*[np.array(v) for v in sizes.values()]).pvalue)
-    text = f"PNG bytes per source (visible as Content-Length): {summary}; Kruskal-Wallis p = {p_value:.3g}"
-    (report.warnings if p_value < 0.01 else report.notes).append(text)
+            lengths.setdefault((item["class"], item["source"]), []).append(path.stat().st_size)
+    distinct = {length for values in lengths.values() for length in values}
+    if len(distinct) > 1:
+        ranges = ", ".join(
+            f"{class_name}/{source} {min(values)}-{max(values)}"
+            for (class_name, source), values in sorted(lengths.items())
+        )
+        report.leaks.append(f"PNG byte lengths differ (visible as Content-Length): {ranges} bytes")
+    elif distinct:
+        report.notes.append(f"lengths: every tile is {distinct.pop()} bytes, in every class and source")

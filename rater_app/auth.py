@@ -1,8 +1,9 @@
 """Logins and sessions for the rater app.
 
 Sessions live in the study database (by token digest), not in server memory, so a restarted
-server keeps every rater logged in and they resume where they were. Failed logins are
-throttled per name and per client address, which makes guessing a secret over HTTP slow.
+server keeps every rater logged in and they resume where they were. Failed logins lock the
+name and slow the client address down (`LoginThrottle`), which makes guessing a secret over
+HTTP hopeless without locking a whole clinic out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rater_app.credentials import token_digest, verify_secret
@@ -18,6 +20,7 @@ from rater_app.raters import ADMIN_NAME
 from rater_app.store import connect, study_row, transaction
 
 SESSION_SECONDS = 30 * 24 * 3600  # a study runs for weeks; a rater should not be logged out mid-way
+_MAX_KEYS = 100_000
 
 
 @dataclass(frozen=True)
@@ -96,44 +99,76 @@ def logout(db_path: str, token: str | None) -> None:
 
 
 class LoginThrottle:
-    """Count failed logins in a sliding window, per (name, address) and per address.
+    """Failed logins: lock a name after a few, slow an address down after many.
 
-    The pair limit stops one client from guessing one rater's secret; the looser address
-    limit stops it from spraying many names. Keying on the pair (not the name alone) means a
-    stranger who knows a rater's name cannot lock that rater out from another address.
+    A name (known or not, so that a lock says nothing about who is a rater) is locked for the
+    rest of `window` after `name_limit` failures from anywhere: guessing one rater's secret
+    stays hopeless even from many addresses. An address is never locked, because a whole
+    clinic may share one behind NAT: after `address_free` failures in the window, each further
+    attempt from it waits for its own slot `address_step` seconds after the previous one, so
+    spraying names is slowed to one guess per step while colleagues can still log in.
     """
 
-    def __init__(self, pair_limit: int = 5, address_limit: int = 30, window: float = 60.0) -> None:
-        self.pair_limit = pair_limit
-        self.address_limit = address_limit
+    def __init__(
+        self,
+        name_limit: int = 5,
+        window: float = 900.0,
+        address_free: int = 20,
+        address_step: float = 2.0,
+        max_wait: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name_limit = name_limit
         self.window = window
-        self._failures: dict[tuple[str, ...], deque[float]] = {}
+        self.address_free = address_free
+        self.address_step = address_step
+        self.max_wait = max_wait
+        self.clock = clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._next_slot: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def blocked(self, name: str, address: str) -> bool:
-        """True when this name from this address, or this address overall, has failed too often."""
-        now = time.monotonic()
+    def name_locked(self, name: str) -> bool:
+        """True when this name failed `name_limit` times within the window."""
         with self._lock:
-            return (
-                self._count((name, address), now) >= self.pair_limit
-                or self._count((address,), now) >= self.address_limit
-            )
+            return self._count(("name", name), self.clock()) >= self.name_limit
+
+    def wait_for(self, address: str) -> float | None:
+        """Seconds this attempt from `address` must wait first, or None to refuse it now.
+
+        Reserves the slot, so concurrent attempts from one address queue up one step apart;
+        an attempt whose slot would be more than `max_wait` away is refused at once.
+        """
+        now = self.clock()
+        with self._lock:
+            if self._count(("address", address), now) < self.address_free:
+                return 0.0
+            slot = max(now, self._next_slot.get(address, now)) + self.address_step
+            if slot - now > self.max_wait:
+                return None
+            self._next_slot[address] = slot
+            return slot - now
 
     def failed(self, name: str, address: str) -> None:
-        """Count one failed login."""
-        now = time.monotonic()
+        """Count one failed login against the name and the address."""
+        now = self.clock()
         with self._lock:
-            for key in ((name, address), (address,)):
+            for key in (("name", name), ("address", address)):
                 self._count(key, now)
                 self._failures.setdefault(key, deque()).append(now)
+            if len(self._failures) > _MAX_KEYS:  # forget idle keys, so sprayed names cannot fill memory
+                for key in list(self._failures):
+                    self._count(key, now)
+                for key in [key for key, slot in self._next_slot.items() if slot < now]:
+                    del self._next_slot[key]
 
-    def _count(self, key: tuple[str, ...], now: float) -> int:
+    def _count(self, key: tuple[str, str], now: float) -> int:
         failures = self._failures.get(key)
         if failures is None:
             return 0
         while failures and now - failures[0] > self.window:
             failures.popleft()
-        if not failures:  # forget idle keys, so sprayed names cannot grow memory without bound
+        if not failures:
             del self._failures[key]
             return 0
         return len(failures)

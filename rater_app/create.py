@@ -1,7 +1,8 @@
 """`study create`: sample tiles from the pools and copy them, blinded, into the study's store.
 
 Blinding starts here. Each sampled tile is decoded, resized to 256 x 256 and re-encoded as a
-PNG with no metadata under a random id, so that format, size, chunks and file names are the
+PNG with no metadata under a random id, then padded with random bytes to the study's common
+length (`rater_app.padding`), so that format, size, chunks, byte length and file names are the
 same for every source; where a tile came from lives only in the database.
 
 Creation is all or nothing. Everything that can fail on input (config, pools, decoding) runs
@@ -13,6 +14,7 @@ staging folder, moved files and (when this call created it) the database file ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,6 +35,7 @@ from histosynth.images import PAPER_SIZE, load_rgb
 from histosynth.pools import list_classes, read_pool, sha256_file
 from histosynth.study_config import REAL_SOURCE, StudyConfig, load_study_config
 from rater_app.credentials import hash_secret, new_secret
+from rater_app.padding import pad_png, padded_length
 from rater_app.store import connect, image_store_dir, transaction
 
 log = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ def create_study(config_path: str | Path, db_path: str | Path) -> CreatedStudy:
     if db_existed:
         _refuse_existing_name(db_path, config.name)
     classes = study_classes(config)
-    tiles = sample_tiles(config, classes)
+    tiles = pad_tiles(sample_tiles(config, classes))
     admin_secret = new_secret()
     created_parents = [folder for folder in reversed(db_path.absolute().parents) if not folder.exists()]
     try:
@@ -135,6 +138,16 @@ def sample_tiles(config: StudyConfig, classes: list[str]) -> list[SampledTile]:
             for path in rng.sample(files, k):
                 tiles.append(_encode_tile(source, class_name, path))
     return tiles
+
+
+def pad_tiles(tiles: list[SampledTile]) -> list[SampledTile]:
+    """The tiles padded to one common byte length, so that Content-Length says nothing of a source."""
+    length = padded_length([tile.png for tile in tiles])
+    padded = []
+    for tile in tiles:
+        png = pad_png(tile.png, length)
+        padded.append(dataclasses.replace(tile, png=png, png_sha256=hashlib.sha256(png).hexdigest()))
+    return padded
 
 
 def blinded_png(rgb: np.ndarray) -> bytes:

@@ -1,8 +1,10 @@
 """Raters of a study: who they are, their secrets, and the order in which each sees the tiles.
 
-The order is drawn once, when the rater is added, from the study seed and the rater's name,
-and stored; reloading the page or restarting the server can therefore never reshuffle it,
-and two raters see different orders.
+The order is drawn once, when the rater is added, from a secret made for that rater with
+`secrets` and kept only in the database, and stored. Nothing outside the database - the study
+TOML with its public seed, the pools, the rater's own name - predicts which source sits at a
+position; reloading the page or restarting the server can never reshuffle it, and two raters
+see different orders.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rater_app.credentials import hash_secret, new_secret
 from rater_app.store import connect, study_row, transaction
 
 ADMIN_NAME = "admin"
+_DISTINCT_ATTEMPTS = 20
 _RATER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -42,10 +45,13 @@ class OrderedItem:
 
 
 def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
-    """Add raters to a study, each with a fresh secret and their own stored order.
+    """Add raters to a study, each with a fresh login secret and their own secretly drawn order.
 
-    The secrets are hashed (scrypt: tens of milliseconds each) before the write transaction
-    opens, so adding raters mid-study does not hold up anyone's votes.
+    Each order (with its repeats) comes from a random order secret of the rater, stored with
+    them; an order that equals another rater's is drawn again while the study has room for
+    distinct orders, so no two raters share a permutation by chance. The secrets are hashed
+    (scrypt: tens of milliseconds each) before the write transaction opens, so adding raters
+    mid-study does not hold up anyone's votes.
 
     Raises:
         StudyError: a name is invalid, reserved ("admin"), repeated, or already a rater.
@@ -57,27 +63,25 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
         row = study_row(db, study)
         items = _items_for_ordering(db, row["id"])
     settings = json.loads(row["settings"])
-    orders = {
-        name: rater_order(
-            items,
-            seed=row["seed"],
-            rater=name,
-            classes=json.loads(row["classes"]),
-            block_by_class=settings["block_by_class"],
-            repeats=settings["repeats"],
-        )
-        for name in names
-    }
     with connect(db_path) as db, transaction(db):
         existing = {r["name"] for r in db.query("SELECT name FROM raters WHERE study_id = ?", [row["id"]])}
         taken = [name for name in names if name in existing]
         if taken:
             raise StudyError(f"study {study!r} already has a rater named {taken[0]!r}")
+        seen = {_permutation(order) for order in stored_orders(db, row["id"]).values()}
         for name in names:
+            order_secret, order = _distinct_order(
+                seen,
+                items,
+                classes=json.loads(row["classes"]),
+                block_by_class=settings["block_by_class"],
+                repeats=settings["repeats"],
+            )
             record = {
                 "study_id": row["id"],
                 "name": name,
                 "secret_hash": hashes[name],
+                "order_secret": order_secret,
                 "created_at": time.time(),
             }
             rater_id = db["raters"].insert(record).last_pk
@@ -91,7 +95,7 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
                     # showing, and two raters never share one, so URLs reveal nothing.
                     "token": secrets.token_hex(12),
                 }
-                for position, entry in enumerate(orders[name], start=1)
+                for position, entry in enumerate(order, start=1)
             )
     return added
 
@@ -140,8 +144,7 @@ def list_raters(db_path: str, study: str) -> list[str]:
 def rater_order(
     items: Sequence[tuple[str, str]],
     *,
-    seed: int,
-    rater: str,
+    order_secret: str,
     classes: Sequence[str],
     block_by_class: bool,
     repeats: int,
@@ -150,16 +153,16 @@ def rater_order(
 
     Args:
         items: (item_id, class) pairs in a canonical order (the caller sorts them by class,
-            source and original path, so the order does not depend on the random ids).
-        seed: the study seed.
-        rater: the rater's name; with the seed it seeds the shuffle.
+            source and original path), so that the stored order secret reproduces the order.
+        order_secret: the rater's random order secret (`new_order_secret`); it alone seeds
+            the shuffle, so the order cannot be computed from the study's public seed.
         classes: the block order when `block_by_class`.
         block_by_class: one block per class, each shuffled (the paper's design); otherwise
             one shuffle of everything.
         repeats: this many items, drawn at random, are shown a second time at the end, in a
             shuffled block of their own, for intra-rater reliability.
     """
-    rng = random.Random(f"{seed}:order:{rater}")
+    rng = random.Random(order_secret)
     if block_by_class:
         order: list[str] = []
         for class_name in classes:
@@ -171,6 +174,53 @@ def rater_order(
         rng.shuffle(order)
     repeated = rng.sample(order, repeats)
     return [OrderedItem(item_id, 0) for item_id in order] + [OrderedItem(item_id, 1) for item_id in repeated]
+
+
+def new_order_secret() -> str:
+    """128 random bits that seed one rater's order; kept only in the database."""
+    return secrets.token_hex(16)
+
+
+def stored_orders(db: sqlite_utils.Database, study_id: int) -> dict[str, list[OrderedItem]]:
+    """Each rater's stored order (repeats included), by rater name."""
+    orders: dict[str, list[OrderedItem]] = {}
+    for r in db.query(
+        """SELECT r.name, a.item_id, a.repeat FROM assignments a JOIN raters r ON r.id = a.rater_id
+           WHERE r.study_id = ? ORDER BY r.id, a.position""",
+        [study_id],
+    ):
+        orders.setdefault(r["name"], []).append(OrderedItem(r["item_id"], r["repeat"]))
+    return orders
+
+
+def _distinct_order(
+    seen: set[tuple[str, ...]],
+    items: Sequence[tuple[str, str]],
+    *,
+    classes: Sequence[str],
+    block_by_class: bool,
+    repeats: int,
+) -> tuple[str, list[OrderedItem]]:
+    """A fresh order secret and its order, drawn again (a few times) while it repeats another's.
+
+    In a study too small to hold a distinct order per rater the last draw is kept; the audit
+    then reports the shared permutation.
+    """
+    for _ in range(_DISTINCT_ATTEMPTS):
+        order_secret = new_order_secret()
+        order = rater_order(
+            items, order_secret=order_secret, classes=classes, block_by_class=block_by_class, repeats=repeats
+        )
+        key = _permutation(order)
+        if key not in seen:
+            break
+    seen.add(key)
+    return order_secret, order
+
+
+def _permutation(order: Sequence[OrderedItem]) -> tuple[str, ...]:
+    """The first showings of an order: the permutation of the study's items a rater sees."""
+    return tuple(entry.item_id for entry in order if not entry.repeat)
 
 
 def _items_for_ordering(db: sqlite_utils.Database, study_id: int) -> list[tuple[str, str]]:

@@ -3,43 +3,58 @@
 A FastAPI app wraps Gradio so that a single middleware decides about every request: apart
 from the login form, nothing - page, asset, Gradio API route, file route or tile - answers
 without a valid session of this study. Tiles are served by our own route, which checks that
-the tile is in the logged-in rater's order and sends the stored PNG unchanged, so the bytes a
-browser receives are identical in format and metadata for every source.
+the rater may see that place of their order now (`voting.may_fetch`) and sends the stored PNG
+with only its padding bytes renewed for the showing, so the bytes a browser receives have the
+same format, metadata and length for every source, and a repeat's differ from its first
+showing's. `rater_app.web_guard` wraps it all (proxy headers, refused routes, headers).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from histosynth.errors import StudyError
 from rater_app.auth import Identity, LoginThrottle, identity_for, login, logout
 from rater_app.export import export_votes
+from rater_app.padding import showing_png
 from rater_app.store import connect, ensure_writable, hold_open, image_store_dir, study_row
+from rater_app.voting import fetchable_item
+from rater_app.web_guard import WebGuard
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "histosynth_session"
+FORM_COOKIE = "histosynth_login_form"  # the login form's anti-CSRF token (double submit)
 PUBLIC_PATHS = {"/login"}
+# Gradio's upload routes: the app takes no uploads, and an upload's reply names a server path.
+REFUSED_PREFIXES = ("/gradio_api/upload", "/upload")
 LOGIN_ERRORS = {
     "unknown": "Name or secret not recognised.",
-    "throttled": "Too many failed logins; wait a minute and try again.",
+    "throttled": "Too many failed logins for this name; wait 15 minutes or ask the study's admin.",
+    "slowed": "Too many failed logins from your network; wait a minute and try again.",
 }
-TILE_HEADERS = {
-    "Cache-Control": "private, max-age=86400, immutable",
-    "X-Content-Type-Options": "nosniff",
-}
+MAX_NAME_CHARS = 64  # the longest rater name; longer input is cut before it reaches a log or a URL
+MAX_SECRET_CHARS = 256
+MAX_LOGIN_BODY = 4096  # bytes of the login form; anything larger is refused unread
+NEUTRAL_TITLE = "Rating study"
+TILE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}  # WebGuard adds the rest
 
 
 def resolve_study(db_path: str | Path, study: str | None) -> dict:
@@ -54,8 +69,13 @@ def resolve_study(db_path: str | Path, study: str | None) -> dict:
         return study_row(db, names[0])
 
 
-def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
-    """The complete rating app for one study of `db_path`, ready for uvicorn."""
+def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str | None = None) -> FastAPI:
+    """The complete rating app for one study of `db_path`, ready for uvicorn.
+
+    Args:
+        trusted_proxy: the address of a reverse proxy whose `X-Forwarded-*` headers are
+            believed (client address, scheme, host); from anyone else they are dropped.
+    """
     db_path = str(Path(db_path).resolve())
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     # Gradio's temp/upload folder is per deployment (beside the database), never a shared /tmp/gradio.
@@ -67,6 +87,7 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     row = resolve_study(db_path, study)
     ensure_writable(db_path)
     study_id, study_name = row["id"], row["name"]
+    title = json.loads(row["settings"]).get("title") or NEUTRAL_TITLE
     store = image_store_dir(db_path)
     throttle = LoginThrottle()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -81,21 +102,49 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     app.add_middleware(LoginGate, resolve=current)
 
     @app.get("/login", response_class=HTMLResponse)
-    def login_form(name: str = "", error: str = "") -> str:
-        return _login_page(study_name, name, LOGIN_ERRORS.get(error, ""))
+    def login_form(request: Request, name: str = "", error: str = "") -> Response:
+        form_token = secrets.token_urlsafe(16)
+        page = HTMLResponse(
+            _login_page(title, name[:MAX_NAME_CHARS], LOGIN_ERRORS.get(error, ""), form_token)
+        )
+        page.set_cookie(
+            FORM_COOKIE,
+            form_token,
+            httponly=True,
+            samesite="strict",
+            path="/login",
+            max_age=3600,
+            secure=request.url.scheme == "https",
+        )
+        return page
 
     @app.post("/login")
-    def login_submit(request: Request, name: str = Form(""), secret: str = Form("")) -> Response:
-        name = name.strip()
+    async def login_submit(request: Request) -> Response:
+        form = await _login_form(request)
+        if form is None:
+            return PlainTextResponse("login form too large", status_code=413)
+        if not _from_our_form(request, form):  # login CSRF: another site posting its account into our form
+            return PlainTextResponse(
+                "login refused: the form was not sent from this site's login page; reload it", status_code=403
+            )
+        name, secret = form.get("name", "").strip(), form.get("secret", "")
         address = request.client.host if request.client else "unknown"
-        if throttle.blocked(name, address):
-            log.warning("login throttled for %r from %s", name, address)
-            return _back_to_login(name, "throttled")
-        token = login(db_path, study_name, name, secret)
+        shown = name[:MAX_NAME_CHARS]
+        if throttle.name_locked(shown):
+            log.warning("login locked for %r (from %s)", shown, address)
+            return _back_to_login(shown, "throttled")
+        wait = throttle.wait_for(address)
+        if wait is None:
+            log.warning("login refused from %s: too many failures from this address", address)
+            return _back_to_login(shown, "slowed")
+        await asyncio.sleep(wait)
+        token = None
+        if len(name) <= MAX_NAME_CHARS and len(secret) <= MAX_SECRET_CHARS:
+            token = await run_in_threadpool(login, db_path, study_name, name, secret)
         if token is None:
-            throttle.failed(name, address)
-            log.info("failed login for %r from %s", name, address)
-            return _back_to_login(name, "unknown")
+            throttle.failed(shown, address)
+            log.info("failed login for %r from %s", shown, address)
+            return _back_to_login(shown, "unknown")
         response = RedirectResponse("/", status_code=303)
         secure = request.url.scheme == "https"  # behind an HTTPS proxy the cookie never travels in clear
         response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/", secure=secure)
@@ -113,8 +162,8 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
     @app.get("/tiles/{token}.png")
     def tile(token: str, request: Request) -> Response:
         identity: Identity = request.state.identity
-        item_id = None if identity.is_admin else _assigned_item(db_path, identity.rater_id, token)
-        if item_id is None:
+        item_id = None if identity.rater_id is None else fetchable_item(db_path, identity.rater_id, token)
+        if item_id is None:  # not this rater's, or a place they may not see (yet)
             return PlainTextResponse("not found", status_code=404)
         path = store / f"{item_id}.png"
         try:
@@ -122,7 +171,7 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         except OSError:
             log.error("tile %s is missing from the image store %s", item_id, store)
             return PlainTextResponse("tile missing from the study's image store", status_code=500)
-        return Response(content, media_type="image/png", headers=TILE_HEADERS)
+        return Response(showing_png(content, token), media_type="image/png", headers=TILE_HEADERS)
 
     @app.get("/admin/votes.csv")
     def admin_votes(request: Request) -> Response:
@@ -139,7 +188,7 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         return identity.name if identity is not None else None
 
     blocks = build_blocks(db_path, study_id)
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app,
         blocks,
         path="/",
@@ -147,11 +196,13 @@ def build_app(db_path: str | Path, study: str | None = None) -> FastAPI:
         footer_links=[],
         run_history=False,
         blocked_paths=[db_path, str(store)],
-        show_error=True,
-        max_file_size="1mb",  # the app takes no uploads; keep Gradio's upload route small
+        show_error=False,  # gr.Error texts are shown; other exceptions (which may name paths) are not
+        max_file_size="1mb",  # the app takes no uploads; the upload route is refused in WebGuard anyway
         css=CSS,
         head=KEYBOARD_JS,
     )
+    app.add_middleware(WebGuard, trusted_proxy=trusted_proxy)  # added last: outermost
+    return app
 
 
 class SessionCache:
@@ -192,6 +243,8 @@ class SessionCache:
 class LoginGate:
     """ASGI middleware in front of everything: no valid session of this study, no answer.
 
+    With a session, Gradio's upload routes still answer 404 (REFUSED_PREFIXES).
+
     A plain ASGI class rather than `@app.middleware("http")`, which would re-wrap every
     streamed Gradio response; this one only looks at the cookie and passes the request on.
     """
@@ -206,6 +259,9 @@ class LoginGate:
             return
         connection = HTTPConnection(scope)
         identity = self.resolve(connection.cookies.get(SESSION_COOKIE))
+        if identity is not None and scope["type"] == "http" and scope["path"].startswith(REFUSED_PREFIXES):
+            await PlainTextResponse("not found", status_code=404)(scope, receive, send)
+            return
         if identity is not None:
             scope.setdefault("state", {})["identity"] = identity
             await self.app(scope, receive, send)
@@ -222,22 +278,53 @@ class LoginGate:
         await response(scope, receive, send)
 
 
-def serve(db_path: str | Path, study: str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Run the rating app until interrupted (Ctrl-C)."""
+def serve(
+    db_path: str | Path,
+    study: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    trusted_proxy: str | None = None,
+) -> None:
+    """Run the rating app until interrupted (Ctrl-C); see `build_app` for `trusted_proxy`."""
     import uvicorn
 
-    app = build_app(db_path, study)
+    app = build_app(db_path, study, trusted_proxy=trusted_proxy)
     log.info("rating app on http://%s:%d/ (study database %s)", host, port, db_path)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # WebGuard, not uvicorn, decides whom to believe about forwarding headers.
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False)
 
 
-def _assigned_item(db_path: str, rater_id: int | None, token: str) -> str | None:
-    """The item behind one of this rater's showing tokens; None for anyone else's token."""
-    with connect(db_path) as db:
-        rows = list(
-            db.query("SELECT item_id FROM assignments WHERE rater_id = ? AND token = ?", [rater_id, token])
-        )
-    return rows[0]["item_id"] if rows else None
+async def _login_form(request: Request) -> dict[str, str] | None:
+    """The login form's fields, read up to MAX_LOGIN_BODY bytes; None when the body is larger."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            return None
+    try:
+        fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=5)
+    except ValueError:  # more fields than a login form has: treat it as an empty form
+        return {}
+    return {key: values[0] for key, values in fields.items()}
+
+
+def _from_our_form(request: Request, form: dict[str, str]) -> bool:
+    """Whether a login POST came from our own login page, not from another site's auto-posting form.
+
+    Browsers send Origin with every POST, but under `Referrer-Policy: no-referrer` it is "null"
+    even for our own form, so a browser's POST must also carry the form token that /login put
+    both into the page and into a SameSite=Strict cookie, which another site can neither read
+    nor make the browser send. A request without Origin is not a browser (scripts, the
+    simulated rater), so nobody's browser can be made to log in with it.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+    if origin != "null" and urlsplit(origin).netloc != host:
+        return False
+    cookie, sent = request.cookies.get(FORM_COOKIE, ""), form.get("form_token", "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
 
 
 def _back_to_login(name: str, error: str) -> Response:
@@ -245,10 +332,11 @@ def _back_to_login(name: str, error: str) -> Response:
     return RedirectResponse(f"/login?name={quote(name)}&error={quote(error)}", status_code=303)
 
 
-def _login_page(study: str, name: str, error: str) -> str:
+def _login_page(title: str, name: str, error: str, form_token: str) -> str:
+    """The login form; `title` is the study's own title or a neutral one, never the study's name."""
     notice = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>histosynth - log in</title>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)} - log in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font-family: system-ui, sans-serif; display: flex; justify-content: center; margin-top: 10vh; }}
@@ -257,7 +345,8 @@ input, button {{ font-size: 1rem; padding: 0.4rem; }}
 .error {{ color: #b00020; }}
 </style></head>
 <body><form method="post" action="/login">
-<h1>Rating study {escape(study)}</h1>
+<input type="hidden" name="form_token" value="{escape(form_token)}">
+<h1>{escape(title)}</h1>
 {notice}
 <label>Name <input name="name" id="name" autocomplete="username" value="{escape(name)}" required
   {"" if name else "autofocus"}></label>

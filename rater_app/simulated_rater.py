@@ -57,9 +57,9 @@ class SimulatedRater:
         elements = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
         for dependency in config["dependencies"]:
             target, trigger = dependency["targets"][0]
-            outputs = len(dependency["outputs"])
             event = (dependency["id"], target, dependency.get("queue") is not False)
-            if trigger == "load" and outputs > 3:
+            outputs = {elements.get(output) for output in dependency["outputs"]}
+            if trigger == "load" and "tile-frame" in outputs:
                 self._events["start"] = event
             elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic"):
                 self._events[elements[target]] = event

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from histosynth.errors import StudyError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # How long a write waits for another writer's lock before it fails with a clear message.
 BUSY_TIMEOUT_MS = int(os.environ.get("HISTOSYNTH_BUSY_TIMEOUT_MS", "10000"))
 
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS items (
     class TEXT NOT NULL,
     original_path TEXT NOT NULL,
     sha256 TEXT NOT NULL,             -- of the original file, for provenance
-    png_sha256 TEXT NOT NULL          -- of the served PNG, to detect tampering
+    png_sha256 TEXT NOT NULL          -- of the stored (padded) PNG, to detect tampering
 );
 CREATE INDEX IF NOT EXISTS items_study ON items(study_id);
 CREATE TABLE IF NOT EXISTS raters (
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS raters (
     study_id INTEGER NOT NULL REFERENCES studies(id),
     name TEXT NOT NULL,
     secret_hash TEXT NOT NULL,
+    order_secret TEXT,                -- random seed of this rater's order; NULL for raters of schema 1
     created_at REAL NOT NULL,
     UNIQUE (study_id, name)
 );
@@ -186,8 +187,23 @@ def study_row(db: sqlite_utils.Database, name: str) -> dict:
     return rows[0]
 
 
+# Each step takes a database of version N to N + 1, in one transaction.
+MIGRATIONS = {
+    # Orders drawn from a per-rater secret; older raters keep their (seed-derived) orders,
+    # which `study audit` reports as derivable.
+    1: "ALTER TABLE raters ADD COLUMN order_secret TEXT;",
+}
+
+
 def _ensure_schema(conn: sqlite3.Connection, db_path: Path, create: bool) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    while version in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("PRAGMA user_version").fetchone()[0] == version:  # not migrated meanwhile
+            conn.execute(MIGRATIONS[version])
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+        conn.execute("COMMIT")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == SCHEMA_VERSION:
         return
     tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]

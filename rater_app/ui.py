@@ -1,11 +1,14 @@
 """The Gradio page a rater (or the study's admin) sees after logging in.
 
 The page holds no study data of its own: who is looking comes from the login
-(`gr.Request.username`), where they are from the database, and `gr.State` only remembers
-which tile is on screen and since when. A tile is an <img> pointing at the app's own
+(`gr.Request.username`), where they are from the database, and `gr.State` (kept on the
+server, per page session) only remembers which tile is on screen and since when. Every event
+can be called directly with any inputs, so each one asks `voting.may_show` before it renders a
+tile: a fresh session starts at the first unanswered tile and can walk back only over answered
+ones, and only when the study allows changes. A tile is an <img> pointing at the app's own
 `tiles/<token>.png` route (a random token per showing, so a repeated tile gets a new URL),
-which serves the stored PNG byte for byte; the next tile is loaded by a hidden <img> so the
-switch after a vote is instant.
+which serves the stored PNG with only its padding bytes renewed; the next tile is loaded by a
+hidden <img> so the switch after a vote is instant.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from rater_app.voting import (
     Tile,
     VoteRefused,
     first_unanswered,
+    may_show,
     rater_settings,
     record_vote,
     tile_at,
@@ -79,6 +83,7 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
     """The rating page and the admin page as one Blocks; the login decides which is visible."""
     with gr.Blocks(title="histosynth rating", analytics_enabled=False, fill_width=False) as blocks:
         shown = gr.State(None)
+        who = gr.HTML(elem_id="who")
         with gr.Column(visible=False) as rater_panel:
             progress = gr.Markdown(elem_id="progress")
             tile = gr.HTML(elem_id="tile-frame")
@@ -109,25 +114,26 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
         view = [tile, progress, shown_item, confidence, back, resume, real, synthetic, message, shown]
 
         def on_load(request: gr.Request):
+            # Shown on the page so that a rater logged into someone else's account notices.
+            logged_in = f'<p style="text-align:right">Logged in as <b>{html.escape(request.username)}</b></p>'
             if request.username == ADMIN_NAME:
-                return gr.update(visible=False), gr.update(visible=True), _status_rows(db_path, study_id)
-            return gr.update(visible=True), gr.update(visible=False), gr.update()
+                status = _status_rows(db_path, study_id)
+                return gr.update(visible=False), gr.update(visible=True), status, logged_in
+            return gr.update(visible=True), gr.update(visible=False), gr.update(), logged_in
 
         def show_start(request: gr.Request):
             if request.username == ADMIN_NAME:
                 return [gr.update()] * len(view)
             settings = _settings_for(db_path, study_id, request.username)
-            return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+            return _render(db_path, settings, None)
 
         def vote_handler(vote: str):
             def handler(token: str, level: int | None, current: Shown | None, request: gr.Request):
                 settings = _settings_for(db_path, study_id, request.username)
                 if current is None:  # the server restarted under this page: its shown time is gone
-                    return _render(
-                        db_path, settings, first_unanswered(db_path, settings.rater_id), note=STATE_LOST
-                    )
+                    return _render(db_path, settings, None, note=STATE_LOST)
                 if current.position is None:
-                    return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+                    return _render(db_path, settings, None)
                 try:
                     record_vote(
                         db_path, settings.rater_id, current.position, token, vote, level, current.shown_at
@@ -139,16 +145,18 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
                         "vote of %s at position %s not saved: %s", settings.name, current.position, error
                     )
                     return _render(db_path, settings, current.position, note=NOT_SAVED, keep=current)
-                return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+                return _render(db_path, settings, None)
 
             return handler
 
         def go_back(current: Shown | None, request: gr.Request):
             settings = _settings_for(db_path, study_id, request.username)
-            if current is None or current.position is None:
-                position = settings.total if settings.allow_changes else None
+            if current is None:  # a fresh session: no "back" from nowhere, start at the frontier
+                position = None
+            elif current.position is None:  # from the "all rated" screen to the last tile
+                position = settings.total
             else:
-                position = max(1, current.position - 1) if settings.allow_changes else current.position
+                position = max(1, current.position - 1)
             return _render(db_path, settings, position)
 
         def refresh_status(request: gr.Request):
@@ -158,9 +166,9 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
 
         def go_resume(request: gr.Request):
             settings = _settings_for(db_path, study_id, request.username)
-            return _render(db_path, settings, first_unanswered(db_path, settings.rater_id))
+            return _render(db_path, settings, None)
 
-        blocks.load(on_load, None, [rater_panel, admin_panel, status_table], api_visibility="private")
+        blocks.load(on_load, None, [rater_panel, admin_panel, status_table, who], api_visibility="private")
         # The rating events skip Gradio's queue: one HTTP round trip instead of join + stream,
         # which halves the time from a key press to the next tile. They are short database calls.
         rating = {"api_visibility": "private", "trigger_mode": "once", "queue": False}
@@ -179,8 +187,17 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
 def _render(
     db_path: str, settings: RaterSettings, position: int | None, note: str = "", keep: Shown | None = None
 ) -> list:
-    """Updates for every component of the rater view, showing `position` (None: finished)."""
+    """Updates for every component of the rater view, showing `position` if the rater may see it.
+
+    Any other request (None, a position after the first unanswered one, or an earlier one in a
+    study without changes) shows the first unanswered tile, or the "all rated" screen.
+    """
     confidence_visible = settings.confidence != "none"
+    frontier = first_unanswered(db_path, settings.rater_id)
+    if position is None or not may_show(position, frontier, settings.allow_changes):
+        position = frontier
+    if keep is not None and keep.position != position:
+        keep = None
     if position is None:
         done = f"**All {settings.total} tiles rated. Thank you!**"
         if settings.allow_changes:

@@ -5,6 +5,11 @@ tests and the load benchmark all go through the same checks: a vote is only acce
 tile at that place in this rater's own order, it is committed before the caller shows the
 next tile, a repeated identical vote is a no-op, and a changed vote keeps its predecessor in
 `vote_history`.
+
+What a rater may see is decided here too, from the database alone (never from what a browser
+sends): the first unanswered tile (the frontier), the answered tiles before it when the study
+allows changes, and the bytes - not the page - of the tile after the frontier, so that the
+browser can prefetch it. Votes land only on the frontier, or change an earlier answer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+
+import sqlite_utils
 
 from histosynth.errors import StudyError
 from rater_app.store import connect, transaction
@@ -78,15 +85,41 @@ def rater_settings(db_path: str, rater_id: int) -> RaterSettings:
 def first_unanswered(db_path: str, rater_id: int) -> int | None:
     """The first place in the rater's order without a vote; None when the rater is done."""
     with connect(db_path) as db:
+        return _frontier(db, rater_id)
+
+
+def may_show(position: int, frontier: int | None, allow_changes: bool) -> bool:
+    """Whether a rater may have the tile at `position` on screen (and vote on it).
+
+    `frontier` is the first unanswered position (None when every tile is answered); every
+    position before it is answered, because votes land only on the frontier.
+    """
+    if frontier is None or position < frontier:
+        return allow_changes
+    return position == frontier
+
+
+def may_fetch(position: int, frontier: int | None, allow_changes: bool) -> bool:
+    """Whether a rater may download the tile at `position`: what they may see, plus one prefetch."""
+    return may_show(position, frontier, allow_changes) or (frontier is not None and position == frontier + 1)
+
+
+def fetchable_item(db_path: str, rater_id: int, token: str) -> str | None:
+    """The stored item behind one of this rater's showing tokens, when they may download it now."""
+    with connect(db_path) as db:
         rows = list(
             db.query(
-                """SELECT min(a.position) AS position FROM assignments a
-                   LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.position = a.position
-                   WHERE a.rater_id = ? AND v.rater_id IS NULL""",
-                [rater_id],
+                """SELECT a.item_id, a.position, s.settings FROM assignments a
+                   JOIN raters r ON r.id = a.rater_id JOIN studies s ON s.id = r.study_id
+                   WHERE a.rater_id = ? AND a.token = ?""",
+                [rater_id, token],
             )
         )
-    return rows[0]["position"]
+        if not rows:
+            return None
+        frontier = _frontier(db, rater_id)
+    allow_changes = json.loads(rows[0]["settings"])["allow_changes"]
+    return rows[0]["item_id"] if may_fetch(rows[0]["position"], frontier, allow_changes) else None
 
 
 def tile_at(db_path: str, rater_id: int, position: int) -> Tile:
@@ -131,9 +164,9 @@ def record_vote(
         shown_at, answered_at: epoch seconds; answered_at defaults to now.
 
     Raises:
-        VoteRefused: the item is not at that place in this rater's order, the value is bad,
-            confidence is missing or unexpected, or the vote differs from a stored one in a
-            study that does not allow changes.
+        VoteRefused: the item is not at that place in this rater's order, the place is after
+            the first unanswered one, the value is bad, confidence is missing or unexpected,
+            or the vote differs from a stored one in a study that does not allow changes.
     """
     if vote not in VOTES:
         raise VoteRefused(f"vote must be one of {', '.join(VOTES)}, got {vote!r}")
@@ -154,6 +187,9 @@ def record_vote(
         previous = list(
             db.query("SELECT * FROM votes WHERE rater_id = ? AND position = ?", [rater_id, position])
         )
+        frontier = _frontier(db, rater_id)
+        if not previous and position != frontier:
+            raise VoteRefused(f"answer the tiles in order: tile {frontier} is the first without an answer")
         if previous:
             old = previous[0]
             if old["vote"] == vote and old["confidence"] == confidence:
@@ -180,6 +216,18 @@ def record_vote(
             }
         )
     return True
+
+
+def _frontier(db: sqlite_utils.Database, rater_id: int) -> int | None:
+    rows = list(
+        db.query(
+            """SELECT min(a.position) AS position FROM assignments a
+               LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.position = a.position
+               WHERE a.rater_id = ? AND v.rater_id IS NULL""",
+            [rater_id],
+        )
+    )
+    return rows[0]["position"]
 
 
 def _check_confidence(confidence: int | None, scale: str) -> None:

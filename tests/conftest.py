@@ -119,18 +119,20 @@ class RunningServer:
 
 @pytest.fixture
 def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Factory: rating_server(db, study=None, env=None) starts `histosynth rate` on a free loopback port."""
+    """Factory: rating_server(db, study=None, env=None, args=()) starts `histosynth rate` on a free port."""
     processes: list[subprocess.Popen] = []
 
-    def start(db: Path, study: str | None = None, env: dict[str, str] | None = None) -> RunningServer:
+    def start(
+        db: Path, study: str | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> RunningServer:
         port = free_port()
-        args = [sys.executable, "-m", "histosynth", "rate", "--db", str(db), "--port", str(port)]
+        command = [sys.executable, "-m", "histosynth", "rate", "--db", str(db), "--port", str(port), *args]
         if study:
-            args += ["--study", study]
+            command += ["--study", study]
         log = tmp_path / f"server-{port}.log"
         with open(log, "wb") as output:
             process = subprocess.Popen(
-                args,
+                command,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

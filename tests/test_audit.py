@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from rater_app.audit import audit_study
-from rater_app.create import create_study
+from rater_app.create import blinded_png, create_study
+from rater_app.padding import pad_png
 from rater_app.raters import add_raters
 from rater_app.store import image_store_dir
 
@@ -90,3 +93,16 @@ def test_png_layout_rejects_other_formats() -> None:
     Image.new("RGB", (4, 4)).save(buffer, format="JPEG")
     with pytest.raises(ValueError, match="not a PNG"):
         png_layout(buffer.getvalue())
+
+
+def test_unequal_byte_lengths_are_a_leak(study) -> None:
+    path = first_item(study)
+    longer = pad_png(blinded_png(np.asarray(Image.open(path))), path.stat().st_size + 50)
+    path.write_bytes(longer)  # a valid, padded tile, 50 bytes longer than the others
+    with sqlite3.connect(study) as conn:
+        conn.execute(
+            "UPDATE items SET png_sha256 = ? WHERE id = ?", [hashlib.sha256(longer).hexdigest(), path.stem]
+        )
+    leaks = audit_study(study, "pilot").leaks
+    assert len(leaks) == 1 and leaks[0].startswith("PNG byte lengths differ (visible as Content-Length)")
+    assert "ADI/real" in leaks[0]

@@ -4,6 +4,7 @@ and all-or-nothing on bad input."""
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import sqlite3
 import struct
@@ -14,7 +15,8 @@ import pytest
 from PIL import Image
 
 from histosynth.errors import ConfigError, HistosynthError, StudyError
-from rater_app.create import create_study
+from rater_app.create import blinded_png, create_study
+from rater_app.padding import pad_png, showing_png
 from rater_app.store import image_store_dir
 
 from .conftest import histosynth
@@ -54,11 +56,14 @@ def test_creates_blinded_items(tmp_path, three_sources, write_study) -> None:
     assert len(rows) == 12
     store = image_store_dir(db)
     assert sorted(p.name for p in store.iterdir()) == sorted(f"{r['id']}.png" for r in rows)
+    assert len({(store / f"{r['id']}.png").stat().st_size for r in rows}) == 1  # one length for all
     for row in rows:
         assert re.fullmatch(r"[0-9a-f]{24}", row["id"])
         data = (store / f"{row['id']}.png").read_bytes()
         chunks = png_chunks(data)
-        assert chunks[0] == "IHDR" and chunks[-1] == "IEND" and set(chunks) == {"IHDR", "IDAT", "IEND"}
+        # the critical chunks, and one padding chunk of random bytes right before IEND
+        assert chunks[0] == "IHDR" and chunks[-2:] == ["paDd", "IEND"]
+        assert set(chunks) == {"IHDR", "IDAT", "paDd", "IEND"}
         with Image.open(store / f"{row['id']}.png") as image:
             assert image.size == (256, 256) and image.mode == "RGB" and not image.info
         original = Path(row["original_path"])
@@ -233,3 +238,19 @@ def test_unwritable_paths_are_one_line_errors(tmp_path, three_sources, write_stu
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and str(blocker) in lines[0], result.stderr
+
+
+def test_padding_keeps_pixels_and_refuses_what_does_not_fit() -> None:
+    rgb = np.random.default_rng(1).integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
+    plain = blinded_png(rgb)
+    assert showing_png(plain, "ab" * 12) == plain  # nothing to renew in an unpadded PNG
+    padded = pad_png(plain, len(plain) + 100)
+    shown = showing_png(padded, "ab" * 12)
+    assert len(padded) == len(shown) == len(plain) + 100 and shown != padded
+    for data in (padded, shown):
+        with Image.open(io.BytesIO(data)) as image:
+            assert not image.info and np.array_equal(np.asarray(image), rgb)
+    with pytest.raises(ValueError, match="cannot be padded"):
+        pad_png(plain, len(plain) + 20)
+    with pytest.raises(ValueError, match="not a PNG"):
+        pad_png(padded[:-12], len(plain) + 200)

@@ -46,18 +46,23 @@ def prepare_out_folder(out: str | Path, resume: bool) -> Path | None:
 
     Args:
         out: the run's output folder.
-        resume: `--resume`: continue from the newest checkpoint. Where `out` holds none
+        resume: `--resume`: continue from the newest checkpoint. Where `out` holds no run
             yet, the run starts from scratch (so a preemptible job can always pass it).
 
     Raises:
-        HistosynthError: `out` is a file, or (without `--resume`) already holds a model or
-            checkpoints of a run, which a fresh run would mix with its own.
+        HistosynthError: `out` is a file; or (without `--resume`) already holds a model or
+            checkpoints of a run, which a fresh run would mix with its own; or (with it) holds
+            a model whose checkpoints are gone.
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise HistosynthError(f"{out}: output path exists and is not a folder")
     newest = checkpoint_folders(out)
     if resume:
+        if not newest and (out / INFO_NAME).exists():
+            raise HistosynthError(
+                f"{out}: holds a model but no checkpoint to resume from; choose another --out"
+            )
         return newest[-1][1] if newest else None
     if newest or (out / INFO_NAME).exists():
         raise HistosynthError(

@@ -1,12 +1,14 @@
 """`generate`: a pool `<POOL>/<CLASS>/<index>.png` from a trained model, resumable and reproducible.
 
-Image i of class c is a pure function of (model, seed, c, i): all of its noise comes from a CPU
-generator seeded with `histosynth.sampling.derive_seed(seed, c, i)`, so the batch size, the
-number of processes and any interruption never change a file (on one device type; GPU kernels
-may round differently from CPU ones). Each PNG is written under a temporary name, fsynced and
+Image i of class c is a pure function of (model, seed, c, i): all of its noise (an LDM's DDIM
+noise; a StyleGAN2's z and noise inputs) comes from a CPU generator seeded with
+`histosynth.sampling.derive_seed(seed, c, i)`, so the batch size, the number of processes and
+any interruption never change a file (given the same kernels: on CPU with the same thread count,
+batches padded as `trainer.ldm.PAD_TO` says; GPU kernels may round differently between batch
+shapes). Each PNG is written under a temporary name, fsynced and
 renamed, so a visible file is complete; a rerun skips the files that exist and makes the rest.
 While a pool is being made, a hidden `.histosynth-generate.json` records its identity (model
-hash, sampler, steps, eta, guidance, seed); `pool.json` (the core's `write_manifest`, with a
+hash, sampler, steps, eta, guidance, truncation, seed); `pool.json` (the core's `write_manifest`, with a
 sha256 per file) replaces it at the end. An out folder made with another model or other
 settings is refused, so two runs never mix in one pool.
 """
@@ -33,8 +35,8 @@ from trainer.model_folder import model_hash, read_model_info
 logger = logging.getLogger(__name__)
 
 MARKER = ".histosynth-generate.json"
-SAMPLERS = ("ldm", "sd-finetune")
-IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "seed")
+SAMPLERS = ("ldm", "sd-finetune", "stylegan2")
+IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "truncation", "seed")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -52,6 +54,7 @@ def generate_pool(
     steps: int = 200,
     eta: float = 0.0,
     guidance: float = 1.0,
+    truncation: float = 1.0,
     batch_size: int = 16,
     seed: int = 0,
     device: str | None = None,
@@ -64,22 +67,25 @@ def generate_pool(
     """Generate `per_class` images of each class into the pool `out`, resuming where files exist.
 
     Args:
-        model: a model folder of kind `ldm` (`histosynth train ldm`, `histosynth import compvis`)
-            or `sd-finetune` (`histosynth train sd-finetune`).
+        model: a model folder of kind `ldm` (`histosynth train ldm`, `histosynth import compvis`),
+            `sd-finetune` (`histosynth train sd-finetune`) or `stylegan2`.
         out: the pool folder; created, or continued when it holds this same pool.
         per_class: images per class (indices 0 .. per_class - 1).
         classes: the classes to generate (default: all of the model's).
-        steps: DDIM steps (the paper: 200).
-        eta: DDIM eta (0: deterministic).
+        steps: DDIM steps (the paper: 200); not used by StyleGAN2.
+        eta: DDIM eta (0: deterministic); LDM only.
         guidance: classifier-free guidance scale (1: none); needs a model trained with
-            `cond_drop` > 0.
+            `cond_drop` > 0; LDM only.
+        truncation: StyleGAN2's psi, pulling w toward its class's mean w (1: none); StyleGAN2 only.
         batch_size: images per denoiser pass (does not change any image).
         seed: the pool's seed.
         device: torch device; None: accelerate's (cuda when present, one GPU per process).
-        precision: U-Net precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`.
+        precision: U-Net precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`
+            (StyleGAN2 generates in fp32).
         name: the generator's name in `pool.json` (default: the model folder's name).
         save_intermediates: a folder (outside the pool) for the paper's Fig. 5B rows: per image,
-            the decoded x0 predictions at `intermediate_steps` evenly spaced steps, side by side.
+            the decoded x0 predictions at `intermediate_steps` evenly spaced steps, side by side
+            (LDM only).
         intermediate_steps: how many steps such a row shows.
         progress: show a progress bar (None: when stderr is a terminal).
 
@@ -88,12 +94,10 @@ def generate_pool(
 
     Raises:
         HistosynthError: `per_class` < 1, a model folder without `histosynth.json` or of a kind
-            that cannot generate, an unknown class, guidance without a trained null class, or
-            an out folder holding another pool or other files.
+            that cannot generate, an unknown class, guidance without a trained null class, an
+            option of the other model kind, or an out folder holding another pool or other files.
     """
     from accelerate import PartialState
-
-    from trainer.ldm import decode_images, load_ldm, sample_latents
 
     if per_class < 1:
         raise HistosynthError(f"--per-class {per_class}: must be at least 1")
@@ -110,7 +114,9 @@ def generate_pool(
         raise HistosynthError(
             f"--classes {', '.join(unknown)}: not a class of {model} ({', '.join(info['classes'])})"
         )
-    if guidance != 1.0 and float(info["settings"].get("cond_drop", 0.0)) == 0.0:
+    stylegan = info["kind"] == "stylegan2"
+    _check_kind_options(info["kind"], eta, guidance, truncation, save_intermediates)
+    if not stylegan and guidance != 1.0 and float(info["settings"].get("cond_drop", 0.0)) == 0.0:
         raise HistosynthError(
             f"--guidance {guidance}: {model} was trained with cond_drop 0, so its null class is untrained; "
             "use --guidance 1 or retrain with --cond-drop"
@@ -125,10 +131,11 @@ def generate_pool(
     identity = {
         "generator": name or model.name,
         "checkpoint": model_hash(model),
-        "sampler": "ddim",
-        "steps": steps,
-        "eta": eta,
-        "guidance": guidance,
+        "sampler": "stylegan2" if stylegan else "ddim",
+        "steps": None if stylegan else steps,
+        "eta": None if stylegan else eta,
+        "guidance": None if stylegan else guidance,
+        "truncation": truncation if stylegan else None,
         "seed": seed,
     }
     if state.is_main_process:
@@ -138,7 +145,14 @@ def generate_pool(
     state.wait_for_everyone()
     todo = [(c, i) for c in wanted for i in range(per_class) if not (out / c / image_name(i)).exists()]
     mine = todo[state.process_index :: state.num_processes]
-    loaded = load_ldm(model, target, dtype)
+    if stylegan:
+        from trainer.stylegan2_train import generate_images, load_stylegan2
+
+        loaded = load_stylegan2(model, target)
+    else:
+        from trainer.ldm import decode_images, load_ldm, sample_latents
+
+        loaded = load_ldm(model, target, dtype)
     label_of = {c: index for index, c in enumerate(info["classes"])}
     shown = intermediate_indices(steps, intermediate_steps) if save_intermediates else []
     with progress_bar(progress if state.is_main_process else False) as bar:
@@ -146,6 +160,12 @@ def generate_pool(
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
             generators = [torch.Generator().manual_seed(derive_seed(seed, c, i)) for c, i in batch]
+            if stylegan:
+                images = generate_images(loaded, [label_of[c] for c, _ in batch], generators, truncation)
+                for (c, i), image in zip(batch, images, strict=True):
+                    atomic_write_bytes(out / c / image_name(i), png_bytes(image))
+                bar.advance(task, len(batch))
+                continue
             rows: dict[int, torch.Tensor] = {}
 
             def keep(index: int, x0: torch.Tensor, rows: dict[int, torch.Tensor] = rows) -> None:
@@ -169,14 +189,14 @@ def generate_pool(
             bar.advance(task, len(batch))
     state.wait_for_everyone()
     if state.is_main_process:
-        extra = {key: identity[key] for key in ("eta", "guidance")}
+        extra = {key: identity[key] for key in ("eta", "guidance", "truncation")}
         extra.update(per_class=per_class, model_kind=info["kind"], model_folder=str(model))
         write_manifest(
             out,
             generator=identity["generator"],
             checkpoint=identity["checkpoint"],
-            sampler="ddim",
-            steps=steps,
+            sampler=identity["sampler"],
+            steps=identity["steps"],
             seed=seed,
             extra=extra,
         )
@@ -196,6 +216,25 @@ def intermediate_indices(steps: int, count: int) -> list[int]:
     """`count` DDIM step indices evenly spread from the first to the last step."""
     count = max(1, min(count, steps))
     return sorted({round(k * (steps - 1) / max(count - 1, 1)) for k in range(count)})
+
+
+def _check_kind_options(
+    kind: str, eta: float, guidance: float, truncation: float, save_intermediates: str | Path | None
+) -> None:
+    """Refuse the options of the other model kind rather than ignore them silently."""
+    if kind == "stylegan2":
+        used = {
+            "--eta": eta != 0.0,
+            "--guidance": guidance != 1.0,
+            "--save-intermediates": save_intermediates is not None,
+        }
+        given = [flag for flag, is_used in used.items() if is_used]
+        if given:
+            raise HistosynthError(
+                f"{', '.join(given)}: diffusion options; a stylegan2 model takes --truncation"
+            )
+    elif truncation != 1.0:
+        raise HistosynthError(f"--truncation {truncation}: StyleGAN2 only; a {kind} model takes --guidance")
 
 
 def _claim(out: Path, identity: dict[str, Any], model: Path) -> None:

@@ -181,6 +181,7 @@ def train_ldm(
             device=accelerator.device,
             progress=progress,
         )
+    vae.to("cpu")  # only its folder is needed from here on (copied into the model as vae/)
     scaling_factor = 1.0 / cache.std
     latent_size = options.size // 8
     torch.manual_seed(derive_seed(options.seed, "ldm-init"))

@@ -137,6 +137,25 @@ class LDMOptions(TrainOptions):
     cache_latents: bool = True
 
 
+@dataclass(frozen=True)
+class ClassifierOptions(TrainOptions):
+    """The downstream tissue classifier (the paper's Table 3): fastai `vision_learner`, ResNet34.
+
+    Attributes:
+        arch: the torchvision architecture (`resnet34`, the paper's).
+        valid_fraction: share of each source's tiles per class held out, seeded and
+            stratified, to pick the checkpoint with the lowest validation loss.
+        freeze_body: with ImageNet weights, train only the head (fastai's frozen start);
+            False trains the whole network.
+        stain_normalize: Macenko-normalise training and test tiles to the stain reference.
+    """
+
+    arch: str = "resnet34"
+    valid_fraction: float = 0.2
+    freeze_body: bool = False
+    stain_normalize: bool = True
+
+
 AUTOENCODER_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # CompVis models/first_stage_models/kl-f8/config.yaml with the paper's epochs and batch size.
     ("kl", "paper"): dict(
@@ -198,6 +217,14 @@ LDM_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(),
 }
 
+CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's classifier: 15 epochs, batch 64, Adam at 1e-3 with fastai's one-cycle schedule,
+    # taken as given (no CompVis scaling); 224 px, the native size of NCT-CRC-HE-100K tiles.
+    "paper": dict(epochs=15, batch_size=64, learning_rate=1e-3, scale_lr=False, size=224),
+    # CPU smoke runs: ResNet18 (half ResNet34's weights to initialise and save), 32 px, 1 epoch.
+    "tiny": dict(arch="resnet18", epochs=1, batch_size=8, learning_rate=1e-3, scale_lr=False, size=32),
+}
+
 OptionsT = TypeVar("OptionsT", bound=TrainOptions)
 
 
@@ -205,16 +232,19 @@ def resolve(
     cls: type[OptionsT],
     preset: str,
     kind: str | None = None,
+    *,
     presets: dict[str, dict[str, Any]] | None = None,
     **overrides: Any,
 ) -> OptionsT:
     """Settings of `cls` from a preset, with the non-None `overrides` replacing preset values.
 
     Args:
-        cls: `AutoencoderOptions`, `LDMOptions` or another model's subclass of `TrainOptions`.
+        cls: `AutoencoderOptions`, `LDMOptions`, `ClassifierOptions` or another model's
+            `TrainOptions` subclass.
         preset: `paper` or `tiny`.
         kind: the autoencoder kind (`kl` or `vq`); None for the LDM.
-        presets: the presets of a model defined in its own module (default: `LDM_PRESETS`).
+        presets: the preset table of a model defined in its own module (e.g.
+            `trainer.stylegan2_train.STYLEGAN2_PRESETS`); None for the autoencoders and the LDM.
         overrides: field values from the command line; None means "the preset's".
 
     Raises:
@@ -226,8 +256,12 @@ def resolve(
         if kind not in ("kl", "vq"):
             raise HistosynthError(f"--kind {kind!r}: expected kl or vq")
         values = {"kind": kind, **AUTOENCODER_PRESETS[(kind, preset)]}
+    elif presets is not None:
+        values = dict(presets[preset])
+    elif cls is ClassifierOptions:
+        values = dict(CLASSIFIER_PRESETS[preset])
     else:
-        values = dict((presets or LDM_PRESETS)[preset])
+        values = dict(LDM_PRESETS[preset])
     names = {item.name for item in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -257,8 +291,16 @@ def from_record(cls: type[OptionsT], record: dict[str, Any]) -> OptionsT:
     return cls(**{key: value for key, value in values.items() if key in names})
 
 
-# Settings that may change between a run and its resume without changing its result.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "num_workers")
+# Settings that may change between a run and its resume without changing its result
+# (`max_rollbacks`: StyleGAN2's collapse guard may be given more tries after it gave up).
+RESUMABLE_CHANGES = (
+    "epochs",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_workers",
+    "max_rollbacks",
+)
 
 
 def changed_settings(before: TrainOptions, after: TrainOptions) -> list[str]:
@@ -286,5 +328,7 @@ def _check(options: TrainOptions) -> None:
         )
     if options.size % 8:
         raise HistosynthError(f"--size {options.size}: must be a multiple of 8 (f=8 autoencoders)")
+    if isinstance(options, ClassifierOptions) and not 0.0 < options.valid_fraction < 1.0:
+        raise HistosynthError(f"--valid-fraction {options.valid_fraction}: must lie in (0, 1)")
     if isinstance(options, LDMOptions) and not 0.0 <= options.cond_drop < 1.0:
         raise HistosynthError(f"--cond-drop {options.cond_drop}: must lie in [0, 1)")

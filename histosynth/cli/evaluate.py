@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,9 @@ from histosynth.cli.options import (
     ExtractorOption,
     ModeOption,
     PoolsOption,
+    ProgressOption,
     ReferenceOption,
+    SizeOption,
     WeightsOption,
     WorkersOption,
     parse_named_dirs,
@@ -35,7 +36,12 @@ def evaluate_ratings_command(
     include_unfinished: Annotated[
         bool, typer.Option("--include-unfinished", help="Keep raters who did not rate every tile.")
     ] = False,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the confidence intervals.")] = 1000,
+    n_bootstrap: Annotated[
+        int,
+        typer.Option(
+            "--n-bootstrap", "--bootstrap", help="Bootstrap replicates for the confidence intervals."
+        ),
+    ] = 1000,
     ci_level: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     correction: Annotated[
         str, typer.Option(help="Multiple-testing correction (statsmodels multipletests method).")
@@ -52,8 +58,8 @@ def evaluate_ratings_command(
     from_db = votes is None and db is not None and study is not None
     if not (from_csv or from_db):
         raise HistosynthError("give either --votes FILE or both --db FILE and --study NAME")
-    from evaluator.ratings_report import RatingSettings, evaluate_ratings
-    from evaluator.votes import read_votes
+    from evaluator.ratings.report import RatingSettings, evaluate_ratings
+    from evaluator.ratings.votes import read_votes
 
     if from_csv:
         frame = read_votes(votes)
@@ -63,7 +69,7 @@ def evaluate_ratings_command(
         frame = votes_frame(db, study)
     settings = RatingSettings(
         include_unfinished=include_unfinished,
-        n_bootstrap=bootstrap,
+        n_bootstrap=n_bootstrap,
         ci_level=ci_level,
         correction=correction,
         alpha=alpha,
@@ -94,39 +100,42 @@ def evaluate_fid(
     device: DeviceOption = None,
     kid_subsets: Annotated[int, typer.Option(help="KID subsets.")] = 100,
     kid_subset_size: Annotated[int, typer.Option(help="Largest KID subset.")] = 1000,
-    bootstrap: Annotated[int, typer.Option(help="FID bootstrap replicates (0: none).")] = 20,
+    n_bootstrap: Annotated[
+        int, typer.Option("--n-bootstrap", "--bootstrap", help="FID bootstrap replicates (0: none).")
+    ] = 20,
     bootstrap_max_n: Annotated[
         int, typer.Option(help="Bootstrap only rows with at most this many images.")
     ] = 2048,
     seed: Annotated[int, typer.Option(help="Seed of KID subsets and bootstrap.")] = 0,
     cache: CacheOption = True,
+    progress: ProgressOption = None,
 ) -> None:
     """FID and KID per class of each generated pool against the reference (the paper's Table 2)."""
-    from evaluator.fid import compute_fid
+    from evaluator.pools.fid import FidSettings, evaluate_fid
 
-    table = compute_fid(
-        reference,
-        parse_named_dirs(pool, "--pool"),
-        out,
+    settings = FidSettings(
         classes=classes or None,
         extractor=extractor,
         inception_weights=inception_weights,
         mode=mode,
         batch_size=batch_size,
-        num_workers=workers,
+        workers=workers,
         device=device,
         kid_subsets=kid_subsets,
         kid_subset_size=kid_subset_size,
-        bootstrap=bootstrap,
+        n_bootstrap=n_bootstrap,
         bootstrap_max_n=bootstrap_max_n,
         seed=seed,
-        use_cache=cache,
-        progress=True,
+        cache=cache,
+        progress=progress,
     )
-    typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
+    result = evaluate_fid(reference, parse_named_dirs(pool, "--pool"), out, settings)
+    typer.echo(result.table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))
     typer.echo(f"wrote {out / 'fid.csv'}", err=True)
 
 
+# `tsne` repeats the feature options of `fid` on purpose: typer declares a command's options in
+# its own signature, and each command lists them for its --help.
 @app.command("tsne")
 def evaluate_tsne(
     reference: ReferenceOption,
@@ -145,14 +154,12 @@ def evaluate_tsne(
     device: DeviceOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the subsets, PCA and t-SNE.")] = 0,
     cache: CacheOption = True,
+    progress: ProgressOption = None,
 ) -> None:
     """t-SNE of features per class, reference vs each pool (the paper's Fig. 2B)."""
-    from evaluator.tsne import compute_tsne
+    from evaluator.pools.tsne import TsneSettings, evaluate_tsne
 
-    table = compute_tsne(
-        reference,
-        parse_named_dirs(pool, "--pool"),
-        out,
+    settings = TsneSettings(
         classes=classes or None,
         extractor=extractor,
         inception_weights=inception_weights,
@@ -160,13 +167,14 @@ def evaluate_tsne(
         per_source=per_source,
         perplexity=perplexity,
         batch_size=batch_size,
-        num_workers=workers,
+        workers=workers,
         device=device,
         seed=seed,
-        use_cache=cache,
-        progress=True,
+        cache=cache,
+        progress=progress,
     )
-    typer.echo(f"wrote {out / 'tsne.png'} ({len(table)} points)", err=True)
+    result = evaluate_tsne(reference, parse_named_dirs(pool, "--pool"), out, settings)
+    typer.echo(f"wrote {out / 'tsne.png'} ({len(result.table)} points)", err=True)
 
 
 @app.command("msssim")
@@ -181,30 +189,29 @@ def evaluate_msssim(
     classes: Annotated[
         list[str] | None, typer.Option("--class", help="Class to measure; repeat (default: all).")
     ] = None,
-    size: Annotated[int, typer.Option(help="Resize to SIZE x SIZE, bilinear (0: native size).")] = 256,
+    size: SizeOption = 256,
     max_per_class: Annotated[
         int | None, typer.Option(help="Measure a random subset of this many images per class.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     device: DeviceOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
+    progress: ProgressOption = None,
 ) -> None:
     """MS-SSIM of an autoencoder's reconstructions, mean and std per class and overall."""
-    from evaluator.msssim import compute_msssim
+    from evaluator.pools.msssim import MsssimSettings, evaluate_msssim
 
-    summary, _ = compute_msssim(
-        autoencoder,
-        data,
-        out,
+    settings = MsssimSettings(
         classes=classes or None,
         size=size or None,
         max_per_class=max_per_class,
         batch_size=batch_size,
         device=device,
         seed=seed,
-        progress=True,
+        progress=progress,
     )
-    typer.echo(summary.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
+    result = evaluate_msssim(autoencoder, data, out, settings)
+    typer.echo(result.summary.to_string(index=False, float_format=lambda value: f"{value:.4f}"))
     typer.echo(f"wrote {out / 'msssim.csv'}", err=True)
 
 
@@ -226,9 +233,9 @@ def evaluate_memorization(
     classes: Annotated[
         list[str] | None, typer.Option("--class", help="Class to audit; repeat (default: all).")
     ] = None,
-    size: Annotated[int, typer.Option(help="Side tiles are resized to (bilinear), as in the paper.")] = 256,
+    size: SizeOption = 256,
     native_size: Annotated[
-        bool, typer.Option("--native-size", help="Compare at the tiles' own size (all must share it).")
+        bool, typer.Option("--native-size", hidden=True, help="The old spelling of --size 0.")
     ] = False,
     flips: Annotated[bool, typer.Option(help="Also try the 4 rotations of the mirrored tile.")] = False,
     across_classes: Annotated[
@@ -245,20 +252,17 @@ def evaluate_memorization(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache of decoded training tiles (default: user cache dir).")
     ] = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Closest training tile of generated (and held-out) tiles by pixel correlation (the paper's Fig. 4)."""
-    from evaluator.memorization import run_memorization
+    from evaluator.memorization.audit import MemorizationSettings
+    from evaluator.memorization.report import evaluate_memorization
 
-    result, _ = run_memorization(
-        train,
-        parse_named_dirs(pool, "--pool"),
-        out,
-        baseline,
-        top_k=top_k,
+    settings = MemorizationSettings(
         baseline_name=baseline_name,
         n=n,
         baseline_n=baseline_n,
-        size=None if native_size else size,
+        size=None if native_size else size or None,
         flips=flips,
         across_classes=across_classes,
         classes=classes or None,
@@ -268,7 +272,10 @@ def evaluate_memorization(
         cache_dir=cache_dir,
         memory_mb=memory_mb,
         workers=workers,
-        progress=sys.stderr.isatty(),
+        progress=progress,
+    )
+    result = evaluate_memorization(
+        train, parse_named_dirs(pool, "--pool"), out, baseline, settings, top_k=top_k
     )
     table = result.verdict if result.verdict is not None else result.summary
     typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.4g}"))

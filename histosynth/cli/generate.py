@@ -19,9 +19,12 @@ def generate(
     classes: Annotated[
         list[str] | None, typer.Option("--classes", help="Class to generate; repeat (default: all).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps (the paper: 200).")] = 200,
+    steps: Annotated[int, typer.Option(help="DDIM steps (the paper: 200; LDM only).")] = 200,
     eta: Annotated[float, typer.Option(help="DDIM eta (0: deterministic).")] = 0.0,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1: none).")] = 1.0,
+    truncation: Annotated[
+        float, typer.Option(help="StyleGAN2 truncation psi toward the class's mean w (1: none).")
+    ] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Images per denoiser pass (changes no image).")] = 16,
     seed: Annotated[int, typer.Option(help="Seed: image i of class c uses derive_seed(seed, c, i).")] = 0,
     device: DeviceOption = None,
@@ -40,7 +43,7 @@ def generate(
         bool | None, typer.Option(help="Show a progress bar (default: in a terminal).")
     ] = None,
 ) -> None:
-    """Generate a pool from a trained model: DDIM (CompVis schedule), resumable, pool.json at the end."""
+    """Generate a pool from a trained model (LDM: DDIM, CompVis schedule; StyleGAN2), resumable, pool.json."""
     from trainer.generate import generate_pool
 
     pool = generate_pool(
@@ -51,6 +54,7 @@ def generate(
         steps=steps,
         eta=eta,
         guidance=guidance,
+        truncation=truncation,
         batch_size=batch_size,
         seed=seed,
         device=device,

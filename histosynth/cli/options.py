@@ -26,10 +26,19 @@ WeightsOption = Annotated[
     Path | None,
     typer.Option(help="inception-2015-12-05.pt or its folder (default: <cache>/weights/)."),
 ]
-ModeOption = Annotated[str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native'.")]
+ModeOption = Annotated[
+    str, typer.Option(help="'clean' (resize to 299, clean-fid) or 'native' (pixels at their native size).")
+]
 WorkersOption = Annotated[int, typer.Option(help="Threads decoding and resizing images.")]
 DeviceOption = Annotated[str | None, typer.Option(help="Torch device (default: cuda if available).")]
 CacheOption = Annotated[bool, typer.Option(help="Use the feature cache.")]
+SizeOption = Annotated[int, typer.Option(help="Resize images to SIZE x SIZE, bilinear (0: native size).")]
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress", help="Progress bars on stderr (default: when it is a terminal)."
+    ),
+]
 
 
 def parse_named_dirs(values: list[str], option: str) -> dict[str, Path]:

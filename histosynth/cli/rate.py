@@ -17,11 +17,19 @@ def rate(
     ] = None,
     host: HostOption = "127.0.0.1",
     port: PortOption = 7860,
+    trusted_proxy: Annotated[
+        str | None,
+        typer.Option(
+            "--trusted-proxy",
+            metavar="ADDR",
+            help="Address of your reverse proxy; only its X-Forwarded-For/-Proto/-Host are believed.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the blinded rating app (Gradio) for raters and the study's admin."""
     from rater_app.server import serve
 
-    serve(db, study, host=host, port=port)
+    serve(db, study, host=host, port=port, trusted_proxy=trusted_proxy)
 
 
 def demo(

@@ -1,4 +1,4 @@
-"""`histosynth train ...`: the paper's autoencoders, latent diffusion model and SD fine-tune.
+"""`histosynth train ...`: the paper's autoencoders, latent diffusion model, StyleGAN2 and SD fine-tune.
 
 Every command takes the shared run options (preset, epochs, steps, batch, seed, learning rate,
 checkpoints, resume, progress); options left unset take the preset's value. Run several GPUs or
@@ -166,6 +166,165 @@ def ldm(
         cond_drop=cond_drop,
     )
     typer.echo(f"wrote {folder}", err=True)
+
+
+@app.command("stylegan2")
+def stylegan2(
+    data: DataOption,
+    out: OutOption,
+    preset: PresetOption = "paper",
+    epochs: EpochsOption = None,
+    max_steps: MaxStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="Adam's rate for G and D [preset: 0.001], before the lazy correction."),
+    ] = None,
+    size: SizeOption = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Check for mode collapse and save a checkpoint every N steps [preset].")
+    ] = None,
+    keep_checkpoints: KeepOption = 2,
+    resume: ResumeOption = False,
+    mixed_precision: Annotated[
+        str, typer.Option(help="no or bf16 (fp16 cannot scale R1's gradients).")
+    ] = "no",
+    workers: WorkersOption = 0,
+    classes: ClassesOption = None,
+    r1_gamma: Annotated[float | None, typer.Option(help="R1 weight gamma [preset: 0.5].")] = None,
+    pl_weight: Annotated[float | None, typer.Option(help="Path-length weight [preset: 2].")] = None,
+    style_mixing: Annotated[
+        float | None, typer.Option(help="Style-mixing probability [preset: 0.9].")
+    ] = None,
+    ema_half_life: Annotated[
+        int | None, typer.Option(help="Images over which the EMA generator's past weight halves [preset].")
+    ] = None,
+    augment: Annotated[bool, typer.Option(help="Adaptive discriminator augmentation (ADA).")] = True,
+    ada_target: Annotated[float | None, typer.Option(help="ADA's target r_t [preset: 0.6].")] = None,
+    min_diversity: Annotated[
+        float | None, typer.Option(help="Collapse when a class's diversity ratio falls below this [preset].")
+    ] = None,
+    max_gap: Annotated[
+        float | None, typer.Option(help="Collapse when D's real-minus-fake mean logit exceeds this [preset].")
+    ] = None,
+    max_rollbacks: Annotated[
+        int | None, typer.Option(help="Rollbacks to the last good checkpoint before giving up [preset: 3].")
+    ] = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Train a class-conditional StyleGAN2 with ADA that rolls back on mode collapse."""
+    from trainer.stylegan2_train import train_stylegan2
+
+    folder = train_stylegan2(
+        data,
+        out,
+        preset=preset,
+        resume=resume,
+        classes=classes or None,
+        progress=progress,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        size=size,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        mixed_precision=mixed_precision,
+        num_workers=workers,
+        r1_gamma=r1_gamma,
+        pl_weight=pl_weight,
+        style_mixing=style_mixing,
+        ema_half_life=ema_half_life,
+        augment=augment,
+        ada_target=ada_target,
+        min_diversity=min_diversity,
+        max_gap=max_gap,
+        max_rollbacks=max_rollbacks,
+    )
+    typer.echo(f"wrote {folder}", err=True)
+
+
+@app.command("classifier")
+def classifier(
+    train: Annotated[
+        list[str],
+        typer.Option("--train", help="Training source NAME=POOL; repeat. 'real' is real, others synthetic."),
+    ],
+    test: Annotated[Path, typer.Option("--test", help="Test pool; its classes are the labels.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: tables, figures and models/.")],
+    arms: Annotated[
+        str, typer.Option(help="Arms, comma-separated: real, synthetic, combined (the paper's three).")
+    ] = "real,synthetic,combined",
+    seeds: Annotated[int, typer.Option(help="Repeats of every arm (SEED, SEED+1, ...); mean ± std.")] = 1,
+    caps: Annotated[
+        list[str] | None, typer.Option("--cap", help="NAME=N: at most N tiles per class of a source; repeat.")
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="torchvision's ImageNet weights, e.g. resnet34-b627a593.pth "
+            "(default: $TORCH_HOME/hub/checkpoints/), or 'none' to train from scratch."
+        ),
+    ] = None,
+    stain_reference: Annotated[
+        Path | None, typer.Option(help="Macenko reference tile (default: the H&E tile histosynth ships).")
+    ] = None,
+    stain_normalize: Annotated[
+        bool, typer.Option(help="Macenko-normalise training and test tiles to the reference.")
+    ] = True,
+    valid_fraction: Annotated[
+        float | None, typer.Option(help="Share of each source's tiles per class held out for validation.")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="resnet18, resnet34 or resnet50 (paper: resnet34; tiny: resnet18).")
+    ] = None,
+    freeze_body: Annotated[
+        bool, typer.Option(help="With ImageNet weights, train only the head (fastai's frozen start).")
+    ] = False,
+    preset: PresetOption = "paper",
+    epochs: EpochsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Maximal one-cycle learning rate (paper: 1e-3), as given.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Tiles resized bilinearly to SIZE (paper: 224).")] = None,
+    mixed_precision: PrecisionOption = "auto",
+    workers: WorkersOption = 0,
+    progress: ProgressOption = None,
+) -> None:
+    """Train a ResNet34 tissue classifier per arm and seed on real, synthetic or combined tiles (Table 3)."""
+    from histosynth.cli.options import parse_named_dirs
+    from trainer.classifier import train_classifier
+    from trainer.classifier_arms import parse_caps
+
+    sources = parse_named_dirs(train, "--train")
+    result = train_classifier(
+        sources,
+        test,
+        out,
+        arms=arms,
+        seeds=seeds,
+        caps=parse_caps(caps or [], sources),
+        pretrained=pretrained,
+        stain_reference=stain_reference,
+        preset=preset,
+        progress=progress,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        size=size,
+        mixed_precision=mixed_precision,
+        num_workers=workers,
+        stain_normalize=stain_normalize,
+        valid_fraction=valid_fraction,
+        arch=arch,
+        freeze_body=freeze_body,
+    )
+    typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)
 
 
 @app.command("sd-finetune")

@@ -4,6 +4,7 @@ bad input refused in one line with nothing written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,9 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_old_one(
     with pytest.raises(HistosynthError, match="other settings \\(batch_size\\)"):
         train_autoencoder(pool, out, perceptual=False, max_steps=2, batch_size=4, resume=True)
     assert read_model_info(out)["steps"] == 1
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(HistosynthError, match="holds a model but no checkpoint"):
+        train_autoencoder(pool, out, perceptual=False, max_steps=2, resume=True)
 
 
 def test_bad_pools_are_refused_in_one_line_with_nothing_written(make_tiles, tmp_path: Path, cli) -> None:
@@ -140,17 +144,14 @@ def test_bad_pools_are_refused_in_one_line_with_nothing_written(make_tiles, tmp_
     not_a_pool = tmp_path / "flat"
     not_a_pool.mkdir()
     Image.new("RGB", (28, 28)).save(not_a_pool / "tile.png")
-    cases = {single: "only one class", mixed: "30x30 px, but", not_a_pool: "no class folders"}
-    for pool, message in cases.items():
-        out = tmp_path / f"out-{pool.name}"
-        result = cli(
-            "train", "autoencoder", "--preset", "tiny", "--no-perceptual", "--data", pool, "--out", out
-        )
-        assert result.returncode == 1, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
-        assert not out.exists()
-    with pytest.raises(PoolError, match="only one class"):
-        train_autoencoder(single, tmp_path / "api", perceptual=False)
+    out = tmp_path / "out"
+    result = cli("train", "autoencoder", "--preset", "tiny", "--no-perceptual", "--data", mixed, "--out", out)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "30x30 px, but" in result.stderr, result.stderr
+    for pool, message in {single: "only one class", not_a_pool: "no class folders"}.items():
+        with pytest.raises(PoolError, match=message):
+            train_autoencoder(pool, out, perceptual=False)
+    assert not out.exists()
 
 
 def test_run_record_in_each_checkpoint(make_tiles, tmp_path: Path) -> None:

@@ -1,0 +1,270 @@
+"""`histosynth train classifier`: does synthetic data improve a tissue classifier? (the paper's Table 3)
+
+The experiment in one call. The `--train NAME=POOL` sources are grouped by role into the arms
+(`trainer.classifier_arms`: `real`, `synthetic`, `combined`); every arm is trained once per seed
+with the same seeds (`trainer.classifier_learner`: fastai ResNet34, one-cycle, the checkpoint
+with the lowest validation loss), on Macenko-normalised tiles (`trainer.stain`), and tested on
+the `--test` pool; the scores, Table 3 and the paired comparison of arms are written by
+`trainer.classifier_report`. Each run's model is saved as `<out>/models/<arm>-seed<S>/`:
+`model.safetensors` and `config.json` (fastai's ResNet with its head; `load_classifier`
+rebuilds it), the stain reference tile and `stain.json`, sealed by a `histosynth.json` of kind
+`classifier`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastai.torch_core import rank_distrib
+
+from histosynth.errors import HistosynthError
+from histosynth.files import atomic_write_text
+from histosynth.pools import read_pool
+from histosynth.tables import ALL_CLASSES
+from trainer.classifier_arms import arm_data, arm_sources, check_coverage, parse_arms, read_sources
+from trainer.classifier_learner import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_learner,
+    fit_best,
+    predict,
+    pretrained_weights,
+    save_classifier,
+)
+from trainer.classifier_report import write_report
+from trainer.classifier_stats import compare_arms, run_scores
+from trainer.data import pool_fingerprint
+from trainer.loop import total_steps
+from trainer.model_folder import publish_model, write_model_info
+from trainer.options import ClassifierOptions, resolve, to_record
+from trainer.stain import fit_normalizer, prepare_tiles
+
+logger = logging.getLogger(__name__)
+
+MODELS = "models"
+
+
+@dataclass(frozen=True)
+class ClassifierResult:
+    """What `train_classifier` wrote and measured."""
+
+    out: Path
+    files: list[Path]
+    models: list[Path]
+    accuracy: pd.DataFrame
+    metrics: pd.DataFrame
+    comparison: pd.DataFrame
+
+
+def train_classifier(
+    train: Mapping[str, str | Path],
+    test: str | Path,
+    out: str | Path,
+    *,
+    arms: str | Sequence[str] = "real,synthetic,combined",
+    seeds: int = 1,
+    caps: Mapping[str, int] | None = None,
+    pretrained: str | Path | None = None,
+    stain_reference: str | Path | None = None,
+    preset: str = "tiny",
+    progress: bool | None = None,
+    **settings: Any,
+) -> ClassifierResult:
+    """Train and test the classifier of every arm and seed; write Table 3 and the comparison.
+
+    Args:
+        train: source name -> pool; the source named `real` is real, every other synthetic.
+        test: the test pool; its classes are the label set every arm must cover.
+        out: the output folder (tables, figures, `models/`).
+        arms: which of `real`, `synthetic`, `combined` to train, comma-separated or a list.
+        seeds: repeats of every arm, seeds `seed`, `seed + 1`, ...; mean ± std is over them.
+        caps: tiles per class drawn from a source (for balanced classes); others use all.
+        pretrained: torchvision's ImageNet weights file, `none` (train from scratch), or None
+            for torch's hub cache.
+        stain_reference: the Macenko reference tile (None: the one histosynth ships).
+        preset: `paper` (15 epochs, batch 64, lr 1e-3, 224 px) or `tiny` (CPU smoke runs).
+        progress: show progress bars (None: when stderr is a terminal).
+        settings: overrides of the preset by field name (`trainer.options.ClassifierOptions`),
+            e.g. `epochs=2`, `batch_size=16`, `valid_fraction=0.1`, `stain_normalize=False`.
+
+    Returns:
+        The files written, the saved models and the score frames.
+
+    Raises:
+        HistosynthError: bad settings, arms or caps; a pool that is not one; a training source
+            with a class the test pool lacks, or an arm without tiles of a test class; missing
+            ImageNet weights (the message names the file and where it goes); an unusable
+            stain reference; fewer training tiles than one batch.
+    """
+    options = resolve(ClassifierOptions, preset, **settings)
+    if seeds < 1:
+        raise HistosynthError(f"--seeds {seeds}: must be at least 1")
+    out = Path(out).expanduser()
+    chosen = parse_arms(arms)
+    sources = {name: Path(folder) for name, folder in train.items()}
+    caps = dict(caps or {})
+    for name, cap in caps.items():
+        if name not in sources or cap < 1:
+            raise HistosynthError(f"--cap {name}={cap}: needs a --train source of that name and N >= 1")
+    weights = pretrained_weights(options.arch, pretrained)
+    test_pool = read_pool(test)
+    classes = test_pool.classes
+    if len(classes) < 2:
+        raise HistosynthError(f"--test {test_pool.root}: only class {classes[0]}; a classifier needs two")
+    pools = read_sources(sources, classes)
+    members = {arm: arm_sources(arm, list(sources)) for arm in chosen}
+    for arm, names in members.items():
+        check_coverage(arm, names, pools, test_pool)
+    normalizer = fit_normalizer(stain_reference) if options.stain_normalize else None
+
+    seed_list = [options.seed + k for k in range(seeds)]
+    designs = {
+        (arm, seed): arm_data(arm, seed, members[arm], pools, classes, caps, options.valid_fraction)
+        for seed in seed_list
+        for arm in chosen
+    }
+    test_files = [path for paths in test_pool.files.values() for path in paths]
+    truth = np.array([classes.index(label) for label, paths in test_pool.files.items() for _ in paths])
+    every_file = [path for design in designs.values() for path, _ in design.train + design.valid]
+    every_file += test_files
+    workers = max(1, options.num_workers)
+    prepared = prepare_tiles(every_file, normalizer, options.size, workers=workers, progress=progress)
+    cached = prepared.arrays
+
+    for design in designs.values():  # refuse an arm smaller than one batch before any training
+        total_steps(options, len(design.train), 1)
+
+    accuracy_rows, metric_rows, confusion, models = [], [], {}, []
+    for (arm, seed), design in designs.items():
+        run_options = dataclasses.replace(options, seed=seed)
+        with tempfile.TemporaryDirectory(prefix="histosynth-classifier-") as scratch:
+            learn = build_learner(
+                [(cached[path], label) for path, label in design.train],
+                [(cached[path], label) for path, label in design.valid],
+                len(classes),
+                run_options,
+                weights,
+                Path(scratch),
+            )
+            fit = fit_best(learn, run_options, description=f"classifier {arm} seed {seed}", progress=progress)
+            predicted = predict(learn.model, [cached[path] for path in test_files], run_options.batch_size)
+        scores = run_scores(truth, predicted, classes)
+        confusion[(arm, seed)] = scores["confusion"]
+        accuracy_rows += _accuracy_rows(arm, seed, scores, classes)
+        metric_rows.append(_metric_row(arm, seed, scores, design, fit))
+        folder = out / MODELS / f"{arm}-seed{seed}"
+        if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
+            roots = {name: pools[name].root for name in design.sources}
+            _save_model(folder, learn.model, design, run_options, classes, fit, normalizer, roots, weights)
+        models.append(folder)
+        kept = fit.best_epoch + 1
+        logger.info(
+            "%s seed %d: accuracy %.3f (epoch %d of %d kept)",
+            arm,
+            seed,
+            scores["accuracy"],
+            kept,
+            options.epochs,
+        )
+
+    accuracy = pd.DataFrame(accuracy_rows)
+    metrics = pd.DataFrame(metric_rows)
+    comparison = compare_arms(metrics, chosen)
+    labels = {arm: arm if arm == "real" else f"{arm} ({' + '.join(members[arm])})" for arm in chosen}
+    record = {
+        "settings": to_record(options),
+        "arms": {arm: members[arm] for arm in chosen},
+        "seeds": seed_list,
+        "train": {name: str(folder) for name, folder in sources.items()},
+        "caps": caps,
+        "test": str(test_pool.root),
+        "classes": classes,
+        "pretrained": str(weights) if weights else None,
+        "stain": None if normalizer is None else normalizer.record(),
+        "stain_passed_through": len(prepared.passed_through),
+        "stain_tiles": len(cached),
+    }
+    files = []
+    if rank_distrib() == 0:
+        files = write_report(out, accuracy, metrics, comparison, confusion, classes, labels, record)
+    return ClassifierResult(out, files, models, accuracy, metrics, comparison)
+
+
+def _accuracy_rows(arm: str, seed: int, scores: dict, classes: Sequence[str]) -> list[dict[str, object]]:
+    """Table 3's long rows of one run: accuracy per class and overall (`ALL`), with the test tiles."""
+    rows = []
+    for name in classes:
+        accuracy = scores["per_class"].get(name, np.nan)
+        rows.append({"arm": arm, "seed": seed, "class": name, "accuracy": accuracy, "n": scores["n"][name]})
+    total = sum(scores["n"].values())
+    return [
+        *rows,
+        {"arm": arm, "seed": seed, "class": ALL_CLASSES, "accuracy": scores["accuracy"], "n": total},
+    ]
+
+
+def _metric_row(arm: str, seed: int, scores: dict, design, fit) -> dict[str, object]:
+    """One run's scores, tile counts and the epoch kept (1-based) with its validation loss."""
+    return {
+        "arm": arm,
+        "seed": seed,
+        "accuracy": scores["accuracy"],
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "n_train": len(design.train),
+        "n_valid": len(design.valid),
+        "best_epoch": fit.best_epoch + 1,
+        "best_valid_loss": fit.valid_losses[fit.best_epoch],
+        "last_valid_loss": fit.valid_losses[-1],
+    }
+
+
+def _save_model(folder, model, design, options, classes, fit, normalizer, roots, weights) -> None:
+    """Publish one run's model folder: weights, config, stain reference, sealed by histosynth.json."""
+
+    def write(staging: Path) -> None:
+        config = {
+            "arch": options.arch,
+            "classes": list(classes),
+            "size": options.size,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "stain_normalize": normalizer is not None,
+        }
+        save_classifier(staging, model, config)
+        if normalizer is not None:
+            shutil.copyfile(normalizer.reference, staging / f"stain_reference{normalizer.reference.suffix}")
+            atomic_write_text(staging / "stain.json", json.dumps(normalizer.record(), indent=2) + "\n")
+
+    publish_model(folder, write)
+    fingerprint = {}
+    for name, root in roots.items():
+        files = sorted(path for path, _ in design.train + design.valid if path.is_relative_to(root))
+        fingerprint[name] = pool_fingerprint(root, files)
+    write_model_info(
+        folder,
+        kind="classifier",
+        classes=classes,
+        settings=to_record(options),
+        fingerprint=fingerprint,
+        steps=fit.steps,
+        extra={
+            "arm": design.arm,
+            "seed": design.seed,
+            "sources": design.sources,
+            "best_epoch": fit.best_epoch + 1,
+            "valid_losses": fit.valid_losses,
+            "train_losses": fit.train_losses,
+            "pretrained": str(weights) if weights else None,
+        },
+    )
