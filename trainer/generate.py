@@ -35,7 +35,7 @@ from trainer.model_folder import model_hash, read_model_info
 logger = logging.getLogger(__name__)
 
 MARKER = ".histosynth-generate.json"
-SAMPLERS = ("ldm", "stylegan2")
+SAMPLERS = ("ldm", "sd-finetune", "stylegan2")
 IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "truncation", "seed")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -67,7 +67,8 @@ def generate_pool(
     """Generate `per_class` images of each class into the pool `out`, resuming where files exist.
 
     Args:
-        model: a model folder written by `histosynth train` (kind `ldm` or `stylegan2`).
+        model: a model folder of kind `ldm` (`histosynth train ldm`, `histosynth import compvis`),
+            `sd-finetune` (`histosynth train sd-finetune`) or `stylegan2`.
         out: the pool folder; created, or continued when it holds this same pool.
         per_class: images per class (indices 0 .. per_class - 1).
         classes: the classes to generate (default: all of the model's).

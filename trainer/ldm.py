@@ -53,6 +53,7 @@ from trainer.latents import (
 from trainer.loop import make_accelerator, resume_step, run_steps
 from trainer.model_folder import model_hash, publish_model, read_model_info, write_model_info
 from trainer.options import LDMOptions, effective_learning_rate, resolve, to_record
+from trainer.prompt_embedder import PromptEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -287,12 +288,16 @@ def train_ldm(
 
 @dataclass
 class LatentDiffusionModel:
-    """A trained LDM loaded for sampling: EMA U-Net, class embedder, decoder, schedule, classes."""
+    """A trained LDM loaded for sampling: EMA U-Net, class embedder, decoder, schedule, classes.
+
+    The embedder maps labels to the U-Net's context: `ClassEmbedder` for kind `ldm`,
+    `trainer.prompt_embedder.PromptEmbedder` (fixed prompt embeddings) for kind `sd-finetune`.
+    """
 
     folder: Path
     info: dict[str, Any]
     unet: UNet2DConditionModel
-    embedder: ClassEmbedder
+    embedder: ModelMixin
     vae: Any
     device: torch.device
     dtype: torch.dtype
@@ -315,20 +320,28 @@ class LatentDiffusionModel:
         return float(self.info["settings"]["cond_drop"])
 
 
+# The label -> context module of each kind `load_ldm` samples, and its subfolder.
+EMBEDDERS: dict[str, tuple[type[ModelMixin], str]] = {
+    KIND: (ClassEmbedder, "class_embedder"),
+    "sd-finetune": (PromptEmbedder, "prompt_embeddings"),  # trainer.sd_finetune
+}
+
+
 def load_ldm(
     folder: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> LatentDiffusionModel:
-    """Load an LDM model folder for sampling; the U-Net in `dtype`, the decoder in float32.
+    """Load an LDM (or fine-tuned SD) model folder for sampling; the U-Net in `dtype`, the decoder in float32.
 
     Raises:
         HistosynthError: no `histosynth.json`, another kind of model, or a component missing.
     """
     folder = Path(folder).expanduser()
-    info = read_model_info(folder, [KIND])
+    info = read_model_info(folder, list(EMBEDDERS))
     kind = info["autoencoder"]["kind"]
+    embedder_class, embedder_folder = EMBEDDERS[info["kind"]]
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
-        embedder = ClassEmbedder.from_pretrained(folder / "class_embedder", torch_dtype=dtype)
+        embedder = embedder_class.from_pretrained(folder / embedder_folder, torch_dtype=dtype)
         vae = AUTOENCODER_KINDS[kind].from_pretrained(folder / "vae")
     except OSError as error:
         raise HistosynthError(f"{folder}: incomplete model folder ({error})") from error

@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from histosynth.cli import evaluate, generate, rate, study, train
+from histosynth.cli import evaluate, generate, importer, rate, study, train
 from histosynth.errors import HistosynthError
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("demo")(rate.demo)
 app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(train.app, name="train")
 app.command("generate")(generate.generate)
+app.add_typer(importer.app, name="import")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`histosynth train ...`: the paper's autoencoders, latent diffusion model and StyleGAN2.
+"""`histosynth train ...`: the paper's autoencoders, latent diffusion model, StyleGAN2 and SD fine-tune.
 
 Every command takes the shared run options (preset, epochs, steps, batch, seed, learning rate,
 checkpoints, resume, progress); options left unset take the preset's value. Run several GPUs or
@@ -325,3 +325,65 @@ def classifier(
         freeze_body=freeze_body,
     )
     typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)
+
+
+@app.command("sd-finetune")
+def sd_finetune(
+    base: Annotated[
+        Path,
+        typer.Option(
+            "--base", help="Local diffusers Stable Diffusion v1.4 folder (unet/, vae/, text_encoder/, ...)."
+        ),
+    ],
+    data: DataOption,
+    out: OutOption,
+    preset: PresetOption = "paper",
+    epochs: EpochsOption = None,
+    max_steps: MaxStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    learning_rate: LearningRateOption = None,
+    scale_lr: ScaleLrOption = True,
+    lr_warmup_steps: WarmupOption = 0,
+    size: SizeOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
+    keep_checkpoints: KeepOption = 2,
+    resume: ResumeOption = False,
+    mixed_precision: PrecisionOption = "auto",
+    workers: WorkersOption = 0,
+    classes: ClassesOption = None,
+    prompt_template: Annotated[
+        str | None, typer.Option(help="Prompt of a class; {class_name} is replaced by its folder name.")
+    ] = None,
+    cond_drop: Annotated[
+        float | None, typer.Option(help="Probability of the empty prompt per example (SD v1: 0.1) [preset].")
+    ] = None,
+    progress: ProgressOption = None,
+) -> None:
+    """Fine-tune Stable Diffusion v1.4's U-Net on a pool, one prompt per class (VAE, text encoder frozen)."""
+    from trainer.sd_finetune import train_sd_finetune
+
+    folder = train_sd_finetune(
+        base,
+        data,
+        out,
+        preset=preset,
+        resume=resume,
+        classes=classes or None,
+        progress=progress,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        scale_lr=scale_lr,
+        lr_warmup_steps=lr_warmup_steps,
+        size=size,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        mixed_precision=mixed_precision,
+        num_workers=workers,
+        prompt_template=prompt_template,
+        cond_drop=cond_drop,
+    )
+    typer.echo(f"wrote {folder}", err=True)

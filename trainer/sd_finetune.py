@@ -1,0 +1,320 @@
+"""The paper's third generator: Stable Diffusion v1.4 with its U-Net fine-tuned on the tiles.
+
+The base is a local diffusers-format SD v1.4 folder (`unet/`, `vae/`, `text_encoder/`,
+`tokenizer/`, `scheduler/`, as `CompVis/stable-diffusion-v1-4` is published); nothing is
+downloaded. The autoencoder and the CLIP text encoder stay frozen; only the U-Net trains. Each
+class is one prompt, a template with the class name (stored in `histosynth.json`). Because the
+text encoder is frozen, the prompts' embeddings are computed once, before training, together
+with the empty prompt's, which SD uses as its unconditional input: they are saved as the model's
+`prompt_embeddings/` (`trainer.prompt_embedder.PromptEmbedder`), so sampling needs neither
+transformers nor the text encoder, and `trainer.ldm`'s sampler (DDIM with the CompVis step
+placement) serves both models: `generate` treats label i as prompt i and the null class as the
+empty prompt. The saved U-Net's
+`sample_size` is the training size / 8, so `generate` makes tiles of the size it was tuned on
+(SD v1.4's own is 512 px; the paper's tiles are 256 px).
+
+Training is the base's own DDPM (SD v1: T = 1000, betas linear in sqrt space from 0.00085 to
+0.012, epsilon prediction, as CompVis' v1 configs), the plain MSE loss on the noise, latents
+scaled by the VAE's `scaling_factor` (0.18215), the frozen encoder's posterior cached once per
+rotation (`trainer.latents`). With probability `cond_drop` a prompt is replaced by the empty one,
+as SD was trained, so classifier-free guidance stays meaningful. Like CompVis' SD v1 configs
+(`use_ema: False`), no EMA is kept. The learning rate follows the other `train` commands: base x
+batch x GPUs unless `--no-scale-lr`.
+
+transformers is needed for training only: `pip install 'histosynth[sd]'`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+
+from histosynth.errors import HistosynthError
+from histosynth.images import PAPER_SIZE
+from histosynth.sampling import derive_seed
+from trainer.data import read_training_pool
+from trainer.latents import LatentDataset, draw_latents, latent_cache
+from trainer.ldm import Denoiser, training_scheduler
+from trainer.loop import make_accelerator, resume_step, run_steps
+from trainer.model_folder import model_hash, publish_model, write_model_info
+from trainer.options import TrainOptions, effective_learning_rate, resolve, to_record
+from trainer.prompt_embedder import PromptEmbedder
+
+logger = logging.getLogger(__name__)
+
+KIND = "sd-finetune"
+EXTRA = "sd"
+COPIED = ("vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass(frozen=True)
+class SDFinetuneOptions(TrainOptions):
+    """Fine-tuning the U-Net of Stable Diffusion v1.4 on a pool, one prompt per class.
+
+    Attributes:
+        prompt_template: the prompt of a class; `{class_name}` is replaced by its folder name.
+        cond_drop: probability that an example gets the empty prompt (SD v1 was trained with
+            0.1); keeps the unconditional branch that classifier-free guidance uses.
+    """
+
+    prompt_template: str = "an H&E stained histology image of {class_name} tissue"
+    cond_drop: float = 0.1
+
+
+SD_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper: 20 epochs, batch 16, lr 1e-6, tiles 224 -> 256 (32 x 32 latents).
+    "paper": dict(epochs=20, batch_size=16, learning_rate=1e-6, size=PAPER_SIZE, checkpoint_every=5000),
+    "tiny": dict(),
+}
+
+
+def check_base(base: str | Path) -> Path:
+    """Check that `base` is a complete diffusers SD folder, naming everything absent at once.
+
+    Raises:
+        HistosynthError: the folder is missing, or lacks any of unet, vae, text_encoder,
+            tokenizer, scheduler (or their config or weights files).
+    """
+    base = Path(base).expanduser()
+    if not base.is_dir():
+        raise HistosynthError(
+            f"--base {base}: not a folder; give a local diffusers copy of Stable Diffusion v1.4 "
+            "(unet/, vae/, text_encoder/, tokenizer/, scheduler/); nothing is downloaded"
+        )
+
+    def has(folder: str, *patterns: str) -> bool:
+        return any(any((base / folder).glob(pattern)) for pattern in patterns)
+
+    needs = {
+        "unet": ("config.json", ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")),
+        "vae": ("config.json", ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")),
+        "text_encoder": ("config.json", ("model*.safetensors", "pytorch_model*.bin")),
+        "tokenizer": (None, ("vocab.json", "tokenizer.json")),
+        "scheduler": ("scheduler_config.json", ()),
+    }
+    absent = []
+    for folder, (config, weights) in needs.items():
+        if not (base / folder).is_dir():
+            absent.append(f"{folder}/")
+        elif config is not None and not (base / folder / config).is_file():
+            absent.append(f"{folder}/{config}")
+        elif weights and not has(folder, *weights):
+            absent.append(f"{folder}/{' or '.join(weights)}")
+    if absent:
+        raise HistosynthError(
+            f"--base {base}: not a complete Stable Diffusion folder; absent: {', '.join(absent)} "
+            "(the diffusers layout of CompVis/stable-diffusion-v1-4)"
+        )
+    return base
+
+
+def base_schedule(base: Path) -> dict[str, Any]:
+    """The base's training schedule, as `trainer.ldm.training_scheduler` takes it.
+
+    Raises:
+        HistosynthError: a schedule other than SD's (scaled_linear betas, epsilon prediction).
+    """
+    path = base / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key, expected in (("beta_schedule", "scaled_linear"), ("prediction_type", "epsilon")):
+        if config.get(key, expected) != expected:
+            raise HistosynthError(f"{path}: {key} {config[key]!r}; SD v1 fine-tuning expects {expected!r}")
+    return {
+        "num_train_timesteps": int(config.get("num_train_timesteps", 1000)),
+        "beta_start": float(config.get("beta_start", 0.00085)),
+        "beta_end": float(config.get("beta_end", 0.012)),
+    }
+
+
+@torch.no_grad()
+def embed_prompts(base: Path, prompts: list[str]) -> PromptEmbedder:
+    """Run the frozen CLIP text encoder once over `prompts` and the empty prompt.
+
+    Raises:
+        HistosynthError: transformers is not installed (it comes with `histosynth[sd]`).
+    """
+    try:
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as error:
+        raise HistosynthError(
+            f"train sd-finetune needs transformers for the text encoder: pip install 'histosynth[{EXTRA}]'"
+        ) from error
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(base / "text_encoder").eval()
+    ids = tokenizer(
+        [*prompts, ""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    hidden = encoder(ids)[0].float()  # the last hidden state, as StableDiffusionPipeline.encode_prompt
+    embedder = PromptEmbedder(len(prompts), hidden.shape[1], hidden.shape[2], tuple(prompts))
+    embedder.embeddings.copy_(hidden)
+    return embedder.eval()
+
+
+def class_prompts(template: str, classes: list[str]) -> list[str]:
+    """One prompt per class from the template.
+
+    Raises:
+        HistosynthError: the template lacks `{class_name}`, so every class would get one prompt.
+    """
+    if "{class_name}" not in template:
+        raise HistosynthError(f"--prompt-template {template!r}: must contain {{class_name}}")
+    return [template.replace("{class_name}", name) for name in classes]
+
+
+def train_sd_finetune(
+    base: str | Path,
+    data: str | Path,
+    out: str | Path,
+    preset: str = "tiny",
+    *,
+    resume: bool = False,
+    classes: list[str] | None = None,
+    progress: bool | None = None,
+    **settings: Any,
+) -> Path:
+    """Fine-tune the U-Net of a local Stable Diffusion v1.4 folder on a pool, one prompt per class.
+
+    Args:
+        base: a diffusers SD folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+            `scheduler/`); read only.
+        data: the training pool `<pool>/<CLASS>/<image>`; its classes become the prompts.
+        out: the model folder: the fine-tuned `unet/`, `prompt_embeddings/`, copies of the
+            base's `vae/`, `text_encoder/`, `tokenizer/` and `scheduler/`, `histosynth.json`,
+            `checkpoints/`.
+        preset: `paper` (20 epochs, batch 16, lr 1e-6, 256 px) or `tiny`.
+        resume: continue the run in `out` from its newest checkpoint.
+        classes: the classes to train on (default: all), in label order.
+        progress: show progress bars (None: when stderr is a terminal).
+        settings: overrides of the preset by field name (`SDFinetuneOptions`), e.g.
+            `prompt_template`, `max_steps`.
+
+    Returns:
+        The model folder.
+
+    Raises:
+        HistosynthError: `base` missing or incomplete (everything absent is listed), bad pool,
+            settings, out folder or resume, or transformers not installed.
+    """
+    options = resolve(SDFinetuneOptions, preset, presets=SD_PRESETS, **settings)
+    if not 0.0 <= options.cond_drop < 1.0:
+        raise HistosynthError(f"--cond-drop {options.cond_drop}: must lie in [0, 1)")
+    base = check_base(base)
+    out = Path(out).expanduser()
+    pool = read_training_pool(data, classes)
+    prompts = class_prompts(options.prompt_template, pool.classes)
+    schedule = base_schedule(base)
+    embedder = embed_prompts(base, prompts)
+    vae = AutoencoderKL.from_pretrained(base / "vae").eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    accelerator = make_accelerator(options)
+    vae.to(accelerator.device)
+    with accelerator.main_process_first():
+        cache = latent_cache(
+            vae,
+            base / "vae",
+            "kl-autoencoder",
+            pool,
+            options.size,
+            device=accelerator.device,
+            progress=progress,
+        )
+    vae.to("cpu")
+    scaling_factor = float(vae.config.scaling_factor)
+    denoiser = Denoiser(unet, embedder)
+    noise_schedule = training_scheduler(**schedule)
+    rate = effective_learning_rate(options, accelerator.num_processes)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=rate)
+    lr_schedule = get_scheduler(
+        "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=options.lr_warmup_steps * accelerator.num_processes,
+    )
+    denoiser, optimizer, lr_schedule = accelerator.prepare(denoiser, optimizer, lr_schedule)
+    vae_hash = model_hash(base / "vae")
+    run = {"kind": KIND, "settings": to_record(options), "classes": pool.classes}
+    run["data_fingerprint"] = pool.fingerprint
+    run["base"] = {"path": str(base), "vae_sha256": vae_hash}
+    start = resume_step(accelerator, out, resume, options, run)
+    null_class = len(pool.classes)
+
+    def step(moments: torch.Tensor, labels: torch.Tensor, index: int) -> float:
+        generator = torch.Generator(accelerator.device)
+        generator.manual_seed(derive_seed(options.seed, "sd-step", index, accelerator.process_index))
+        latents = draw_latents(moments, cache.kind, generator) * scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+        timesteps = torch.randint(
+            0,
+            schedule["num_train_timesteps"],
+            (latents.shape[0],),
+            generator=generator,
+            device=latents.device,
+        )
+        dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < options.cond_drop
+        labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
+        with accelerator.autocast():
+            prediction = denoiser(noise_schedule.add_noise(latents, noise, timesteps), timesteps, labels)
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        lr_schedule.step()
+        return float(loss.detach())
+
+    denoiser.train()
+    done = run_steps(
+        accelerator,
+        LatentDataset(cache, pool.labels, options.seed),
+        options,
+        out=out,
+        start=start,
+        step=step,
+        run=run,
+        description="fine-tune stable diffusion",
+        progress=progress,
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(denoiser)
+
+        def write(staging: Path) -> None:
+            model.unet.register_to_config(sample_size=options.size // 8)  # generate at the trained size
+            model.unet.save_pretrained(staging / "unet")
+            model.embedder.save_pretrained(staging / "prompt_embeddings")
+            for name in COPIED:
+                shutil.copytree(base / name, staging / name)
+
+        publish_model(out, write)
+        write_model_info(
+            out,
+            kind=KIND,
+            classes=pool.classes,
+            settings={**to_record(options), **schedule, "effective_learning_rate": rate},
+            fingerprint=pool.fingerprint,
+            steps=done,
+            extra={
+                "prompts": dict(zip(pool.classes, prompts, strict=True)),
+                "scaling_factor": scaling_factor,
+                "null_class": null_class,
+                "autoencoder": {"kind": "kl-autoencoder", "sha256": vae_hash},
+                "base": str(base),
+                "learning_rate_rule": "base x batch_size x processes (CompVis main.py)"
+                if options.scale_lr
+                else "as given",
+                "num_processes": accelerator.num_processes,
+                "latent_cache": str(cache.folder),
+            },
+        )
+    accelerator.wait_for_everyone()
+    return out
