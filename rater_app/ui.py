@@ -9,6 +9,10 @@ ones, and only when the study allows changes. A tile is an <img> pointing at the
 `tiles/<token>.png` route (a random token per showing, so a repeated tile gets a new URL),
 which serves the stored PNG with only its padding bytes renewed; the next tile is loaded by a
 hidden <img> so the switch after a vote is instant.
+
+`build_blocks` lays the page out in named pieces (`RaterView`, `AdminView`, `Panels`) and wires
+the events to `RaterPage` and `AdminStatus`, whose handlers return updates keyed by component,
+so no handler depends on the order of an event's outputs.
 """
 
 from __future__ import annotations
@@ -17,19 +21,20 @@ import functools
 import html
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 import gradio as gr
 
 from histosynth.errors import StudyError
-from rater_app.export import study_status
+from histosynth.votes import REAL_VOTE, SYNTHETIC_VOTE
+from rater_app import store
 from rater_app.raters import ADMIN_NAME
-from rater_app.store import connect, image_store_dir
+from rater_app.store import Tile, connect, image_store_dir
 from rater_app.voting import (
     CONFIDENCE_LEVELS,
     RaterSettings,
-    Tile,
     VoteRefused,
     first_unanswered,
     may_show,
@@ -79,165 +84,273 @@ class Shown:
     shown_at: float
 
 
+@dataclass(frozen=True)
+class RaterView:
+    """The components of the rating panel that every rating event updates, by name."""
+
+    tile: gr.HTML
+    progress: gr.Markdown
+    token: gr.Textbox  # the showing token of the tile on screen, sent back with a vote
+    confidence: gr.Radio
+    back: gr.Button
+    resume: gr.Button
+    real: gr.Button
+    synthetic: gr.Button
+    message: gr.Markdown
+    shown: gr.State
+
+    def outputs(self) -> list[gr.components.Component]:
+        """Every component, as the `outputs` of an event whose handler returns `RaterPage.render`."""
+        return [getattr(self, field.name) for field in fields(self)]
+
+
+@dataclass(frozen=True)
+class AdminView:
+    """The admin panel's components."""
+
+    status: gr.Dataframe
+    refresh: gr.Button
+
+
 def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
     """The rating page and the admin page as one Blocks; the login decides which is visible."""
     with gr.Blocks(title="histosynth rating", analytics_enabled=False, fill_width=False) as blocks:
         shown = gr.State(None)
         who = gr.HTML(elem_id="who")
         with gr.Column(visible=False) as rater_panel:
-            progress = gr.Markdown(elem_id="progress")
-            tile = gr.HTML(elem_id="tile-frame")
-            shown_item = gr.Textbox(visible=False)
-            confidence = gr.Radio(
-                choices=[(CONFIDENCE_LABELS[level], level) for level in CONFIDENCE_LEVELS],
-                label="Confidence",
-                visible=False,
-                elem_id="confidence",
-            )
-            with gr.Row():
-                back = gr.Button("Back (B)", elem_id="go-back", visible=False)
-                real = gr.Button("Real (R / 1)", variant="primary", elem_id="vote-real")
-                synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
-                resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
-            message = gr.Markdown(elem_id="message")
+            view = _rater_view(shown)
         with gr.Column(visible=False) as admin_panel:
-            gr.Markdown("## Study progress")
-            status_table = gr.Dataframe(
-                headers=["rater", "answered", "total", "done", "last vote (UTC)"],
-                interactive=False,
-                elem_id="status",
-            )
-            refresh = gr.Button("Refresh", elem_id="refresh")
-            gr.HTML('<p><a href="admin/votes.csv" download="votes.csv">Download votes (CSV)</a></p>')
+            admin = _admin_view()
         gr.HTML('<p style="text-align:right"><a href="logout">Log out</a></p>')
-
-        view = [tile, progress, shown_item, confidence, back, resume, real, synthetic, message, shown]
-
-        def on_load(request: gr.Request):
-            # Shown on the page so that a rater logged into someone else's account notices.
-            logged_in = f'<p style="text-align:right">Logged in as <b>{html.escape(request.username)}</b></p>'
-            if request.username == ADMIN_NAME:
-                status = _status_rows(db_path, study_id)
-                return gr.update(visible=False), gr.update(visible=True), status, logged_in
-            return gr.update(visible=True), gr.update(visible=False), gr.update(), logged_in
-
-        def show_start(request: gr.Request):
-            if request.username == ADMIN_NAME:
-                return [gr.update()] * len(view)
-            settings = _settings_for(db_path, study_id, request.username)
-            return _render(db_path, settings, None)
-
-        def vote_handler(vote: str):
-            def handler(token: str, level: int | None, current: Shown | None, request: gr.Request):
-                settings = _settings_for(db_path, study_id, request.username)
-                if current is None:  # the server restarted under this page: its shown time is gone
-                    return _render(db_path, settings, None, note=STATE_LOST)
-                if current.position is None:
-                    return _render(db_path, settings, None)
-                try:
-                    record_vote(
-                        db_path, settings.rater_id, current.position, token, vote, level, current.shown_at
-                    )
-                except VoteRefused as error:
-                    return _render(db_path, settings, current.position, note=str(error), keep=current)
-                except StudyError as error:
-                    log.error(
-                        "vote of %s at position %s not saved: %s", settings.name, current.position, error
-                    )
-                    return _render(db_path, settings, current.position, note=NOT_SAVED, keep=current)
-                return _render(db_path, settings, None)
-
-            return handler
-
-        def go_back(current: Shown | None, request: gr.Request):
-            settings = _settings_for(db_path, study_id, request.username)
-            if current is None:  # a fresh session: no "back" from nowhere, start at the frontier
-                position = None
-            elif current.position is None:  # from the "all rated" screen to the last tile
-                position = settings.total
-            else:
-                position = max(1, current.position - 1)
-            return _render(db_path, settings, position)
-
-        def refresh_status(request: gr.Request):
-            if request.username != ADMIN_NAME:  # the event is callable by index, so check who asks
-                raise gr.Error("Only the study's admin sees everyone's progress.")
-            return _status_rows(db_path, study_id)
-
-        def go_resume(request: gr.Request):
-            settings = _settings_for(db_path, study_id, request.username)
-            return _render(db_path, settings, None)
-
-        blocks.load(on_load, None, [rater_panel, admin_panel, status_table, who], api_visibility="private")
-        # The rating events skip Gradio's queue: one HTTP round trip instead of join + stream,
-        # which halves the time from a key press to the next tile. They are short database calls.
-        rating = {"api_visibility": "private", "trigger_mode": "once", "queue": False}
-        blocks.load(show_start, None, view, **rating)
-        for button, vote in ((real, "real"), (synthetic, "synthetic")):
-            button.click(vote_handler(vote), [shown_item, confidence, shown], view, **rating)
-        back.click(go_back, [shown], view, **rating)
-        resume.click(go_resume, None, view, **rating)
-        refresh.click(refresh_status, None, status_table, api_visibility="private")
+        panels = Panels(who, rater_panel, admin_panel, admin.status)
+        # Handlers are functions and bound methods, never functools.partial: Gradio passes the
+        # `gr.Request` to the parameter whose type hint says so, and a partial has no hints.
+        blocks.load(panels.open(db_path, study_id), None, panels.outputs(), api_visibility="private")
+        _wire_rating(blocks, RaterPage(db_path, study_id, view))
+        admin.refresh.click(
+            AdminStatus(db_path, study_id).refresh, None, admin.status, api_visibility="private"
+        )
     # Votes of different raters must not wait for each other in one Gradio worker: SQLite's
     # locking serialises the writes, everything else runs in parallel.
     blocks.queue(default_concurrency_limit=None)
     return blocks
 
 
-def _render(
-    db_path: str, settings: RaterSettings, position: int | None, note: str = "", keep: Shown | None = None
-) -> list:
-    """Updates for every component of the rater view, showing `position` if the rater may see it.
+def _rater_view(shown: gr.State) -> RaterView:
+    progress = gr.Markdown(elem_id="progress")
+    tile = gr.HTML(elem_id="tile-frame")
+    token = gr.Textbox(visible=False)
+    confidence = gr.Radio(
+        choices=[(CONFIDENCE_LABELS[level], level) for level in CONFIDENCE_LEVELS],
+        label="Confidence",
+        visible=False,
+        elem_id="confidence",
+    )
+    with gr.Row():
+        back = gr.Button("Back (B)", elem_id="go-back", visible=False)
+        real = gr.Button("Real (R / 1)", variant="primary", elem_id="vote-real")
+        synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
+        resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
+    message = gr.Markdown(elem_id="message")
+    return RaterView(tile, progress, token, confidence, back, resume, real, synthetic, message, shown)
 
-    Any other request (None, a position after the first unanswered one, or an earlier one in a
-    study without changes) shows the first unanswered tile, or the "all rated" screen.
+
+def _admin_view() -> AdminView:
+    gr.Markdown("## Study progress")
+    status = gr.Dataframe(
+        headers=["rater", "answered", "total", "done", "last vote (UTC)"],
+        interactive=False,
+        elem_id="status",
+    )
+    refresh = gr.Button("Refresh", elem_id="refresh")
+    gr.HTML('<p><a href="admin/votes.csv" download="votes.csv">Download votes (CSV)</a></p>')
+    return AdminView(status, refresh)
+
+
+def _wire_rating(blocks: gr.Blocks, page: RaterPage) -> None:
+    """Attach the rating events: start on load, the two votes, back and resume."""
+    view = page.view
+    outputs = view.outputs()
+    # The rating events skip Gradio's queue: one HTTP round trip instead of join + stream,
+    # which halves the time from a key press to the next tile. They are short database calls.
+    rating = {"api_visibility": "private", "trigger_mode": "once", "queue": False}
+    blocks.load(page.start, None, outputs, **rating)
+    for button, vote in ((view.real, REAL_VOTE), (view.synthetic, SYNTHETIC_VOTE)):
+        button.click(page.voter(vote), [view.token, view.confidence, view.shown], outputs, **rating)
+    view.back.click(page.back, [view.shown], outputs, **rating)
+    view.resume.click(page.resume, None, outputs, **rating)
+
+
+class AdminStatus:
+    """The admin's progress table of one study."""
+
+    def __init__(self, db_path: str, study_id: int) -> None:
+        self.db_path = db_path
+        self.study_id = study_id
+
+    def rows(self) -> list[list]:
+        """One row per rater: name, answered, total, done, last vote (UTC)."""
+        with connect(self.db_path) as db:
+            progress = store.progress(db, self.study_id)
+        return [
+            [p.rater, p.answered, p.total, "yes" if p.done else "", _utc(p.last_vote_at)] for p in progress
+        ]
+
+    def refresh(self, request: gr.Request) -> list[list]:
+        """The Refresh button; refused to raters, since the event is callable by index."""
+        if request.username != ADMIN_NAME:
+            raise gr.Error("Only the study's admin sees everyone's progress.")
+        return self.rows()
+
+
+@dataclass(frozen=True)
+class Panels:
+    """What the page load decides: whose panel is visible, and who is logged in."""
+
+    who: gr.HTML
+    rater_panel: gr.Column
+    admin_panel: gr.Column
+    status: gr.Dataframe
+
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.who, self.rater_panel, self.admin_panel, self.status]
+
+    def open(self, db_path: str, study_id: int) -> Callable[[gr.Request], dict]:
+        """The page-load handler: the rater's panel, or the admin's with the progress table."""
+        status = AdminStatus(db_path, study_id)
+
+        def handler(request: gr.Request) -> dict:
+            # Shown on the page so that a rater logged into someone else's account notices.
+            logged_in = f'<p style="text-align:right">Logged in as <b>{html.escape(request.username)}</b></p>'
+            admin = request.username == ADMIN_NAME
+            return {
+                self.who: logged_in,
+                self.rater_panel: gr.update(visible=not admin),
+                self.admin_panel: gr.update(visible=admin),
+                **({self.status: status.rows()} if admin else {}),
+            }
+
+        return handler
+
+
+class RaterPage:
+    """The rating events of one study's page, and what each of them puts on screen.
+
+    Every handler returns `render`'s dict of updates keyed by the `RaterView` components, so
+    no event depends on the order of its outputs.
     """
-    confidence_visible = settings.confidence != "none"
-    frontier = first_unanswered(db_path, settings.rater_id)
-    if position is None or not may_show(position, frontier, settings.allow_changes):
-        position = frontier
-    if keep is not None and keep.position != position:
-        keep = None
-    if position is None:
+
+    def __init__(self, db_path: str, study_id: int, view: RaterView) -> None:
+        self.db_path = db_path
+        self.study_id = study_id
+        self.view = view
+
+    def start(self, request: gr.Request) -> dict:
+        """Page load: the first unanswered tile (the admin's page has no rating panel)."""
+        if request.username == ADMIN_NAME:
+            return {}
+        return self.render(self._settings(request), None)
+
+    def voter(self, vote: str) -> Callable[..., dict]:
+        """The handler of one vote button: Real or Synthetic on the tile on screen, then the next
+        tile or the refusal."""
+
+        def handler(token: str, level: int | None, current: Shown | None, request: gr.Request) -> dict:
+            settings = self._settings(request)
+            if current is None:  # the server restarted under this page: its shown time is gone
+                return self.render(settings, None, note=STATE_LOST)
+            if current.position is None:
+                return self.render(settings, None)
+            try:
+                record_vote(
+                    self.db_path, settings.rater_id, current.position, token, vote, level, current.shown_at
+                )
+            except VoteRefused as error:
+                return self.render(settings, current.position, note=str(error), keep=current)
+            except StudyError as error:
+                log.error("vote of %s at position %s not saved: %s", settings.name, current.position, error)
+                return self.render(settings, current.position, note=NOT_SAVED, keep=current)
+            return self.render(settings, None)
+
+        return handler
+
+    def back(self, current: Shown | None, request: gr.Request) -> dict:
+        """One tile back (from the "all rated" screen: the last tile), where the study allows it."""
+        settings = self._settings(request)
+        if current is None:  # a fresh session: no "back" from nowhere, start at the frontier
+            position = None
+        elif current.position is None:
+            position = settings.total
+        else:
+            position = max(1, current.position - 1)
+        return self.render(settings, position)
+
+    def resume(self, request: gr.Request) -> dict:
+        """Back to the first unanswered tile."""
+        return self.render(self._settings(request), None)
+
+    def render(
+        self, settings: RaterSettings, position: int | None, note: str = "", keep: Shown | None = None
+    ) -> dict:
+        """Updates for the rater view, showing `position` if the rater may see it.
+
+        Any other request (None, a position after the first unanswered one, or an earlier one in
+        a study without changes) shows the first unanswered tile, or the "all rated" screen.
+        `keep` is the `Shown` to keep when the same tile stays on screen (a refused vote), so
+        its shown time is not reset.
+        """
+        view = self.view
+        frontier = first_unanswered(self.db_path, settings.rater_id)
+        if position is None or not may_show(position, frontier, settings.allow_changes):
+            position = frontier
+        if keep is not None and keep.position != position:
+            keep = None
+        if position is None:
+            return self._render_done(settings, note)
+        tile = tile_at(self.db_path, settings.rater_id, position)
+        available = (image_store_dir(self.db_path) / f"{tile.item_id}.png").is_file()
+        if not available:
+            log.error(
+                "tile %s (position %d of %s) is missing from the image store",
+                tile.item_id,
+                position,
+                settings.name,
+            )
+            note = "This tile could not be loaded from the study's image store. Please tell the study admin."
+        answer = f" - your answer: **{tile.vote}**" if tile.vote else ""
+        return {
+            view.tile: _tile_html(tile),
+            view.progress: f"Tile **{tile.position} of {tile.total}** ({tile.answered} answered){answer}",
+            view.token: tile.token,
+            view.confidence: gr.update(visible=settings.confidence != "none", value=tile.confidence),
+            view.back: gr.update(visible=settings.allow_changes and tile.position > 1),
+            view.resume: gr.update(visible=tile.vote is not None),
+            view.real: gr.update(interactive=available),
+            view.synthetic: gr.update(interactive=available),
+            view.message: note,
+            view.shown: keep if keep is not None else Shown(tile.position, time.time()),
+        }
+
+    def _render_done(self, settings: RaterSettings, note: str) -> dict:
+        view = self.view
         done = f"**All {settings.total} tiles rated. Thank you!**"
         if settings.allow_changes:
             done += " You can still go back to review your answers."
-        return [
-            f'<div class="done">{done}</div>',
-            f"{settings.total} of {settings.total} answered",
-            "",
-            gr.update(visible=False, value=None),
-            gr.update(visible=settings.allow_changes),
-            gr.update(visible=False),
-            gr.update(interactive=False),
-            gr.update(interactive=False),
-            note,
-            Shown(None, time.time()),
-        ]
-    tile = tile_at(db_path, settings.rater_id, position)
-    available = (image_store_dir(db_path) / f"{tile.item_id}.png").is_file()
-    if not available:
-        log.error(
-            "tile %s (position %d of %s) is missing from the image store",
-            tile.item_id,
-            position,
-            settings.name,
-        )
-        note = "This tile could not be loaded from the study's image store. Please tell the study admin."
-    at_frontier = tile.vote is None
-    answer = f" - your answer: **{tile.vote}**" if tile.vote else ""
-    return [
-        _tile_html(tile),
-        f"Tile **{tile.position} of {tile.total}** ({tile.answered} answered){answer}",
-        tile.token,
-        gr.update(visible=confidence_visible, value=tile.confidence),
-        gr.update(visible=settings.allow_changes and tile.position > 1),
-        gr.update(visible=not at_frontier),
-        gr.update(interactive=available),
-        gr.update(interactive=available),
-        note,
-        keep if keep is not None else Shown(tile.position, time.time()),
-    ]
+        return {
+            view.tile: f'<div class="done">{done}</div>',
+            view.progress: f"{settings.total} of {settings.total} answered",
+            view.token: "",
+            view.confidence: gr.update(visible=False, value=None),
+            view.back: gr.update(visible=settings.allow_changes),
+            view.resume: gr.update(visible=False),
+            view.real: gr.update(interactive=False),
+            view.synthetic: gr.update(interactive=False),
+            view.message: note,
+            view.shown: Shown(None, time.time()),
+        }
+
+    def _settings(self, request: gr.Request) -> RaterSettings:
+        return _settings_for(self.db_path, self.study_id, request.username)
 
 
 def _tile_html(tile: Tile) -> str:
@@ -255,19 +368,10 @@ def _tile_html(tile: Tile) -> str:
 def _settings_for(db_path: str, study_id: int, name: str | None) -> RaterSettings:
     """A rater's settings; cached, since neither a rater's order nor the study's settings change."""
     with connect(db_path) as db:
-        rows = list(db.query("SELECT id FROM raters WHERE study_id = ? AND name = ?", [study_id, name]))
-    if not rows:
+        rater = store.rater_id(db, study_id, name)
+    if rater is None:
         raise gr.Error("You are not a rater of this study; log in again.")
-    return rater_settings(db_path, rows[0]["id"])
-
-
-def _status_rows(db_path: str, study_id: int) -> list[list]:
-    with connect(db_path) as db:
-        name = next(iter(db.query("SELECT name FROM studies WHERE id = ?", [study_id])))["name"]
-    return [
-        [p.rater, p.answered, p.total, "yes" if p.done else "", _utc(p.last_vote_at)]
-        for p in study_status(db_path, name)
-    ]
+    return rater_settings(db_path, rater)
 
 
 def _utc(epoch: float | None) -> str:

@@ -14,7 +14,7 @@ import pytest
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
-from .conftest import histosynth
+from ..conftest import histosynth
 
 pytestmark = pytest.mark.browser
 
