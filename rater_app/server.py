@@ -217,7 +217,8 @@ def _mount_page(
     """Mount the Gradio page at `/`, its user taken from the session the gate resolved."""
     import gradio as gr
 
-    from rater_app.ui import CSS, KEYBOARD_JS, build_blocks
+    from rater_app.ui import build_blocks
+    from rater_app.viewer import CSS, HEAD_JS
 
     def gradio_user(request: Request) -> str | None:
         identity = getattr(request.state, "identity", None) or current(request.cookies.get(SESSION_COOKIE))
@@ -234,7 +235,7 @@ def _mount_page(
         show_error=False,  # gr.Error texts are shown; other exceptions (which may name paths) are not
         max_file_size="1mb",  # the app takes no uploads; the upload route is refused in WebGuard anyway
         css=CSS,
-        head=KEYBOARD_JS,
+        head=HEAD_JS,
     )
 
 

@@ -32,6 +32,7 @@ from histosynth.votes import REAL_VOTE, SYNTHETIC_VOTE
 from rater_app import store
 from rater_app.raters import ADMIN_NAME
 from rater_app.store import Tile, connect, image_store_dir
+from rater_app.viewer import TILE_DISPLAY_PX, help_html
 from rater_app.voting import (
     CONFIDENCE_LEVELS,
     RaterSettings,
@@ -45,35 +46,9 @@ from rater_app.voting import (
 
 log = logging.getLogger(__name__)
 
-TILE_DISPLAY_PX = 512  # native 256 px shown at 2x
 STATE_LOST = "The app was restarted; your last answer was not saved. Please answer this tile again."
 NOT_SAVED = "Your answer could not be saved. Please try again; if it persists, tell the study admin."
 CONFIDENCE_LABELS = {1: "1 - a guess", 2: "2", 3: "3", 4: "4", 5: "5", 6: "6 - certain"}
-
-KEYBOARD_JS = """
-<script>
-document.addEventListener("keydown", (event) => {
-  if (event.repeat || event.ctrlKey || event.metaKey || event.altKey) return;
-  const target = event.target;
-  if (target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" &&
-      ["text", "password", "number", "search"].includes(target.type)))) return;
-  const keys = {r: "vote-real", "1": "vote-real", s: "vote-synthetic", "2": "vote-synthetic",
-                b: "go-back", arrowleft: "go-back"};
-  const id = keys[event.key.toLowerCase()];
-  const button = id && document.getElementById(id);
-  if (button && !button.disabled && button.offsetParent !== null) {
-    event.preventDefault();
-    button.click();
-  }
-});
-</script>
-"""
-
-CSS = f"""
-#tile-frame {{ display: flex; justify-content: center; }}
-#tile-frame img.tile {{ width: {TILE_DISPLAY_PX}px; height: {TILE_DISPLAY_PX}px; max-width: none; }}
-#progress {{ text-align: center; }}
-"""
 
 
 @dataclass(frozen=True)
@@ -152,6 +127,10 @@ def _rater_view(shown: gr.State) -> RaterView:
         synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
         resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
     message = gr.Markdown(elem_id="message")
+    gr.HTML(
+        '<p class="help-link"><button type="button" id="show-help" data-show-help>Keys (?)</button></p>'
+        + help_html()
+    )
     return RaterView(tile, progress, token, confidence, back, resume, real, synthetic, message, shown)
 
 
@@ -359,8 +338,10 @@ def _tile_html(tile: Tile) -> str:
     if tile.next_token:
         prefetch = f'<img src="tiles/{html.escape(tile.next_token)}.png" alt="" style="display:none">'
     return (
+        '<div id="tile-view">'
         f'<img class="tile" id="tile-img" data-position="{tile.position}" src="tiles/{token}.png" '
-        f'alt="tile {tile.position}" width="{TILE_DISPLAY_PX}" height="{TILE_DISPLAY_PX}">{prefetch}'
+        f'alt="tile {tile.position}" width="{TILE_DISPLAY_PX}" height="{TILE_DISPLAY_PX}" draggable="false">'
+        f'<span id="zoom-level" aria-live="polite">1x</span></div>{prefetch}'
     )
 
 
