@@ -199,6 +199,7 @@ class StudySettings:
     repeats: int
     images_per_cell: int | None = None  # absent in studies created before it was stored
     title: str | None = None
+    instructions: str | None = None  # Markdown for the raters; absent in older studies
 
     @classmethod
     def from_json(cls, text: str) -> StudySettings:
@@ -210,6 +211,7 @@ class StudySettings:
             repeats=values["repeats"],
             images_per_cell=values.get("images_per_cell"),
             title=values.get("title"),
+            instructions=values.get("instructions"),
         )
 
 
@@ -451,6 +453,16 @@ def rater_record(db: sqlite_utils.Database, rater: int) -> RaterRecord | None:
     return RaterRecord(
         row["id"], row["study_id"], row["name"], row["total"], StudySettings.from_json(row["settings"])
     )
+
+
+def showing_classes(db: sqlite_utils.Database, rater: int) -> list[tuple[str, int]]:
+    """(class, repeat) of each place of the rater's order, from position 1 on."""
+    rows = db.query(
+        """SELECT i.class, a.repeat FROM assignments a JOIN items i ON i.id = a.item_id
+           WHERE a.rater_id = ? ORDER BY a.position""",
+        [rater],
+    )
+    return [(row["class"], row["repeat"]) for row in rows]
 
 
 def progress(db: sqlite_utils.Database, study_id: int) -> list[RaterProgress]:

@@ -21,7 +21,7 @@ import functools
 import html
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
@@ -30,6 +30,7 @@ import gradio as gr
 from histosynth.errors import StudyError
 from histosynth.votes import REAL_VOTE, SYNTHETIC_VOTE
 from rater_app import store
+from rater_app.blocks import Block, block_at
 from rater_app.raters import ADMIN_NAME
 from rater_app.store import Tile, connect, image_store_dir
 from rater_app.viewer import TILE_DISPLAY_PX, help_html
@@ -39,6 +40,7 @@ from rater_app.voting import (
     VoteRefused,
     first_unanswered,
     may_show,
+    rater_blocks,
     rater_settings,
     record_vote,
     tile_at,
@@ -65,10 +67,14 @@ class RaterView:
 
     tile: gr.HTML
     progress: gr.Markdown
+    bars: gr.HTML  # progress bars of the study and of the current block
+    instructions: gr.Markdown  # the study's instructions, on their own screen
     token: gr.Textbox  # the showing token of the tile on screen, sent back with a vote
     confidence: gr.Radio
     back: gr.Button
     resume: gr.Button
+    proceed: gr.Button  # "Continue" after a block or the instructions
+    show_instructions: gr.Button
     real: gr.Button
     synthetic: gr.Button
     message: gr.Markdown
@@ -113,6 +119,8 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
 
 def _rater_view(shown: gr.State) -> RaterView:
     progress = gr.Markdown(elem_id="progress")
+    bars = gr.HTML(elem_id="bars")
+    instructions = gr.Markdown(elem_id="instructions", visible=False)
     tile = gr.HTML(elem_id="tile-frame")
     token = gr.Textbox(visible=False)
     confidence = gr.Radio(
@@ -126,12 +134,29 @@ def _rater_view(shown: gr.State) -> RaterView:
         real = gr.Button("Real (R / 1)", variant="primary", elem_id="vote-real")
         synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
         resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
+        proceed = gr.Button("Continue (Enter)", variant="primary", elem_id="continue", visible=False)
+        show_instructions = gr.Button("Instructions (I)", elem_id="show-instructions", visible=False)
     message = gr.Markdown(elem_id="message")
     gr.HTML(
         '<p class="help-link"><button type="button" id="show-help" data-show-help>Keys (?)</button></p>'
         + help_html()
     )
-    return RaterView(tile, progress, token, confidence, back, resume, real, synthetic, message, shown)
+    return RaterView(
+        tile=tile,
+        progress=progress,
+        bars=bars,
+        instructions=instructions,
+        token=token,
+        confidence=confidence,
+        back=back,
+        resume=resume,
+        proceed=proceed,
+        show_instructions=show_instructions,
+        real=real,
+        synthetic=synthetic,
+        message=message,
+        shown=shown,
+    )
 
 
 def _admin_view() -> AdminView:
@@ -158,6 +183,8 @@ def _wire_rating(blocks: gr.Blocks, page: RaterPage) -> None:
         button.click(page.voter(vote), [view.token, view.confidence, view.shown], outputs, **rating)
     view.back.click(page.back, [view.shown], outputs, **rating)
     view.resume.click(page.resume, None, outputs, **rating)
+    view.proceed.click(page.resume, None, outputs, **rating)
+    view.show_instructions.click(page.show_instructions, None, outputs, **rating)
 
 
 class AdminStatus:
@@ -228,7 +255,15 @@ class RaterPage:
         """Page load: the first unanswered tile (the admin's page has no rating panel)."""
         if request.username == ADMIN_NAME:
             return {}
-        return self.render(self._settings(request), None)
+        settings = self._settings(request)
+        if settings.instructions and first_unanswered(self.db_path, settings.rater_id) == 1:
+            return self._render_instructions(settings)  # before the first tile
+        return self.render(settings, None)
+
+    def show_instructions(self, request: gr.Request) -> dict:
+        """The study's instructions on demand; Continue goes back to the first unanswered tile."""
+        settings = self._settings(request)
+        return self._render_instructions(settings) if settings.instructions else self.render(settings, None)
 
     def voter(self, vote: str) -> Callable[..., dict]:
         """The handler of one vote button: Real or Synthetic on the tile on screen, then the next
@@ -249,7 +284,7 @@ class RaterPage:
             except StudyError as error:
                 log.error("vote of %s at position %s not saved: %s", settings.name, current.position, error)
                 return self.render(settings, current.position, note=NOT_SAVED, keep=current)
-            return self.render(settings, None)
+            return self.render(settings, None, after=current.position)
 
         return handler
 
@@ -258,8 +293,9 @@ class RaterPage:
         settings = self._settings(request)
         if current is None:  # a fresh session: no "back" from nowhere, start at the frontier
             position = None
-        elif current.position is None:
-            position = settings.total
+        elif current.position is None:  # from a pause or the "all rated" screen: the last answered tile
+            frontier = first_unanswered(self.db_path, settings.rater_id)
+            position = settings.total if frontier is None else max(1, frontier - 1)
         else:
             position = max(1, current.position - 1)
         return self.render(settings, position)
@@ -269,14 +305,20 @@ class RaterPage:
         return self.render(self._settings(request), None)
 
     def render(
-        self, settings: RaterSettings, position: int | None, note: str = "", keep: Shown | None = None
+        self,
+        settings: RaterSettings,
+        position: int | None,
+        note: str = "",
+        keep: Shown | None = None,
+        after: int | None = None,
     ) -> dict:
         """Updates for the rater view, showing `position` if the rater may see it.
 
         Any other request (None, a position after the first unanswered one, or an earlier one in
         a study without changes) shows the first unanswered tile, or the "all rated" screen.
         `keep` is the `Shown` to keep when the same tile stays on screen (a refused vote), so
-        its shown time is not reset.
+        its shown time is not reset. `after` is the position just voted on: when that vote
+        finished a block and the next block is still to do, a pause screen comes first.
         """
         view = self.view
         frontier = first_unanswered(self.db_path, settings.rater_id)
@@ -286,6 +328,10 @@ class RaterPage:
             keep = None
         if position is None:
             return self._render_done(settings, note)
+        blocks = _blocks_for(self.db_path, settings.rater_id, settings.block_by_class)
+        finished = block_at(blocks, after) if after is not None else None
+        if finished is not None and finished.last == after and position == after + 1:
+            return self._render_pause(settings, blocks, finished, position, note)
         tile = tile_at(self.db_path, settings.rater_id, position)
         available = (image_store_dir(self.db_path) / f"{tile.item_id}.png").is_file()
         if not available:
@@ -300,28 +346,85 @@ class RaterPage:
         return {
             view.tile: _tile_html(tile),
             view.progress: f"Tile **{tile.position} of {tile.total}** ({tile.answered} answered){answer}",
+            view.bars: _bars_html(
+                tile.answered, tile.total, block_at(blocks, position), len(blocks), frontier
+            ),
             view.token: tile.token,
             view.confidence: gr.update(visible=settings.confidence != "none", value=tile.confidence),
             view.back: gr.update(visible=settings.allow_changes and tile.position > 1),
             view.resume: gr.update(visible=tile.vote is not None),
+            view.proceed: gr.update(visible=False),
+            view.instructions: gr.update(visible=False),
+            view.show_instructions: gr.update(visible=bool(settings.instructions)),
             view.real: gr.update(interactive=available),
             view.synthetic: gr.update(interactive=available),
             view.message: note,
             view.shown: keep if keep is not None else Shown(tile.position, time.time()),
         }
 
+    def _render_pause(
+        self, settings: RaterSettings, blocks: Sequence[Block], finished: Block, frontier: int, note: str
+    ) -> dict:
+        """Between two blocks: what is done, what comes next, and Continue; the next tile is prefetched."""
+        coming = block_at(blocks, frontier)
+        next_tile = tile_at(self.db_path, settings.rater_id, frontier)
+        screen = (
+            '<div id="block-done" class="screen" role="status">'
+            f"<h2>Block {finished.number} of {len(blocks)} done</h2>"
+            f"<p>Take a short break if you like. Next: block {finished.number + 1} of {len(blocks)}.</p>"
+            "<p>Press <kbd>Enter</kbd> or Continue when you are ready.</p></div>"
+            f'<img src="tiles/{html.escape(next_tile.token)}.png" alt="" style="display:none">'
+        )
+        return self._screen(
+            settings, screen, next_tile.answered, coming, len(blocks), frontier, note, can_continue=True
+        )
+
+    def _render_instructions(self, settings: RaterSettings) -> dict:
+        frontier = first_unanswered(self.db_path, settings.rater_id)
+        answered = settings.total if frontier is None else frontier - 1
+        blocks = _blocks_for(self.db_path, settings.rater_id, settings.block_by_class)
+        block = block_at(blocks, frontier) if frontier is not None else None
+        screen = '<p id="instructions-screen">Press <kbd>Enter</kbd> or Continue to rate.</p>'
+        updates = self._screen(
+            settings, screen, answered, block, len(blocks), frontier, "", can_continue=True
+        )
+        updates[self.view.instructions] = gr.update(visible=True, value=settings.instructions)
+        updates[self.view.show_instructions] = gr.update(visible=False)
+        return updates
+
     def _render_done(self, settings: RaterSettings, note: str) -> dict:
+        review = "<p>You can still go Back to review your answers.</p>" if settings.allow_changes else ""
+        screen = (
+            f'<div id="all-done" class="screen" role="status"><h2>All {settings.total} tiles rated</h2>'
+            f"<p>Thank you! Every answer is saved; you can close this page.</p>{review}</div>"
+        )
+        return self._screen(settings, screen, settings.total, None, 0, None, note, can_continue=False)
+
+    def _screen(
+        self,
+        settings: RaterSettings,
+        screen: str,
+        answered: int,
+        block: Block | None,
+        n_blocks: int,
+        frontier: int | None,
+        note: str,
+        can_continue: bool,
+    ) -> dict:
+        """A screen without a tile (instructions, pause, all done): no vote possible, Back where
+        changes are allowed, Continue (to the first unanswered tile) where there is one."""
         view = self.view
-        done = f"**All {settings.total} tiles rated. Thank you!**"
-        if settings.allow_changes:
-            done += " You can still go back to review your answers."
         return {
-            view.tile: f'<div class="done">{done}</div>',
-            view.progress: f"{settings.total} of {settings.total} answered",
+            view.tile: screen,
+            view.progress: f"{answered} of {settings.total} answered",
+            view.bars: _bars_html(answered, settings.total, block, n_blocks, frontier),
             view.token: "",
             view.confidence: gr.update(visible=False, value=None),
             view.back: gr.update(visible=settings.allow_changes),
             view.resume: gr.update(visible=False),
+            view.proceed: gr.update(visible=can_continue),
+            view.instructions: gr.update(visible=False),
+            view.show_instructions: gr.update(visible=bool(settings.instructions)),
             view.real: gr.update(interactive=False),
             view.synthetic: gr.update(interactive=False),
             view.message: note,
@@ -330,6 +433,35 @@ class RaterPage:
 
     def _settings(self, request: gr.Request) -> RaterSettings:
         return _settings_for(self.db_path, self.study_id, request.username)
+
+
+def _bars_html(answered: int, total: int, block: Block | None, n_blocks: int, frontier: int | None) -> str:
+    """Progress bars: the whole study, and the block on screen when the study is rated by class.
+
+    Blocks are numbered, not named: no response names a class (docs/threat-model.md), although
+    the design tells the rater that each block holds one class.
+    """
+    bars = [_bar("study-progress", f"Study: {answered} of {total} answered", answered, total)]
+    if block is not None:
+        done = block.answered(frontier)
+        label = f"Block {block.number} of {n_blocks}: {done} of {block.size}"
+        bars.append(_bar("block-progress", label, done, block.size))
+    return f'<div class="bars">{"".join(bars)}</div>'
+
+
+def _bar(element_id: str, label: str, value: int, maximum: int) -> str:
+    text = html.escape(label)
+    return (
+        f'<div class="bar"><span id="{element_id}-label">{text}</span>'
+        f'<progress id="{element_id}" max="{maximum}" value="{value}" aria-labelledby="{element_id}-label">'
+        f"{text}</progress></div>"
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _blocks_for(db_path: str, rater_id: int, block_by_class: bool) -> tuple[Block, ...]:
+    """A rater's blocks; cached, since a rater's order never changes."""
+    return tuple(rater_blocks(db_path, rater_id, block_by_class))
 
 
 def _tile_html(tile: Tile) -> str:

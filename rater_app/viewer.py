@@ -18,6 +18,8 @@ KEYS = (
     ("R or 1", "vote Real"),
     ("S or 2", "vote Synthetic"),
     ("B or Left", "back to the previous tile (where the study allows changes)"),
+    ("Enter", "continue after a finished block or the instructions"),
+    ("I", "show the study's instructions (when it has any)"),
     ("+ / -", "zoom in / out (1x to 4x); mouse wheel or pinch on the tile"),
     ("0", "zoom back to 1x"),
     ("Shift + arrows", "pan the zoomed tile; or drag it"),
@@ -116,7 +118,17 @@ HEAD_JS = f"""
     return false;
   }}
 
-  new MutationObserver(resetIfNewTile).observe(document.documentElement, {{childList: true, subtree: true}});
+  function focusContinue() {{  // at a pause between blocks, Enter (or Space) continues
+    const screen = document.getElementById("block-done") || document.getElementById("instructions-screen");
+    const button = document.getElementById("continue");
+    if (screen && !screen.dataset.focused && button && button.offsetParent !== null) {{
+      screen.dataset.focused = "1";
+      button.focus();
+    }}
+  }}
+
+  new MutationObserver(() => {{ resetIfNewTile(); focusContinue(); }})
+    .observe(document.documentElement, {{childList: true, subtree: true, attributes: true}});
 
   document.addEventListener("keydown", (event) => {{
     if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -144,8 +156,10 @@ HEAD_JS = f"""
     if (key === "n") {{ event.preventDefault(); view.nearest = !view.nearest; apply(); return; }}
     if (event.repeat) return;  // a held key votes once
     const buttons = {{r: "vote-real", "1": "vote-real", s: "vote-synthetic", "2": "vote-synthetic",
-                     b: "go-back", arrowleft: "go-back"}};
+                     b: "go-back", arrowleft: "go-back", enter: "continue",
+                     i: "show-instructions"}};
     const id = buttons[key];
+    if (key === "enter" && target && target.tagName === "BUTTON") return;  // Enter presses that button
     if (id && click(id)) event.preventDefault();
   }});
 
@@ -210,6 +224,15 @@ CSS = f"""
 #zoom-level {{ position: absolute; right: 6px; bottom: 6px; padding: 1px 6px; border-radius: 4px;
   background: #111827; color: #ffffff; font-size: 0.85rem; pointer-events: none; }}
 #progress {{ text-align: center; }}
+#progress p, #who p, .help-link {{ margin: 0; }}
+.help-link {{ text-align: right; }}
+.bars {{ display: flex; gap: 1.5rem; justify-content: center; flex-wrap: wrap; font-size: 0.9rem; }}
+.bar {{ display: flex; align-items: center; gap: 0.5rem; }}
+.bar progress {{ width: 10rem; height: 0.8rem; accent-color: #1d4ed8; }}
+#who, #bars {{ padding: 0; min-height: 0; }}
+#tile-frame .screen {{ width: {TILE_DISPLAY_PX}px; height: {TILE_DISPLAY_PX}px; display: flex;
+  flex-direction: column; justify-content: center; align-items: center; text-align: center;
+  border: 1px solid #6b7280; border-radius: 8px; }}
 #vote-real, #vote-synthetic {{ background: #1d4ed8; border-color: #1d4ed8; color: #ffffff; }}
 #vote-real:hover, #vote-synthetic:hover {{ background: #1e3a8a; }}
 button:focus-visible, a:focus-visible, input:focus-visible, [tabindex]:focus-visible {{

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from histosynth.errors import StudyError
 from histosynth.votes import VOTE_VALUES
 from rater_app import store
+from rater_app.blocks import Block, order_blocks
 from rater_app.store import Tile, connect, transaction
 
 CONFIDENCE_LEVELS = (1, 2, 3, 4, 5, 6)
@@ -39,6 +40,8 @@ class RaterSettings:
     total: int
     confidence: str
     allow_changes: bool
+    block_by_class: bool
+    instructions: str | None
 
 
 def rater_settings(db_path: str, rater_id: int) -> RaterSettings:
@@ -54,7 +57,17 @@ def rater_settings(db_path: str, rater_id: int) -> RaterSettings:
         total=record.total,
         confidence=record.settings.confidence,
         allow_changes=record.settings.allow_changes,
+        block_by_class=record.settings.block_by_class,
+        instructions=record.settings.instructions,
     )
+
+
+def rater_blocks(db_path: str, rater_id: int, block_by_class: bool) -> list[Block]:
+    """The blocks of the rater's order (none unless the study is rated class by class)."""
+    if not block_by_class:
+        return []
+    with connect(db_path) as db:
+        return order_blocks(store.showing_classes(db, rater_id), block_by_class)
 
 
 def first_unanswered(db_path: str, rater_id: int) -> int | None:

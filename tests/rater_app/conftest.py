@@ -132,3 +132,12 @@ def browser():
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+def wait_for_tile(page, position: int) -> None:
+    """Wait until the tile at `position` is on screen and loaded, continuing past a block's pause."""
+    page.wait_for_selector(f"#tile-img[data-position='{position}'], #block-done", timeout=30_000)
+    if page.query_selector("#block-done"):
+        page.keyboard.press("Enter")
+    page.wait_for_selector(f"#tile-img[data-position='{position}']", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#tile-img').complete")

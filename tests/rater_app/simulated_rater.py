@@ -64,7 +64,7 @@ class SimulatedRater:
             name = None
             if trigger == "load" and "tile-frame" in outputs:
                 name = "start"
-            elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic"):
+            elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic", "continue"):
                 name = elements[target]
             if name is not None:
                 self._events[name] = event
@@ -109,6 +109,8 @@ class SimulatedRater:
         )
         if self.view.token is not None:
             self.fetch_tile(self.view.token)
+        elif 'id="block-done"' in (html or ""):  # a pause between blocks: press Continue, as a rater does
+            return self._run("continue", [])
         return self.view
 
     def _direct(self, body: dict) -> list:

@@ -8,6 +8,7 @@ Contrast is measured on the rendered page with the WCAG 2.x formula, computed he
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,81 @@ def test_tile_and_buttons_fit_without_scrolling(study, rating_server, browser, s
         box = page.locator(selector).bounding_box()
         assert box["y"] >= 0 and box["y"] + box["height"] <= height, (selector, box)
         assert box["x"] >= 0 and box["x"] + box["width"] <= width, (selector, box)
+
+
+def bar(page, name: str) -> tuple[int, int, str]:
+    value, maximum = page.eval_on_selector(f"#{name}", "p => [p.value, p.max]")
+    return int(value), int(maximum), page.inner_text(f"#{name}-label")
+
+
+def test_progress_bars_block_pause_and_end_screen(
+    tmp_path, make_pool, write_study, rating_server, browser
+) -> None:
+    sources = {"real": make_pool("real", per_class=1), "KLF8-DM": make_pool("klf8", per_class=1)}
+    db = tmp_path / "blocks.db"
+    create_study(write_study(sources, images_per_cell=1), db)  # 2 classes x 2 sources: 2 blocks of 2
+    secret = add_raters(str(db), "pilot", ["ann"])[0].secret
+    page = open_page(browser, rating_server(db).url, secret)
+    assert bar(page, "study-progress") == (0, 4, "Study: 0 of 4 answered")
+    assert bar(page, "block-progress") == (0, 2, "Block 1 of 2: 0 of 2")
+    page.keyboard.press("r")
+    wait_for_position(page, 2)
+    assert bar(page, "study-progress")[0] == 1 and bar(page, "block-progress")[:2] == (1, 2)
+    page.keyboard.press("s")
+    page.wait_for_selector("#block-done", timeout=30_000)
+    assert "Block 1 of 2 done" in page.inner_text("#block-done")
+    assert page.is_disabled("#vote-real") and page.is_disabled("#vote-synthetic")
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'continue'")
+    assert bar(page, "study-progress")[0] == 2 and bar(page, "block-progress")[:2] == (0, 2)
+    assert "ADI" not in page.inner_text("#bars") and "TUM" not in page.inner_text("#tile-frame")
+    page.keyboard.press("r")  # no vote from the pause screen
+    page.wait_for_timeout(300)
+    page.keyboard.press("Enter")
+    wait_for_position(page, 3)
+    assert bar(page, "block-progress") == (0, 2, "Block 2 of 2: 0 of 2")
+    page.keyboard.press("r")
+    wait_for_position(page, 4)
+    page.keyboard.press("r")
+    page.wait_for_selector("#all-done", timeout=30_000)
+    assert "All 4 tiles rated" in page.inner_text("#all-done") and "Thank you" in page.inner_text("#all-done")
+    assert bar(page, "study-progress") == (4, 4, "Study: 4 of 4 answered")
+    assert page.is_visible("#go-back")  # changes allowed: Back from the end screen
+    page.keyboard.press("b")
+    wait_for_position(page, 4)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT position, vote FROM votes ORDER BY position").fetchall() == [
+            (1, "real"),
+            (2, "synthetic"),
+            (3, "real"),
+            (4, "real"),
+        ]
+
+
+def test_instructions_before_the_first_tile_and_on_demand(
+    tmp_path, make_pool, write_study, rating_server, browser
+) -> None:
+    sources = {"real": make_pool("real", per_class=1), "KLF8-DM": make_pool("klf8", per_class=1)}
+    db = tmp_path / "instructed.db"
+    instructions = "Judge the **nuclei** and the stroma; answer as you would on a slide."
+    create_study(write_study(sources, images_per_cell=1, instructions=instructions), db)
+    secret = add_raters(str(db), "pilot", ["ann"])[0].secret
+    page = browser.new_page()
+    page.goto(f"{rating_server(db).url}/login?name=ann")
+    page.fill("#secret", secret)
+    page.click("#login")
+    page.wait_for_selector("#instructions-screen", timeout=30_000)
+    assert page.inner_text("#instructions strong") == "nuclei"  # the Markdown is rendered
+    assert page.query_selector("#tile-img") is None and page.is_disabled("#vote-real")
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'continue'")
+    page.keyboard.press("Enter")
+    wait_for_position(page, 1)
+    assert not page.is_visible("#instructions")
+    page.keyboard.press("r")
+    wait_for_position(page, 2)
+    page.keyboard.press("i")  # on demand, then back to the same tile
+    page.wait_for_selector("#instructions-screen", timeout=30_000)
+    assert "stroma" in page.inner_text("#instructions")
+    page.click("#continue")
+    wait_for_position(page, 2)
+    page.reload()  # a rater who has started is not shown the instructions again
+    wait_for_position(page, 2)
