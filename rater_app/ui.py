@@ -412,7 +412,11 @@ class RaterPage:
         can_continue: bool,
     ) -> dict:
         """A screen without a tile (instructions, pause, all done): no vote possible, Back where
-        changes are allowed, Continue (to the first unanswered tile) where there is one."""
+        changes are allowed, Continue (to the first unanswered tile) where there is one.
+
+        Like `render` for a tile, it sets every component of the view (the two dicts look alike
+        on purpose), so that no screen leaves a control of the previous one behind.
+        """
         view = self.view
         return {
             view.tile: screen,
