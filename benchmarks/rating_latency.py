@@ -31,7 +31,11 @@ from PIL import Image
 
 from rater_app.create import create_study
 from rater_app.raters import add_raters
-from rater_app.simulated_rater import simulated_rater
+
+# The scripted rater is a test support module (it drives Gradio's private routes), shared with
+# the tests that load the app; it is not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rater_app"))
+from simulated_rater import simulated_rater  # noqa: E402
 
 
 def make_study(folder: Path, per_class: int, raters: int) -> tuple[Path, dict[str, str]]:

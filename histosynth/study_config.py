@@ -34,8 +34,10 @@ _STUDY_KEYS = {
     "allow_changes",
     "repeats",
     "title",
+    "instructions",
 }
 _TITLE_MAX = 100
+_INSTRUCTIONS_MAX = 20_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class StudyConfig:
     allow_changes: bool = True
     repeats: int = 0
     title: str | None = None  # shown on the login page; by default a neutral title, not the name
+    instructions: str | None = None  # Markdown shown to raters before the first tile and on demand
 
     @property
     def generators(self) -> list[str]:
@@ -67,6 +70,7 @@ class StudyConfig:
             "repeats": self.repeats,
             "images_per_cell": self.images_per_cell,
             "title": self.title,
+            "instructions": self.instructions,
         }
 
 
@@ -119,6 +123,9 @@ def parse_study_config(
     title = _field(study, "title", str, origin, default=None)
     if title is not None and not (0 < len(title.strip()) <= _TITLE_MAX and title.isprintable()):
         raise ConfigError(f"{origin}: study.title must be 1-{_TITLE_MAX} printable characters")
+    instructions = _field(study, "instructions", str, origin, default=None)
+    if instructions is not None and not 0 < len(instructions.strip()) <= _INSTRUCTIONS_MAX:
+        raise ConfigError(f"{origin}: study.instructions must be 1-{_INSTRUCTIONS_MAX} characters (Markdown)")
     return StudyConfig(
         name=name,
         seed=seed,
@@ -130,6 +137,7 @@ def parse_study_config(
         allow_changes=_field(study, "allow_changes", bool, origin, default=True),
         repeats=repeats,
         title=title,
+        instructions=instructions,
     )
 
 

@@ -12,7 +12,6 @@ associated with the source (Kruskal-Wallis on positions within each class block)
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import struct
@@ -23,10 +22,11 @@ import numpy as np
 from scipy import stats
 
 from histosynth.images import PAPER_SIZE
+from rater_app import store
 from rater_app.order_audit import KnownItem, derivable_orders
 from rater_app.padding import PAD_CHUNK
 from rater_app.raters import stored_orders
-from rater_app.store import connect, image_store_dir, study_row
+from rater_app.store import Study, StudySettings, connect, image_store_dir
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 PAD = PAD_CHUNK.decode("ascii")
@@ -63,26 +63,15 @@ def audit_study(db_path: str | Path, study: str) -> AuditReport:
     """Audit a study's blinding; see the module docstring for what is checked."""
     report = AuditReport(study)
     with connect(db_path) as db:
-        row = study_row(db, study)
-        items = [
-            dict(r)
-            for r in db.query("SELECT rowid, * FROM items WHERE study_id = ? ORDER BY rowid", [row["id"]])
-        ]
-        orders = stored_orders(db, row["id"])
-        assignments = [
-            dict(r)
-            for r in db.query(
-                """SELECT r.name AS rater, a.position, a.repeat, a.token, i.source, i.class FROM assignments a
-                   JOIN raters r ON r.id = a.rater_id JOIN items i ON i.id = a.item_id
-                   WHERE r.study_id = ? ORDER BY r.id, a.position""",
-                [row["id"]],
-            )
-        ]
+        study_record = store.find_study(db, study)
+        items = store.study_items(db, study_record.id)
+        orders = stored_orders(db, study_record.id)
+        assignments = store.showings(db, study_record.id)
     _audit_images(items, image_store_dir(db_path), report)
     _audit_ids(items, assignments, report)
     _audit_orders(assignments, report)
-    _audit_derivable_orders(row, items, orders, report)
-    _audit_shared_orders(items, json.loads(row["settings"]), orders, report)
+    _audit_derivable_orders(study_record, items, orders, report)
+    _audit_shared_orders(items, study_record.settings, orders, report)
     _audit_byte_lengths(items, image_store_dir(db_path), report)
     return report
 
@@ -174,7 +163,7 @@ def _order_association(entries: list[dict]) -> tuple[float, float]:
 
 
 def _audit_derivable_orders(
-    study: dict, items: list[dict], orders: dict[str, list], report: AuditReport
+    study: Study, items: list[dict], orders: dict[str, list], report: AuditReport
 ) -> None:
     """A stored order that a seeded scheme reproduces from public values is no secret.
 
@@ -185,15 +174,14 @@ def _audit_derivable_orders(
         KnownItem(item["id"], item["source"], item["class"], item["original_path"], item["rowid"])
         for item in items
     ]
-    settings = json.loads(study["settings"])
     tried, matches = 0, []
     for index, (rater, order) in enumerate(orders.items()):
         stored = tuple(entry.item_id for entry in order if not entry.repeat)
         for candidate in derivable_orders(
             known,
-            seed=study["seed"],
-            classes=json.loads(study["classes"]),
-            block_by_class=settings["block_by_class"],
+            seed=study.seed,
+            classes=study.classes,
+            block_by_class=study.settings.block_by_class,
             rater=rater,
             index=index,
         ):
@@ -203,13 +191,13 @@ def _audit_derivable_orders(
                     f"order of rater {rater!r} is derivable from the study TOML ({candidate.scheme})"
                 )
                 break
-    possible = _log10_possible_orders(items, settings["block_by_class"])
+    possible = _log10_possible_orders(items, study.settings.block_by_class)
     _report_unless_chance(matches, math.log10(max(tried, 1)) - possible, report)
     report.notes.append(f"secret orders: {tried} orders derivable from TOML, seed and names tried")
 
 
 def _audit_shared_orders(
-    items: list[dict], settings: dict, orders: dict[str, list], report: AuditReport
+    items: list[dict], settings: StudySettings, orders: dict[str, list], report: AuditReport
 ) -> None:
     """Two raters with one permutation: one can tell the other the answers, position by position."""
     first_rater: dict[tuple[str, ...], str] = {}
@@ -221,7 +209,7 @@ def _audit_shared_orders(
         first_rater.setdefault(permutation, rater)
     pairs = len(orders) * (len(orders) - 1) / 2
     _report_unless_chance(
-        shared, math.log10(max(pairs, 1)) - _log10_possible_orders(items, settings["block_by_class"]), report
+        shared, math.log10(max(pairs, 1)) - _log10_possible_orders(items, settings.block_by_class), report
     )
 
 

@@ -15,9 +15,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rater_app import store
 from rater_app.credentials import token_digest, verify_secret
 from rater_app.raters import ADMIN_NAME
-from rater_app.store import connect, study_row, transaction
+from rater_app.store import connect, transaction
 
 SESSION_SECONDS = 30 * 24 * 3600  # a study runs for weeks; a rater should not be logged out mid-way
 _MAX_KEYS = 100_000
@@ -39,34 +40,23 @@ class Identity:
 def login(db_path: str, study: str, name: str, secret: str) -> str | None:
     """Check a name and secret; on success store a new session and return its token."""
     with connect(db_path) as db:
-        row = study_row(db, study)
+        study_record = store.find_study(db, study)
         if name == ADMIN_NAME:
-            stored, rater_id = row["admin_secret_hash"], None
+            stored, rater_id = study_record.admin_secret_hash, None
         else:
-            raters = list(
-                db.query(
-                    "SELECT id, secret_hash FROM raters WHERE study_id = ? AND name = ?", [row["id"], name]
-                )
-            )
-            if not raters:
+            rater = store.rater_secret_hash(db, study_record.id, name)
+            if rater is None:
                 # Spend the same time as a real check, so response times do not reveal names.
-                verify_secret(secret, row["admin_secret_hash"])
+                verify_secret(secret, study_record.admin_secret_hash)
                 return None
-            stored, rater_id = raters[0]["secret_hash"], raters[0]["id"]
+            rater_id, stored = rater
         if not verify_secret(secret, stored):
             return None
         token = secrets.token_urlsafe(32)
         now = time.time()
         with transaction(db):
-            db.execute("DELETE FROM sessions WHERE expires_at <= ?", [now])
-            db["sessions"].insert(
-                {
-                    "token_hash": token_digest(token),
-                    "study_id": row["id"],
-                    "rater_id": rater_id,
-                    "created_at": now,
-                    "expires_at": now + SESSION_SECONDS,
-                }
+            store.insert_session(
+                db, token_digest(token), study_record.id, rater_id, now, now + SESSION_SECONDS
             )
     return token
 
@@ -76,18 +66,11 @@ def identity_for(db_path: str, token: str | None) -> Identity | None:
     if not token:
         return None
     with connect(db_path) as db:
-        rows = list(
-            db.query(
-                """SELECT s.study_id, s.rater_id, r.name FROM sessions s
-                   LEFT JOIN raters r ON r.id = s.rater_id
-                   WHERE s.token_hash = ? AND s.expires_at > ?""",
-                [token_digest(token), time.time()],
-            )
-        )
-    if not rows:
+        owner = store.session_owner(db, token_digest(token), time.time())
+    if owner is None:
         return None
-    row = rows[0]
-    return Identity(study_id=row["study_id"], name=row["name"] or ADMIN_NAME, rater_id=row["rater_id"])
+    study_id, rater_id, name = owner
+    return Identity(study_id=study_id, name=name or ADMIN_NAME, rater_id=rater_id)
 
 
 def logout(db_path: str, token: str | None) -> None:
@@ -95,7 +78,7 @@ def logout(db_path: str, token: str | None) -> None:
     if not token:
         return
     with connect(db_path) as db, transaction(db):
-        db.execute("DELETE FROM sessions WHERE token_hash = ?", [token_digest(token)])
+        store.delete_session(db, token_digest(token))
 
 
 class LoginThrottle:

@@ -17,13 +17,9 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import logging
-import os
-import random
 import secrets
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +27,13 @@ import numpy as np
 from PIL import Image
 
 from histosynth.errors import ConfigError, StudyError
+from histosynth.files import atomic_write_bytes, fsync_folder
 from histosynth.images import PAPER_SIZE, load_rgb
 from histosynth.pools import list_classes, read_pool, sha256_file
-from histosynth.study_config import REAL_SOURCE, StudyConfig, load_study_config
+from histosynth.sampling import sample_files
+from histosynth.study_config import StudyConfig, load_study_config
+from histosynth.votes import REAL_SOURCE
+from rater_app import store
 from rater_app.credentials import hash_secret, new_secret
 from rater_app.padding import pad_png, padded_length
 from rater_app.store import connect, image_store_dir, transaction
@@ -118,8 +118,9 @@ def study_classes(config: StudyConfig) -> list[str]:
 def sample_tiles(config: StudyConfig, classes: list[str]) -> list[SampledTile]:
     """Sample `images_per_cell` tiles per class and source, reproducibly, and encode them.
 
-    The random generator of each cell is seeded from the study seed, the source and the class,
-    so adding a source to a study does not change which tiles the other sources contribute.
+    Each cell is drawn by the core's seeded sampler (`histosynth.sampling.sample_files`) with
+    the scope (source, class): the same seed and pools give the same tiles, and adding a source
+    or a class changes no other cell's tiles.
     """
     k = config.images_per_cell
     n_tiles = k * len(classes) * len(config.sources)
@@ -134,8 +135,7 @@ def sample_tiles(config: StudyConfig, classes: list[str]) -> list[SampledTile]:
                 raise ConfigError(
                     f"{pool.root / class_name}: {len(files)} images, study.images_per_cell needs {k}"
                 )
-            rng = random.Random(f"{config.seed}:{source}:{class_name}")
-            for path in rng.sample(files, k):
+            for path in sample_files(files, k, config.seed, source, class_name):
                 tiles.append(_encode_tile(source, class_name, path))
     return tiles
 
@@ -172,73 +172,57 @@ def _encode_tile(source: str, class_name: str, path: Path) -> SampledTile:
 
 def _refuse_existing_name(db_path: Path, name: str) -> None:
     with connect(db_path) as db:
-        if list(db.query("SELECT 1 FROM studies WHERE name = ?", [name])):
+        if store.has_study(db, name):
             raise StudyError(f"{db_path}: a study named {name!r} already exists")
 
 
 def _write_study(
     db_path: Path, config: StudyConfig, classes: list[str], tiles: list[SampledTile], admin_hash: str
 ) -> None:
-    store = image_store_dir(db_path)
-    store.mkdir(parents=True, exist_ok=True)
-    staging = Path(store, f".staging-{secrets.token_hex(8)}")
+    images = image_store_dir(db_path)
+    images.mkdir(parents=True, exist_ok=True)
+    staging = Path(images, f".staging-{secrets.token_hex(8)}")
     staging.mkdir()
     moved: list[Path] = []
     try:
         for tile in tiles:
-            _write_durably(staging / f"{tile.item_id}.png", tile.png)
-        _fsync_folder(staging)
+            atomic_write_bytes(staging / f"{tile.item_id}.png", tile.png)
+        fsync_folder(staging)
         with connect(db_path, create=True) as db, transaction(db):
-            if list(db.query("SELECT 1 FROM studies WHERE name = ?", [config.name])):
+            if store.has_study(db, config.name):
                 raise StudyError(f"{db_path}: a study named {config.name!r} already exists")
-            study_id = db["studies"].insert(_study_record(config, classes, admin_hash)).last_pk
-            db["items"].insert_all(
-                {
-                    "id": tile.item_id,
-                    "study_id": study_id,
-                    "source": tile.source,
-                    "class": tile.class_name,
-                    "original_path": str(tile.original_path),
-                    "sha256": tile.sha256,
-                    "png_sha256": tile.png_sha256,
-                }
-                for tile in tiles
+            study_id = store.insert_study(
+                db,
+                name=config.name,
+                seed=config.seed,
+                classes=classes,
+                sources={name: str(Path(folder).resolve()) for name, folder in config.sources.items()},
+                settings=config.settings(),
+                admin_secret_hash=admin_hash,
+            )
+            store.insert_items(
+                db,
+                (
+                    {
+                        "id": tile.item_id,
+                        "study_id": study_id,
+                        "source": tile.source,
+                        "class": tile.class_name,
+                        "original_path": str(tile.original_path),
+                        "sha256": tile.sha256,
+                        "png_sha256": tile.png_sha256,
+                    }
+                    for tile in tiles
+                ),
             )
             for tile in tiles:
-                target = store / f"{tile.item_id}.png"
+                target = images / f"{tile.item_id}.png"
                 (staging / target.name).replace(target)
                 moved.append(target)
-            _fsync_folder(store)  # the renames reach the disk before the rows that point at them
+            fsync_folder(images)  # the renames reach the disk before the rows that point at them
     except BaseException:
         for path in moved:
             path.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _study_record(config: StudyConfig, classes: list[str], admin_hash: str) -> dict:
-    return {
-        "name": config.name,
-        "seed": config.seed,
-        "classes": json.dumps(classes),
-        "sources": json.dumps({name: str(Path(folder).resolve()) for name, folder in config.sources.items()}),
-        "settings": json.dumps(config.settings()),
-        "admin_secret_hash": admin_hash,
-        "created_at": time.time(),
-    }
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

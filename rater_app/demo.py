@@ -23,7 +23,7 @@ from scipy import ndimage
 from histosynth.pools import write_manifest
 from rater_app.create import create_study
 from rater_app.raters import NewRater, add_raters, reset_admin_secret, reset_secrets
-from rater_app.store import connect
+from rater_app.store import connect, has_study
 
 log = logging.getLogger(__name__)
 
@@ -161,4 +161,4 @@ def _has_demo_study(db_path: Path) -> bool:
     if not db_path.is_file():
         return False
     with connect(db_path) as db:
-        return bool(list(db.query("SELECT 1 FROM studies WHERE name = ?", [DEMO_STUDY])))
+        return has_study(db, DEMO_STUDY)

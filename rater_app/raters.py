@@ -9,19 +9,19 @@ see different orders.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlite_utils
 
 from histosynth.errors import StudyError
+from rater_app import store
 from rater_app.credentials import hash_secret, new_secret
-from rater_app.store import connect, study_row, transaction
+from rater_app.store import RaterProgress, connect, transaction
 
 ADMIN_NAME = "admin"
 _DISTINCT_ATTEMPTS = 20
@@ -60,43 +60,27 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
     added = [NewRater(name=name, secret=new_secret()) for name in names]
     hashes = {rater.name: hash_secret(rater.secret) for rater in added}
     with connect(db_path) as db:
-        row = study_row(db, study)
-        items = _items_for_ordering(db, row["id"])
-    settings = json.loads(row["settings"])
+        study_record = store.find_study(db, study)
+        items = store.items_for_ordering(db, study_record.id)
+    settings = study_record.settings
     with connect(db_path) as db, transaction(db):
-        existing = {r["name"] for r in db.query("SELECT name FROM raters WHERE study_id = ?", [row["id"]])}
+        existing = set(store.rater_names(db, study_record.id))
         taken = [name for name in names if name in existing]
         if taken:
             raise StudyError(f"study {study!r} already has a rater named {taken[0]!r}")
-        seen = {_permutation(order) for order in stored_orders(db, row["id"]).values()}
+        seen = {_permutation(order) for order in stored_orders(db, study_record.id).values()}
         for name in names:
             order_secret, order = _distinct_order(
                 seen,
                 items,
-                classes=json.loads(row["classes"]),
-                block_by_class=settings["block_by_class"],
-                repeats=settings["repeats"],
+                classes=study_record.classes,
+                block_by_class=settings.block_by_class,
+                repeats=settings.repeats,
             )
-            record = {
-                "study_id": row["id"],
-                "name": name,
-                "secret_hash": hashes[name],
-                "order_secret": order_secret,
-                "created_at": time.time(),
-            }
-            rater_id = db["raters"].insert(record).last_pk
-            db["assignments"].insert_all(
-                {
-                    "rater_id": rater_id,
-                    "position": position,
-                    "item_id": entry.item_id,
-                    "repeat": entry.repeat,
-                    # A fresh token per showing: a repeat gets another URL than its first
-                    # showing, and two raters never share one, so URLs reveal nothing.
-                    "token": secrets.token_hex(12),
-                }
-                for position, entry in enumerate(order, start=1)
-            )
+            # A fresh token per showing: a repeat gets another URL than its first showing,
+            # and two raters never share one, so URLs reveal nothing.
+            showings = [(entry.item_id, entry.repeat, secrets.token_hex(12)) for entry in order]
+            store.insert_rater(db, study_record.id, name, hashes[name], order_secret, showings)
     return added
 
 
@@ -105,19 +89,10 @@ def reset_secrets(db_path: str, study: str, names: Sequence[str]) -> list[NewRat
     renewed = [NewRater(name=name, secret=new_secret()) for name in names]
     hashes = [hash_secret(rater.secret) for rater in renewed]  # before taking the write lock
     with connect(db_path) as db, transaction(db):
-        row = study_row(db, study)
+        study_id = store.find_study(db, study).id
         for rater, secret_hash in zip(renewed, hashes, strict=True):
-            cursor = db.execute(
-                "UPDATE raters SET secret_hash = ? WHERE study_id = ? AND name = ?",
-                [secret_hash, row["id"], rater.name],
-            )
-            if cursor.rowcount != 1:
+            if not store.set_rater_secret(db, study_id, rater.name, secret_hash):
                 raise StudyError(f"study {study!r} has no rater named {rater.name!r}")
-            db.execute(
-                """DELETE FROM sessions
-                   WHERE rater_id = (SELECT id FROM raters WHERE study_id = ? AND name = ?)""",
-                [row["id"], rater.name],
-            )
     return renewed
 
 
@@ -126,19 +101,20 @@ def reset_admin_secret(db_path: str, study: str) -> str:
     secret = new_secret()
     secret_hash = hash_secret(secret)
     with connect(db_path) as db, transaction(db):
-        row = study_row(db, study)
-        db.execute("UPDATE studies SET admin_secret_hash = ? WHERE id = ?", [secret_hash, row["id"]])
-        db.execute("DELETE FROM sessions WHERE study_id = ? AND rater_id IS NULL", [row["id"]])
+        store.set_admin_secret(db, store.find_study(db, study).id, secret_hash)
     return secret
 
 
 def list_raters(db_path: str, study: str) -> list[str]:
     """Names of the study's raters in the order they were added."""
     with connect(db_path) as db:
-        row = study_row(db, study)
-        return [
-            r["name"] for r in db.query("SELECT name FROM raters WHERE study_id = ? ORDER BY id", [row["id"]])
-        ]
+        return store.rater_names(db, store.find_study(db, study).id)
+
+
+def study_status(db_path: str | Path, study: str) -> list[RaterProgress]:
+    """Progress of every rater of a study, in the order they were added."""
+    with connect(db_path) as db:
+        return store.progress(db, store.find_study(db, study).id)
 
 
 def rater_order(
@@ -183,14 +159,10 @@ def new_order_secret() -> str:
 
 def stored_orders(db: sqlite_utils.Database, study_id: int) -> dict[str, list[OrderedItem]]:
     """Each rater's stored order (repeats included), by rater name."""
-    orders: dict[str, list[OrderedItem]] = {}
-    for r in db.query(
-        """SELECT r.name, a.item_id, a.repeat FROM assignments a JOIN raters r ON r.id = a.rater_id
-           WHERE r.study_id = ? ORDER BY r.id, a.position""",
-        [study_id],
-    ):
-        orders.setdefault(r["name"], []).append(OrderedItem(r["item_id"], r["repeat"]))
-    return orders
+    return {
+        name: [OrderedItem(item_id, repeat) for item_id, repeat in order]
+        for name, order in store.orders(db, study_id).items()
+    }
 
 
 def _distinct_order(
@@ -221,13 +193,6 @@ def _distinct_order(
 def _permutation(order: Sequence[OrderedItem]) -> tuple[str, ...]:
     """The first showings of an order: the permutation of the study's items a rater sees."""
     return tuple(entry.item_id for entry in order if not entry.repeat)
-
-
-def _items_for_ordering(db: sqlite_utils.Database, study_id: int) -> list[tuple[str, str]]:
-    rows = db.query(
-        "SELECT id, class FROM items WHERE study_id = ? ORDER BY class, source, original_path", [study_id]
-    )
-    return [(r["id"], r["class"]) for r in rows]
 
 
 def _check_names(names: Sequence[str]) -> None:

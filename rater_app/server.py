@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -31,10 +30,12 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from histosynth.errors import StudyError
+from histosynth.urls import LOGIN_PATH, login_url
+from rater_app import store
 from rater_app.auth import Identity, LoginThrottle, identity_for, login, logout
 from rater_app.export import export_votes
 from rater_app.padding import showing_png
-from rater_app.store import connect, ensure_writable, hold_open, image_store_dir, study_row
+from rater_app.store import Study, connect, ensure_writable, hold_open, image_store_dir
 from rater_app.voting import fetchable_item
 from rater_app.web_guard import WebGuard
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "histosynth_session"
 FORM_COOKIE = "histosynth_login_form"  # the login form's anti-CSRF token (double submit)
-PUBLIC_PATHS = {"/login"}
+PUBLIC_PATHS = {LOGIN_PATH}
 # Gradio's upload routes: the app takes no uploads, and an upload's reply names a server path.
 REFUSED_PREFIXES = ("/gradio_api/upload", "/upload")
 LOGIN_ERRORS = {
@@ -57,51 +58,68 @@ NEUTRAL_TITLE = "Rating study"
 TILE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}  # WebGuard adds the rest
 
 
-def resolve_study(db_path: str | Path, study: str | None) -> dict:
+def resolve_study(db_path: str | Path, study: str | None) -> Study:
     """The study to serve: the named one, or the database's only study when none is named."""
     with connect(db_path) as db:
         if study is not None:
-            return study_row(db, study)
-        names = [row["name"] for row in db.query("SELECT name FROM studies ORDER BY name")]
+            return store.find_study(db, study)
+        names = store.study_names(db)
         if len(names) != 1:
             found = ", ".join(names) if names else "none"
             raise StudyError(f"{db_path}: name the study to serve with --study (studies here: {found})")
-        return study_row(db, names[0])
+        return store.find_study(db, names[0])
+
+
+def gradio_environment(db_path: str | Path) -> dict[str, str]:
+    """The environment Gradio must find in a process that serves the study of `db_path`.
+
+    Gradio reads its temp/upload folder from `GRADIO_TEMP_DIR` when its modules are imported
+    and in a dozen places after, with no per-app setting, so only the process that runs the
+    server (`serve`) may set it: per deployment, beside the database, never a shared /tmp/gradio.
+    """
+    return {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(Path(db_path).resolve()) + ".gradio"}
 
 
 def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str | None = None) -> FastAPI:
     """The complete rating app for one study of `db_path`, ready for uvicorn.
 
+    Leaves the process environment alone; `serve` sets Gradio's (`gradio_environment`).
+
     Args:
+        db_path: the study database.
+        study: the study to serve; None for the database's only one.
         trusted_proxy: the address of a reverse proxy whose `X-Forwarded-*` headers are
             believed (client address, scheme, host); from anyone else they are dropped.
+
+    Raises:
+        StudyError: no such study, several and none named, or a database the app cannot write.
     """
     db_path = str(Path(db_path).resolve())
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    # Gradio's temp/upload folder is per deployment (beside the database), never a shared /tmp/gradio.
-    os.environ["GRADIO_TEMP_DIR"] = db_path + ".gradio"
-    import gradio as gr
-
-    from rater_app.ui import CSS, KEYBOARD_JS, build_blocks
-
-    row = resolve_study(db_path, study)
+    served = resolve_study(db_path, study)
     ensure_writable(db_path)
-    study_id, study_name = row["id"], row["name"]
-    title = json.loads(row["settings"]).get("title") or NEUTRAL_TITLE
-    store = image_store_dir(db_path)
-    throttle = LoginThrottle()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.wal_anchor = hold_open(db_path)
-
     sessions = SessionCache(lambda token: identity_for(db_path, token))
 
     def current(token: str | None) -> Identity | None:
         identity = sessions.get(token)
-        return identity if identity is not None and identity.study_id == study_id else None
+        return identity if identity is not None and identity.study_id == served.id else None
 
     app.add_middleware(LoginGate, resolve=current)
+    _add_login_routes(app, db_path, served, sessions)
+    _add_tile_route(app, db_path)
+    _add_admin_routes(app, db_path, served.name)
+    app = _mount_page(app, db_path, served.id, current)
+    app.add_middleware(WebGuard, trusted_proxy=trusted_proxy)  # added last: outermost
+    return app
 
-    @app.get("/login", response_class=HTMLResponse)
+
+def _add_login_routes(app: FastAPI, db_path: str, study: Study, sessions: SessionCache) -> None:
+    """The login form, its submission (CSRF-checked and throttled) and logout."""
+    title = study.settings.title or NEUTRAL_TITLE
+    throttle = LoginThrottle()
+
+    @app.get(LOGIN_PATH, response_class=HTMLResponse)
     def login_form(request: Request, name: str = "", error: str = "") -> Response:
         form_token = secrets.token_urlsafe(16)
         page = HTMLResponse(
@@ -112,13 +130,13 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
             form_token,
             httponly=True,
             samesite="strict",
-            path="/login",
+            path=LOGIN_PATH,
             max_age=3600,
             secure=request.url.scheme == "https",
         )
         return page
 
-    @app.post("/login")
+    @app.post(LOGIN_PATH)
     async def login_submit(request: Request) -> Response:
         form = await _login_form(request)
         if form is None:
@@ -140,7 +158,7 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
         await asyncio.sleep(wait)
         token = None
         if len(name) <= MAX_NAME_CHARS and len(secret) <= MAX_SECRET_CHARS:
-            token = await run_in_threadpool(login, db_path, study_name, name, secret)
+            token = await run_in_threadpool(login, db_path, study.name, name, secret)
         if token is None:
             throttle.failed(shown, address)
             log.info("failed login for %r from %s", shown, address)
@@ -155,9 +173,14 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
         token = request.cookies.get(SESSION_COOKIE)
         logout(db_path, token)
         sessions.forget(token)
-        response = RedirectResponse("/login", status_code=303)
+        response = RedirectResponse(LOGIN_PATH, status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+
+def _add_tile_route(app: FastAPI, db_path: str) -> None:
+    """`/tiles/<token>.png`: a tile the rater may see now (or prefetch), with renewed padding."""
+    images = image_store_dir(db_path)
 
     @app.get("/tiles/{token}.png")
     def tile(token: str, request: Request) -> Response:
@@ -165,13 +188,17 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
         item_id = None if identity.rater_id is None else fetchable_item(db_path, identity.rater_id, token)
         if item_id is None:  # not this rater's, or a place they may not see (yet)
             return PlainTextResponse("not found", status_code=404)
-        path = store / f"{item_id}.png"
+        path = images / f"{item_id}.png"
         try:
             content = path.read_bytes()
         except OSError:
-            log.error("tile %s is missing from the image store %s", item_id, store)
+            log.error("tile %s is missing from the image store %s", item_id, images)
             return PlainTextResponse("tile missing from the study's image store", status_code=500)
         return Response(showing_png(content, token), media_type="image/png", headers=TILE_HEADERS)
+
+
+def _add_admin_routes(app: FastAPI, db_path: str, study_name: str) -> None:
+    """`/admin/votes.csv` for the study's admin; 404 for raters."""
 
     @app.get("/admin/votes.csv")
     def admin_votes(request: Request) -> Response:
@@ -183,26 +210,33 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
             headers={"Content-Disposition": f'attachment; filename="{study_name}-votes.csv"'},
         )
 
+
+def _mount_page(
+    app: FastAPI, db_path: str, study_id: int, current: Callable[[str | None], Identity | None]
+) -> FastAPI:
+    """Mount the Gradio page at `/`, its user taken from the session the gate resolved."""
+    import gradio as gr
+
+    from rater_app.ui import build_blocks
+    from rater_app.viewer import CSS, HEAD_JS
+
     def gradio_user(request: Request) -> str | None:
         identity = getattr(request.state, "identity", None) or current(request.cookies.get(SESSION_COOKIE))
         return identity.name if identity is not None else None
 
-    blocks = build_blocks(db_path, study_id)
-    app = gr.mount_gradio_app(
+    return gr.mount_gradio_app(
         app,
-        blocks,
+        build_blocks(db_path, study_id),
         path="/",
         auth_dependency=gradio_user,
         footer_links=[],
         run_history=False,
-        blocked_paths=[db_path, str(store)],
+        blocked_paths=[db_path, str(image_store_dir(db_path))],
         show_error=False,  # gr.Error texts are shown; other exceptions (which may name paths) are not
         max_file_size="1mb",  # the app takes no uploads; the upload route is refused in WebGuard anyway
         css=CSS,
-        head=KEYBOARD_JS,
+        head=HEAD_JS,
     )
-    app.add_middleware(WebGuard, trusted_proxy=trusted_proxy)  # added last: outermost
-    return app
 
 
 class SessionCache:
@@ -271,7 +305,7 @@ class LoginGate:
             return
         wants_page = scope["method"] == "GET" and "text/html" in connection.headers.get("accept", "")
         response = (
-            RedirectResponse("/login", status_code=303)
+            RedirectResponse(LOGIN_PATH, status_code=303)
             if wants_page
             else JSONResponse({"detail": "login required"}, status_code=401)
         )
@@ -285,9 +319,14 @@ def serve(
     port: int = 7860,
     trusted_proxy: str | None = None,
 ) -> None:
-    """Run the rating app until interrupted (Ctrl-C); see `build_app` for `trusted_proxy`."""
+    """Run the rating app in this process until interrupted (Ctrl-C); see `build_app`.
+
+    This is the process's entry point (`histosynth rate`, `histosynth demo`), so it is where
+    Gradio's process-wide settings are made, before anything imports Gradio.
+    """
     import uvicorn
 
+    os.environ.update(gradio_environment(db_path))
     app = build_app(db_path, study, trusted_proxy=trusted_proxy)
     log.info("rating app on http://%s:%d/ (study database %s)", host, port, db_path)
     # WebGuard, not uvicorn, decides whom to believe about forwarding headers.
@@ -329,7 +368,7 @@ def _from_our_form(request: Request, form: dict[str, str]) -> bool:
 
 def _back_to_login(name: str, error: str) -> Response:
     """Back to the form with an error code; only fixed texts are shown, never text from the URL."""
-    return RedirectResponse(f"/login?name={quote(name)}&error={quote(error)}", status_code=303)
+    return RedirectResponse(f"{login_url('', name)}&error={quote(error)}", status_code=303)
 
 
 def _login_page(title: str, name: str, error: str, form_token: str) -> str:
@@ -344,7 +383,7 @@ form {{ display: grid; gap: 0.6rem; width: 18rem; }}
 input, button {{ font-size: 1rem; padding: 0.4rem; }}
 .error {{ color: #b00020; }}
 </style></head>
-<body><form method="post" action="/login">
+<body><form method="post" action="{LOGIN_PATH}">
 <input type="hidden" name="form_token" value="{escape(form_token)}">
 <h1>{escape(title)}</h1>
 {notice}

@@ -1,18 +1,30 @@
-"""The SQLite study database: schema, connections and the image store beside it.
+"""The SQLite study database: schema, connections, every query, and the image store beside it.
 
 One file per deployment holds any number of studies. Every caller opens its own short-lived
 connection (`connect`), so Gradio's worker threads never share one; WAL mode lets raters
 vote while an admin reads progress, and `busy_timeout` turns brief lock contention into a
 wait instead of an error.
+
+This module is the only one that speaks SQL or decodes the JSON columns: the rest of the app
+calls the functions below, which take an open database (so that the caller decides what runs
+in one `transaction`) and return typed rows (`Study`, `StudySettings`, `RaterRecord`, `Tile`).
+The sqlite-utils table API serves the plain reads and writes; the queries of the vote path
+(`frontier`, `tile_row`, `showing_for_token`, `assignment_at`, `vote_at` and the vote writes)
+are hand-written SQL, one statement each that SQLite answers from an index, because every key
+press of every rater runs them and sqlite-utils would add schema look-ups to each call.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -177,14 +189,456 @@ def ensure_writable(db_path: str | Path) -> None:
         raise StudyError(f"{error}; the rating app must be able to write votes there") from error
 
 
-def study_row(db: sqlite_utils.Database, name: str) -> dict:
-    """The `studies` row of a study, or a StudyError listing the studies that do exist."""
-    rows = list(db.query("SELECT * FROM studies WHERE name = ?", [name]))
+@dataclass(frozen=True)
+class StudySettings:
+    """The rating settings stored with a study (the `settings` JSON column)."""
+
+    block_by_class: bool
+    confidence: str  # "none" or "six-point"
+    allow_changes: bool
+    repeats: int
+    images_per_cell: int | None = None  # absent in studies created before it was stored
+    title: str | None = None
+    instructions: str | None = None  # Markdown for the raters; absent in older studies
+
+    @classmethod
+    def from_json(cls, text: str) -> StudySettings:
+        values = json.loads(text)
+        return cls(
+            block_by_class=values["block_by_class"],
+            confidence=values["confidence"],
+            allow_changes=values["allow_changes"],
+            repeats=values["repeats"],
+            images_per_cell=values.get("images_per_cell"),
+            title=values.get("title"),
+            instructions=values.get("instructions"),
+        )
+
+
+@dataclass(frozen=True)
+class Study:
+    """One row of `studies`, its JSON columns decoded."""
+
+    id: int
+    name: str
+    seed: int
+    classes: list[str]  # in block order
+    sources: dict[str, str]  # source name -> pool folder
+    settings: StudySettings
+    admin_secret_hash: str
+
+
+@dataclass(frozen=True)
+class RaterRecord:
+    """A rater, the size of their order and their study's settings."""
+
+    id: int
+    study_id: int
+    name: str
+    total: int
+    settings: StudySettings
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One place in a rater's order, with the rater's current answer there (if any)."""
+
+    position: int
+    item_id: str
+    token: str
+    total: int
+    answered: int
+    vote: str | None
+    confidence: int | None
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What the vote path needs about one place of a rater's order."""
+
+    item_id: str
+    token: str
+    repeat: int
+    settings: StudySettings
+
+
+@dataclass(frozen=True)
+class RaterProgress:
+    """How far one rater has come."""
+
+    rater: str
+    answered: int
+    total: int
+    last_vote_at: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.answered == self.total
+
+
+# --- studies and items ---------------------------------------------------------------------
+
+
+def study_names(db: sqlite_utils.Database) -> list[str]:
+    """Names of the database's studies, sorted."""
+    return sorted(row["name"] for row in db["studies"].rows_where(select="name"))
+
+
+def has_study(db: sqlite_utils.Database, name: str) -> bool:
+    """Whether a study of that name exists."""
+    return db["studies"].count_where("name = ?", [name]) > 0
+
+
+def find_study(db: sqlite_utils.Database, name: str) -> Study:
+    """The study of that name.
+
+    Raises:
+        StudyError: there is none; the message lists the studies that do exist, since the
+            name usually comes from a `--study` option with a typo.
+    """
+    rows = list(db["studies"].rows_where("name = ?", [name]))
     if not rows:
-        known = [row["name"] for row in db.query("SELECT name FROM studies ORDER BY name")]
+        known = study_names(db)
         hint = f" (studies here: {', '.join(known)})" if known else " (the database holds no study)"
         raise StudyError(f"no study named {name!r}{hint}")
+    return _study(rows[0])
+
+
+def study_by_id(db: sqlite_utils.Database, study_id: int) -> Study:
+    """The study with that id (ids come from the database itself, so it exists)."""
+    return _study(db["studies"].get(study_id))
+
+
+def insert_study(
+    db: sqlite_utils.Database,
+    *,
+    name: str,
+    seed: int,
+    classes: list[str],
+    sources: dict[str, str],
+    settings: dict[str, Any],
+    admin_secret_hash: str,
+) -> int:
+    """Add a study row (JSON columns encoded here) and return its id."""
+    record = {
+        "name": name,
+        "seed": seed,
+        "classes": json.dumps(classes),
+        "sources": json.dumps(sources),
+        "settings": json.dumps(settings),
+        "admin_secret_hash": admin_secret_hash,
+        "created_at": time.time(),
+    }
+    return db["studies"].insert(record).last_pk
+
+
+def insert_items(db: sqlite_utils.Database, items: Iterable[dict[str, Any]]) -> None:
+    """Add item rows (id, study_id, source, class, original_path, sha256, png_sha256)."""
+    db["items"].insert_all(items)
+
+
+def study_items(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
+    """Every item of a study with its rowid (the order `study create` inserted them)."""
+    return list(db["items"].rows_where("study_id = ?", [study_id], select="rowid, *", order_by="rowid"))
+
+
+def items_for_ordering(db: sqlite_utils.Database, study_id: int) -> list[tuple[str, str]]:
+    """(item id, class) of a study's items in the canonical order that order secrets shuffle."""
+    rows = db["items"].rows_where(
+        "study_id = ?", [study_id], select="id, class", order_by="class, source, original_path"
+    )
+    return [(row["id"], row["class"]) for row in rows]
+
+
+def set_admin_secret(db: sqlite_utils.Database, study_id: int, secret_hash: str) -> None:
+    """Store a new admin secret hash and end the admin's open sessions."""
+    db["studies"].update(study_id, {"admin_secret_hash": secret_hash})
+    db["sessions"].delete_where("study_id = ? AND rater_id IS NULL", [study_id])
+
+
+# --- raters and their orders ---------------------------------------------------------------
+
+
+def rater_names(db: sqlite_utils.Database, study_id: int) -> list[str]:
+    """Names of a study's raters in the order they were added."""
+    return [row["name"] for row in db["raters"].rows_where("study_id = ?", [study_id], order_by="id")]
+
+
+def rater_id(db: sqlite_utils.Database, study_id: int, name: str | None) -> int | None:
+    """The id of the study's rater of that name, or None."""
+    rows = list(db["raters"].rows_where("study_id = ? AND name = ?", [study_id, name], select="id"))
+    return rows[0]["id"] if rows else None
+
+
+def rater_secret_hash(db: sqlite_utils.Database, study_id: int, name: str) -> tuple[int, str] | None:
+    """(id, secret hash) of the study's rater of that name, or None."""
+    rows = list(
+        db["raters"].rows_where("study_id = ? AND name = ?", [study_id, name], select="id, secret_hash")
+    )
+    return (rows[0]["id"], rows[0]["secret_hash"]) if rows else None
+
+
+def insert_rater(
+    db: sqlite_utils.Database,
+    study_id: int,
+    name: str,
+    secret_hash: str,
+    order_secret: str,
+    showings: Iterable[tuple[str, int, str]],
+) -> int:
+    """Add a rater and their order: `showings` are (item id, repeat, token) from position 1 on."""
+    record = {
+        "study_id": study_id,
+        "name": name,
+        "secret_hash": secret_hash,
+        "order_secret": order_secret,
+        "created_at": time.time(),
+    }
+    new_id = db["raters"].insert(record).last_pk
+    db["assignments"].insert_all(
+        {"rater_id": new_id, "position": position, "item_id": item_id, "repeat": repeat, "token": token}
+        for position, (item_id, repeat, token) in enumerate(showings, start=1)
+    )
+    return new_id
+
+
+def set_rater_secret(db: sqlite_utils.Database, study_id: int, name: str, secret_hash: str) -> bool:
+    """Store a rater's new secret hash and end their sessions; False when there is no such rater."""
+    found = rater_id(db, study_id, name)
+    if found is None:
+        return False
+    db["raters"].update(found, {"secret_hash": secret_hash})
+    db["sessions"].delete_where("rater_id = ?", [found])
+    return True
+
+
+def orders(db: sqlite_utils.Database, study_id: int) -> dict[str, list[tuple[str, int]]]:
+    """Each rater's stored order as (item id, repeat) per position, by rater name."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for row in db.query(
+        """SELECT r.name, a.item_id, a.repeat FROM assignments a JOIN raters r ON r.id = a.rater_id
+           WHERE r.study_id = ? ORDER BY r.id, a.position""",
+        [study_id],
+    ):
+        found.setdefault(row["name"], []).append((row["item_id"], row["repeat"]))
+    return found
+
+
+def showings(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
+    """Every showing of a study (rater, position, repeat, token, source, class) in order."""
+    return list(
+        db.query(
+            """SELECT r.name AS rater, a.position, a.repeat, a.token, i.source, i.class FROM assignments a
+               JOIN raters r ON r.id = a.rater_id JOIN items i ON i.id = a.item_id
+               WHERE r.study_id = ? ORDER BY r.id, a.position""",
+            [study_id],
+        )
+    )
+
+
+def rater_record(db: sqlite_utils.Database, rater: int) -> RaterRecord | None:
+    """A rater with the size of their order and the study's settings, or None."""
+    rows = list(
+        db.query(
+            """SELECT r.id, r.study_id, r.name, s.settings,
+                      (SELECT count(*) FROM assignments a WHERE a.rater_id = r.id) AS total
+               FROM raters r JOIN studies s ON s.id = r.study_id WHERE r.id = ?""",
+            [rater],
+        )
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    return RaterRecord(
+        row["id"], row["study_id"], row["name"], row["total"], StudySettings.from_json(row["settings"])
+    )
+
+
+def showing_classes(db: sqlite_utils.Database, rater: int) -> list[tuple[str, int]]:
+    """(class, repeat) of each place of the rater's order, from position 1 on."""
+    rows = db.query(
+        """SELECT i.class, a.repeat FROM assignments a JOIN items i ON i.id = a.item_id
+           WHERE a.rater_id = ? ORDER BY a.position""",
+        [rater],
+    )
+    return [(row["class"], row["repeat"]) for row in rows]
+
+
+def progress(db: sqlite_utils.Database, study_id: int) -> list[RaterProgress]:
+    """Progress of every rater of a study, in the order they were added."""
+    rows = db.query(
+        """SELECT r.name,
+                  (SELECT count(*) FROM votes v WHERE v.rater_id = r.id) AS answered,
+                  (SELECT count(*) FROM assignments a WHERE a.rater_id = r.id) AS total,
+                  (SELECT max(answered_at) FROM votes v WHERE v.rater_id = r.id) AS last_vote_at
+           FROM raters r WHERE r.study_id = ? ORDER BY r.id""",
+        [study_id],
+    )
+    return [RaterProgress(r["name"], r["answered"], r["total"], r["last_vote_at"]) for r in rows]
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def insert_session(
+    db: sqlite_utils.Database,
+    token_hash: str,
+    study_id: int,
+    rater: int | None,
+    now: float,
+    expires_at: float,
+) -> None:
+    """Store a session (by token digest), dropping the expired ones on the way."""
+    db["sessions"].delete_where("expires_at <= ?", [now])
+    db["sessions"].insert(
+        {
+            "token_hash": token_hash,
+            "study_id": study_id,
+            "rater_id": rater,
+            "created_at": now,
+            "expires_at": expires_at,
+        }
+    )
+
+
+def session_owner(
+    db: sqlite_utils.Database, token_hash: str, now: float
+) -> tuple[int, int | None, str | None] | None:
+    """(study id, rater id, rater name) of a live session; ids and name are None for the admin."""
+    rows = list(
+        db.query(
+            """SELECT s.study_id, s.rater_id, r.name FROM sessions s
+               LEFT JOIN raters r ON r.id = s.rater_id
+               WHERE s.token_hash = ? AND s.expires_at > ?""",
+            [token_hash, now],
+        )
+    )
+    return (rows[0]["study_id"], rows[0]["rater_id"], rows[0]["name"]) if rows else None
+
+
+def delete_session(db: sqlite_utils.Database, token_hash: str) -> None:
+    """End one session."""
+    db["sessions"].delete_where("token_hash = ?", [token_hash])
+
+
+# --- the vote path: hand-written SQL, run on every key press -------------------------------
+
+
+def frontier(db: sqlite_utils.Database, rater: int) -> int | None:
+    """The first place in the rater's order without a vote; None when the rater is done."""
+    rows = db.execute(
+        """SELECT min(a.position) FROM assignments a
+           LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.position = a.position
+           WHERE a.rater_id = ? AND v.rater_id IS NULL""",
+        [rater],
+    ).fetchone()
     return rows[0]
+
+
+def showing_for_token(
+    db: sqlite_utils.Database, rater: int, token: str
+) -> tuple[str, int, StudySettings] | None:
+    """(item id, position, study settings) behind one of the rater's showing tokens, or None."""
+    row = db.execute(
+        """SELECT a.item_id, a.position, s.settings FROM assignments a
+           JOIN raters r ON r.id = a.rater_id JOIN studies s ON s.id = r.study_id
+           WHERE a.rater_id = ? AND a.token = ?""",
+        [rater, token],
+    ).fetchone()
+    return (row[0], row[1], StudySettings.from_json(row[2])) if row else None
+
+
+def tile_row(db: sqlite_utils.Database, rater: int, position: int) -> Tile | None:
+    """The tile at a place of the rater's order, with its vote and the next showing's token."""
+    rows = list(
+        db.query(
+            """SELECT a.position, a.item_id, a.token, v.vote, v.confidence,
+                      (SELECT token FROM assignments n
+                       WHERE n.rater_id = a.rater_id AND n.position = a.position + 1) AS next_token,
+                      (SELECT count(*) FROM assignments t WHERE t.rater_id = a.rater_id) AS total,
+                      (SELECT count(*) FROM votes c WHERE c.rater_id = a.rater_id) AS answered
+               FROM assignments a
+               LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.position = a.position
+               WHERE a.rater_id = ? AND a.position = ?""",
+            [rater, position],
+        )
+    )
+    return Tile(**rows[0]) if rows else None
+
+
+def assignment_at(db: sqlite_utils.Database, rater: int, position: int) -> Assignment | None:
+    """The item, token and repeat flag at a place of the rater's order, with the study's settings."""
+    row = db.execute(
+        """SELECT a.item_id, a.token, a.repeat, s.settings FROM assignments a
+           JOIN raters r ON r.id = a.rater_id JOIN studies s ON s.id = r.study_id
+           WHERE a.rater_id = ? AND a.position = ?""",
+        [rater, position],
+    ).fetchone()
+    return Assignment(row[0], row[1], row[2], StudySettings.from_json(row[3])) if row else None
+
+
+def vote_at(db: sqlite_utils.Database, rater: int, position: int) -> dict[str, Any] | None:
+    """The stored vote row at a place of the rater's order, or None."""
+    rows = list(db.query("SELECT * FROM votes WHERE rater_id = ? AND position = ?", [rater, position]))
+    return rows[0] if rows else None
+
+
+def insert_vote(db: sqlite_utils.Database, vote: dict[str, Any]) -> None:
+    """Store a first vote (a row of `votes`)."""
+    db.execute(
+        """INSERT INTO votes (rater_id, position, item_id, repeat, vote, confidence, shown_at, answered_at)
+           VALUES (:rater_id, :position, :item_id, :repeat, :vote, :confidence, :shown_at, :answered_at)""",
+        vote,
+    )
+
+
+def replace_vote(
+    db: sqlite_utils.Database,
+    old: dict[str, Any],
+    vote: str,
+    confidence: int | None,
+    shown_at: float,
+    answered_at: float,
+) -> None:
+    """Change a stored vote, keeping the replaced one in `vote_history`."""
+    db.execute(
+        """INSERT INTO vote_history (rater_id, position, item_id, repeat, vote, confidence,
+                                     shown_at, answered_at, replaced_at)
+           VALUES (:rater_id, :position, :item_id, :repeat, :vote, :confidence,
+                   :shown_at, :answered_at, :replaced_at)""",
+        {**old, "replaced_at": answered_at},
+    )
+    db.execute(
+        """UPDATE votes SET vote = ?, confidence = ?, shown_at = ?, answered_at = ?
+           WHERE rater_id = ? AND position = ?""",
+        [vote, confidence, shown_at, answered_at, old["rater_id"], old["position"]],
+    )
+
+
+def vote_rows(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
+    """One dict per vote in the votes interchange columns, ordered by rater and position."""
+    rows = db.query(
+        """SELECT r.name AS rater, v.item_id AS item, i.class AS class, i.source AS source,
+                  v.vote, v.confidence, v.repeat,
+                  round(v.answered_at - v.shown_at, 3) AS seconds, v.position
+           FROM votes v JOIN raters r ON r.id = v.rater_id JOIN items i ON i.id = v.item_id
+           WHERE r.study_id = ? ORDER BY r.id, v.position""",
+        [study_id],
+    )
+    return [dict(row) for row in rows]
+
+
+def _study(row: dict[str, Any]) -> Study:
+    return Study(
+        id=row["id"],
+        name=row["name"],
+        seed=row["seed"],
+        classes=json.loads(row["classes"]),
+        sources=json.loads(row["sources"]),
+        settings=StudySettings.from_json(row["settings"]),
+        admin_secret_hash=row["admin_secret_hash"],
+    )
 
 
 # Each step takes a database of version N to N + 1, in one transaction.

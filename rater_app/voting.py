@@ -14,16 +14,15 @@ browser can prefetch it. Votes land only on the frontier, or change an earlier a
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from histosynth.errors import StudyError
-from rater_app.store import connect, transaction
+from histosynth.votes import VOTE_VALUES
+from rater_app import store
+from rater_app.blocks import Block, order_blocks
+from rater_app.store import Tile, connect, transaction
 
-VOTES = ("real", "synthetic")
 CONFIDENCE_LEVELS = (1, 2, 3, 4, 5, 6)
 
 
@@ -41,51 +40,40 @@ class RaterSettings:
     total: int
     confidence: str
     allow_changes: bool
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One place in a rater's order, with the rater's current answer there (if any)."""
-
-    position: int
-    item_id: str
-    token: str
-    total: int
-    answered: int
-    vote: str | None
-    confidence: int | None
-    next_token: str | None
+    block_by_class: bool
+    instructions: str | None
 
 
 def rater_settings(db_path: str, rater_id: int) -> RaterSettings:
     """Settings and size of a rater's order."""
     with connect(db_path) as db:
-        rows = list(
-            db.query(
-                """SELECT r.id, r.study_id, r.name, s.settings,
-                          (SELECT count(*) FROM assignments a WHERE a.rater_id = r.id) AS total
-                   FROM raters r JOIN studies s ON s.id = r.study_id WHERE r.id = ?""",
-                [rater_id],
-            )
-        )
-    if not rows:
+        record = store.rater_record(db, rater_id)
+    if record is None:
         raise StudyError(f"no rater with id {rater_id}")
-    row = rows[0]
-    settings = json.loads(row["settings"])
     return RaterSettings(
-        rater_id=row["id"],
-        study_id=row["study_id"],
-        name=row["name"],
-        total=row["total"],
-        confidence=settings["confidence"],
-        allow_changes=settings["allow_changes"],
+        rater_id=record.id,
+        study_id=record.study_id,
+        name=record.name,
+        total=record.total,
+        confidence=record.settings.confidence,
+        allow_changes=record.settings.allow_changes,
+        block_by_class=record.settings.block_by_class,
+        instructions=record.settings.instructions,
     )
+
+
+def rater_blocks(db_path: str, rater_id: int, block_by_class: bool) -> list[Block]:
+    """The blocks of the rater's order (none unless the study is rated class by class)."""
+    if not block_by_class:
+        return []
+    with connect(db_path) as db:
+        return order_blocks(store.showing_classes(db, rater_id), block_by_class)
 
 
 def first_unanswered(db_path: str, rater_id: int) -> int | None:
     """The first place in the rater's order without a vote; None when the rater is done."""
     with connect(db_path) as db:
-        return _frontier(db, rater_id)
+        return store.frontier(db, rater_id)
 
 
 def may_show(position: int, frontier: int | None, allow_changes: bool) -> bool:
@@ -107,40 +95,21 @@ def may_fetch(position: int, frontier: int | None, allow_changes: bool) -> bool:
 def fetchable_item(db_path: str, rater_id: int, token: str) -> str | None:
     """The stored item behind one of this rater's showing tokens, when they may download it now."""
     with connect(db_path) as db:
-        rows = list(
-            db.query(
-                """SELECT a.item_id, a.position, s.settings FROM assignments a
-                   JOIN raters r ON r.id = a.rater_id JOIN studies s ON s.id = r.study_id
-                   WHERE a.rater_id = ? AND a.token = ?""",
-                [rater_id, token],
-            )
-        )
-        if not rows:
+        showing = store.showing_for_token(db, rater_id, token)
+        if showing is None:
             return None
-        frontier = _frontier(db, rater_id)
-    allow_changes = json.loads(rows[0]["settings"])["allow_changes"]
-    return rows[0]["item_id"] if may_fetch(rows[0]["position"], frontier, allow_changes) else None
+        frontier = store.frontier(db, rater_id)
+    item_id, position, settings = showing
+    return item_id if may_fetch(position, frontier, settings.allow_changes) else None
 
 
 def tile_at(db_path: str, rater_id: int, position: int) -> Tile:
     """The tile at `position` of the rater's order, with its vote and the next tile's id."""
     with connect(db_path) as db:
-        rows = list(
-            db.query(
-                """SELECT a.position, a.item_id, a.token, v.vote, v.confidence,
-                          (SELECT token FROM assignments n
-                           WHERE n.rater_id = a.rater_id AND n.position = a.position + 1) AS next_token,
-                          (SELECT count(*) FROM assignments t WHERE t.rater_id = a.rater_id) AS total,
-                          (SELECT count(*) FROM votes c WHERE c.rater_id = a.rater_id) AS answered
-                   FROM assignments a
-                   LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.position = a.position
-                   WHERE a.rater_id = ? AND a.position = ?""",
-                [rater_id, position],
-            )
-        )
-    if not rows:
+        tile = store.tile_row(db, rater_id, position)
+    if tile is None:
         raise VoteRefused(f"position {position} is not in this rater's order")
-    return Tile(**rows[0])
+    return tile
 
 
 def record_vote(
@@ -168,66 +137,39 @@ def record_vote(
             the first unanswered one, the value is bad, confidence is missing or unexpected,
             or the vote differs from a stored one in a study that does not allow changes.
     """
-    if vote not in VOTES:
-        raise VoteRefused(f"vote must be one of {', '.join(VOTES)}, got {vote!r}")
+    if vote not in VOTE_VALUES:
+        raise VoteRefused(f"vote must be one of {', '.join(VOTE_VALUES)}, got {vote!r}")
     answered_at = time.time() if answered_at is None else answered_at
     with connect(db_path) as db, transaction(db):
-        rows = list(
-            db.query(
-                """SELECT a.item_id, a.token, a.repeat, s.settings FROM assignments a
-                   JOIN raters r ON r.id = a.rater_id JOIN studies s ON s.id = r.study_id
-                   WHERE a.rater_id = ? AND a.position = ?""",
-                [rater_id, position],
-            )
-        )
-        if not rows or rows[0]["token"] != token:
+        assignment = store.assignment_at(db, rater_id, position)
+        if assignment is None or assignment.token != token:
             raise VoteRefused("this tile is not assigned to this rater at that position")
-        settings = json.loads(rows[0]["settings"])
-        _check_confidence(confidence, settings["confidence"])
-        previous = list(
-            db.query("SELECT * FROM votes WHERE rater_id = ? AND position = ?", [rater_id, position])
-        )
-        frontier = _frontier(db, rater_id)
-        if not previous and position != frontier:
+        _check_confidence(confidence, assignment.settings.confidence)
+        old = store.vote_at(db, rater_id, position)
+        frontier = store.frontier(db, rater_id)
+        if old is None and position != frontier:
             raise VoteRefused(f"answer the tiles in order: tile {frontier} is the first without an answer")
-        if previous:
-            old = previous[0]
+        if old is not None:
             if old["vote"] == vote and old["confidence"] == confidence:
                 return False
-            if not settings["allow_changes"]:
+            if not assignment.settings.allow_changes:
                 raise VoteRefused("this study does not allow changing a vote")
-            db["vote_history"].insert({**old, "replaced_at": answered_at})
-            db.execute(
-                """UPDATE votes SET vote = ?, confidence = ?, shown_at = ?, answered_at = ?
-                   WHERE rater_id = ? AND position = ?""",
-                [vote, confidence, shown_at, answered_at, rater_id, position],
-            )
+            store.replace_vote(db, old, vote, confidence, shown_at, answered_at)
             return True
-        db["votes"].insert(
+        store.insert_vote(
+            db,
             {
                 "rater_id": rater_id,
                 "position": position,
-                "item_id": rows[0]["item_id"],
-                "repeat": rows[0]["repeat"],
+                "item_id": assignment.item_id,
+                "repeat": assignment.repeat,
                 "vote": vote,
                 "confidence": confidence,
                 "shown_at": shown_at,
                 "answered_at": answered_at,
-            }
+            },
         )
     return True
-
-
-def _frontier(db: sqlite_utils.Database, rater_id: int) -> int | None:
-    rows = list(
-        db.query(
-            """SELECT min(a.position) AS position FROM assignments a
-               LEFT JOIN votes v ON v.rater_id = a.rater_id AND v.position = a.position
-               WHERE a.rater_id = ? AND v.rater_id IS NULL""",
-            [rater_id],
-        )
-    )
-    return rows[0]["position"]
 
 
 def _check_confidence(confidence: int | None, scale: str) -> None:

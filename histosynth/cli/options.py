@@ -56,10 +56,3 @@ def parse_named_dirs(values: list[str], option: str) -> dict[str, Path]:
             raise HistosynthError(f"{option}: name {name!r} given twice")
         named[name] = Path(folder)
     return named
-
-
-def login_url(base: str, name: str) -> str:
-    """The link a rater (or the admin) opens to log in: `<base>/login?name=<name>`."""
-    from urllib.parse import quote
-
-    return f"{base.rstrip('/')}/login?name={quote(name)}"

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from histosynth.cli.options import DbOption, HostOption, PortOption, login_url
+from histosynth.cli.options import DbOption, HostOption, PortOption
+from histosynth.urls import login_url
 
 
 def rate(

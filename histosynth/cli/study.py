@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from histosynth.cli.options import DbOption, StudyOption, login_url
+from histosynth.cli.options import DbOption, StudyOption
+from histosynth.urls import login_url
 
 app = typer.Typer(help="Create blinded rating studies and manage their raters.", no_args_is_help=True)
 raters_app = typer.Typer(help="Add and list the raters of a study.", no_args_is_help=True)
@@ -55,7 +56,7 @@ def raters_list(db: DbOption, study: StudyOption) -> None:
 @app.command("status")
 def study_status_command(db: DbOption, study: StudyOption) -> None:
     """Progress per rater: answered of total."""
-    from rater_app.export import study_status
+    from rater_app.raters import study_status
 
     for progress in study_status(db, study):
         state = "done" if progress.done else ""

@@ -50,6 +50,12 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.confidence == "none" and config.repeats == 0 and config.title is None
     titled = load_study_config(write(tmp_path, text.replace("seed = 1", 'seed = 1\ntitle = "Skin study"')))
     assert titled.title == "Skin study" and titled.settings()["title"] == "Skin study"
+    assert config.instructions is None and config.settings()["instructions"] is None
+    markdown = "Look at the **nuclei**.\n\n- R: real\n- S: synthetic\n"
+    instructed = load_study_config(
+        write(tmp_path, text.replace("seed = 1", f'seed = 1\ninstructions = """{markdown}"""'))
+    )
+    assert instructed.instructions == markdown and instructed.settings()["instructions"] == markdown
 
 
 @pytest.mark.parametrize(
@@ -73,6 +79,8 @@ def test_defaults(tmp_path: Path) -> None:
         ("repeats = 5", 'repeats = 5\ntitle = "a\\nb"', "study.title must be 1-100 printable characters"),
         ("repeats = 5", f'repeats = 5\ntitle = "{"x" * 101}"', "study.title must be 1-100"),
         ("repeats = 5", "repeats = 5\ntitle = 3", "study.title must be str"),
+        ("repeats = 5", 'repeats = 5\ninstructions = "  "', "study.instructions must be 1-20000 characters"),
+        ("repeats = 5", "repeats = 5\ninstructions = 1", "study.instructions must be str"),
     ],
 )
 def test_bad_fields(tmp_path: Path, old: str, new: str, message: str) -> None:

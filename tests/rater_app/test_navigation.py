@@ -19,8 +19,9 @@ from PIL import Image
 
 from rater_app.create import create_study
 from rater_app.raters import add_raters
-from rater_app.simulated_rater import RatingClientError, SimulatedRater, simulated_rater
 from rater_app.voting import VoteRefused, record_vote, tile_at
+
+from .simulated_rater import RatingClientError, SimulatedRater, simulated_rater
 
 TOKEN = re.compile(r"tiles/([0-9a-f]{24})\.png")
 

@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 
 from histosynth.errors import ConfigError, HistosynthError, StudyError
+from histosynth.sampling import sample_files
 from rater_app.create import blinded_png, create_study
 from rater_app.padding import pad_png, showing_png
 from rater_app.store import image_store_dir
 
-from .conftest import histosynth
+from ..conftest import histosynth
 
 
 def png_chunks(data: bytes) -> list[str]:
@@ -103,6 +104,30 @@ def test_adding_a_source_keeps_the_other_samples(tmp_path, three_sources, write_
     before = {r["original_path"] for r in item_rows(tmp_path / "a.db")}
     after = {r["original_path"] for r in item_rows(tmp_path / "b.db") if r["source"] != "VQF8-DM"}
     assert before == after
+
+
+def test_adding_a_class_keeps_the_other_samples_and_draws_by_the_core_rule(
+    tmp_path, make_pool, write_study
+) -> None:
+    classes = ("ADI", "MUC", "TUM")
+    sources = {
+        "real": make_pool("real", classes=classes, per_class=6),
+        "gen": make_pool("gen", classes=classes),
+    }
+    create_study(write_study(sources, file_name="a.toml", classes=["ADI", "TUM"]), tmp_path / "a.db")
+    create_study(write_study(sources, file_name="b.toml", classes=list(classes)), tmp_path / "b.db")
+    before = {r["original_path"] for r in item_rows(tmp_path / "a.db")}
+    after = {r["original_path"] for r in item_rows(tmp_path / "b.db") if r["class"] != "MUC"}
+    assert before == after
+    # The draw of each cell is the core's seeded sampler over the pool's sorted files, scoped by
+    # source and class (histosynth.sampling), so the trainer and evaluator draw the same way.
+    expected = {
+        str(path.resolve())
+        for source, folder in sources.items()
+        for class_name in classes
+        for path in sample_files(sorted((folder / class_name).iterdir()), 2, 7, source, class_name)
+    }
+    assert {r["original_path"] for r in item_rows(tmp_path / "b.db")} == expected
 
 
 def test_default_classes_come_from_the_real_source(tmp_path, make_pool, write_study) -> None:

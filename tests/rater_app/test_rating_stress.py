@@ -19,8 +19,9 @@ import pytest
 
 from rater_app.create import create_study
 from rater_app.raters import add_raters
-from rater_app.simulated_rater import RatingClientError, TileView, simulated_rater
 from rater_app.store import image_store_dir
+
+from .simulated_rater import RatingClientError, TileView, simulated_rater
 
 
 def make_study(tmp_path, make_pool, write_study, raters: int, **fields) -> tuple[Path, dict[str, str]]:
@@ -252,12 +253,18 @@ def route_paths(routes, prefix: str = "") -> list[str]:
 
 
 def test_every_route_needs_a_login(tmp_path, make_pool, write_study, rating_server) -> None:
-    from rater_app.server import build_app
+    from rater_app.server import build_app, gradio_environment
 
     db, _ = make_study(tmp_path, make_pool, write_study, raters=1)
     server = rating_server(db)
+    environment = dict(os.environ)
     paths = set(route_paths(build_app(db).routes))
-    assert os.environ["GRADIO_TEMP_DIR"] == f"{db.resolve()}.gradio"  # Gradio's temp dir is per deployment
+    changed = {key for key in {*os.environ, *environment} if os.environ.get(key) != environment.get(key)}
+    # A library call leaves the process environment alone; only Gradio's own Blocks sets this
+    # one, whenever analytics are off.
+    assert changed <= {"HF_HUB_DISABLE_TELEMETRY"}
+    # `serve` (the process's entry point) gives Gradio a temp dir per deployment, beside the database
+    assert gradio_environment(db)["GRADIO_TEMP_DIR"] == f"{db.resolve()}.gradio"
     concrete = {re.sub(r"\{[^}]+\}", "x", path.replace("{token}", "0" * 24)) for path in paths if path}
     concrete |= {f"/gradio_api/file={db}", f"/gradio_api/file={image_store_dir(db)}"}
     assert "/gradio_api/info" in concrete and "/config" in concrete and "/gradio_api/upload" in concrete

@@ -11,7 +11,7 @@ from rater_app.audit import audit_study
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
-from .conftest import histosynth
+from ..conftest import histosynth
 
 CLASSES = ("ADI", "TUM")
 

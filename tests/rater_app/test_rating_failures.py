@@ -18,11 +18,11 @@ import pytest
 
 from rater_app.create import create_study
 from rater_app.raters import add_raters
-from rater_app.simulated_rater import simulated_rater
 from rater_app.store import image_store_dir
 from rater_app.ui import NOT_SAVED
 
-from .conftest import histosynth
+from ..conftest import histosynth
+from .simulated_rater import simulated_rater
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from rater_app.create import create_study
 from rater_app.raters import add_raters
 from rater_app.store import image_store_dir
 
+from .conftest import wait_for_tile
 from .test_study_create import png_chunks
 
 GENERATORS = {"SecretGenKLF8": ".png", "styleGANsecret2": ".jpg"}
@@ -117,8 +118,7 @@ def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser,
     page.click("#login")
     total = 2 * len(CLASSES) * len(sources)
     for position in range(1, total + 1):
-        page.wait_for_selector(f"#tile-img[data-position='{position}']", timeout=30_000)
-        page.wait_for_function("() => document.querySelector('#tile-img').complete")
+        wait_for_tile(page, position)  # through every screen: tiles, pauses between blocks, the end
         page.keyboard.press("r" if position % 2 else "s")
     page.wait_for_selector(f"text=All {total} tiles rated", timeout=30_000)
     streamed = page.evaluate("() => window.__received.join('')")

@@ -16,7 +16,8 @@ import pytest
 from rater_app.auth import LoginThrottle
 from rater_app.create import create_study
 from rater_app.raters import add_raters
-from rater_app.simulated_rater import simulated_rater
+
+from .simulated_rater import simulated_rater
 
 SECURITY_HEADERS = {
     "x-frame-options": "DENY",

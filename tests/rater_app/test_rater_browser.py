@@ -14,7 +14,8 @@ import pytest
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
-from .conftest import histosynth
+from ..conftest import histosynth
+from .conftest import wait_for_tile
 
 pytestmark = pytest.mark.browser
 
@@ -44,7 +45,7 @@ def log_in(page, base: str, name: str, secret: str) -> None:
 
 
 def wait_for_position(page, position: int) -> None:
-    page.wait_for_selector(f"#tile-img[data-position='{position}']", timeout=30_000)
+    wait_for_tile(page, position)
 
 
 def stored_votes(db: Path, rater: str) -> list[tuple[int, str]]:

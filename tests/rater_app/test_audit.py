@@ -18,7 +18,7 @@ from rater_app.padding import pad_png
 from rater_app.raters import add_raters
 from rater_app.store import image_store_dir
 
-from .conftest import histosynth
+from ..conftest import histosynth
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import pytest
 
 from histosynth.errors import StudyError
 from rater_app.create import create_study
-from rater_app.export import export_votes, study_status, votes_frame
-from rater_app.raters import add_raters, list_raters, rater_order, reset_secrets
+from rater_app.export import export_votes, votes_frame
+from rater_app.raters import add_raters, list_raters, rater_order, reset_secrets, study_status
 from rater_app.voting import VoteRefused, first_unanswered, record_vote, tile_at
 
-from .conftest import histosynth
+from ..conftest import histosynth
 
 
 def make_study(tmp_path, make_pool, write_study, **fields) -> Path:

@@ -2,8 +2,9 @@
 
 It logs in through the login form, reads the page config, joins Gradio's queue with the same
 events the page fires (load, vote buttons) and follows the streamed results, then fetches the
-tile image like the <img> would. Load tests, durability tests and the latency benchmark use it
-to stand in for many pathologists at once; it is also handy for rehearsing a deployment.
+tile image like the <img> would. Load tests, durability tests and the latency benchmark
+(benchmarks/rating_latency.py) use it to stand in for many pathologists at once. It reaches
+into Gradio's private routes, so it is a test and benchmark client, not part of the package.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SimulatedRater:
         self.session_hash = secrets.token_hex(6)
         self.view: TileView | None = None
         self._events: dict[str, tuple[int, int, bool]] = {}
+        self._outputs: dict[str, list[str | None]] = {}  # elem_id of each output, per event
 
     def close(self) -> None:
         self.client.close()
@@ -58,11 +60,15 @@ class SimulatedRater:
         for dependency in config["dependencies"]:
             target, trigger = dependency["targets"][0]
             event = (dependency["id"], target, dependency.get("queue") is not False)
-            outputs = {elements.get(output) for output in dependency["outputs"]}
+            outputs = [elements.get(output) for output in dependency["outputs"]]
+            name = None
             if trigger == "load" and "tile-frame" in outputs:
-                self._events["start"] = event
-            elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic"):
-                self._events[elements[target]] = event
+                name = "start"
+            elif trigger == "click" and elements.get(target) in ("vote-real", "vote-synthetic", "continue"):
+                name = elements[target]
+            if name is not None:
+                self._events[name] = event
+                self._outputs[name] = outputs
 
     def start(self) -> TileView:
         """Fire the page's load event: the app answers with the first unanswered tile."""
@@ -91,7 +97,8 @@ class SimulatedRater:
             "session_hash": self.session_hash,
         }
         output = self._queued(body) if queued else self._direct(body)
-        html, progress, _item, *_rest, message, _state = output
+        shown = dict(zip(self._outputs[event], output, strict=True))
+        html, progress, message = shown["tile-frame"], shown["progress"], shown["message"]
         position = _POSITION.search(html or "")
         source = _TILE_SRC.search(html or "")
         self.view = TileView(
@@ -102,6 +109,8 @@ class SimulatedRater:
         )
         if self.view.token is not None:
             self.fetch_tile(self.view.token)
+        elif 'id="block-done"' in (html or ""):  # a pause between blocks: press Continue, as a rater does
+            return self._run("continue", [])
         return self.view
 
     def _direct(self, body: dict) -> list:
