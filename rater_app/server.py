@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -37,7 +37,7 @@ from rater_app.export import export_votes
 from rater_app.padding import showing_png
 from rater_app.store import Study, connect, ensure_writable, hold_open, image_store_dir
 from rater_app.voting import fetchable_item
-from rater_app.web_guard import WebGuard
+from rater_app.web_guard import WebGuard, default_allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,12 @@ def gradio_environment(db_path: str | Path) -> dict[str, str]:
     return {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(Path(db_path).resolve()) + ".gradio"}
 
 
-def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str | None = None) -> FastAPI:
+def build_app(
+    db_path: str | Path,
+    study: str | None = None,
+    trusted_proxy: str | None = None,
+    allowed_hosts: frozenset[str] | None = None,
+) -> FastAPI:
     """The complete rating app for one study of `db_path`, ready for uvicorn.
 
     Leaves the process environment alone; `serve` sets Gradio's (`gradio_environment`).
@@ -90,6 +95,8 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
         study: the study to serve; None for the database's only one.
         trusted_proxy: the address of a reverse proxy whose `X-Forwarded-*` headers are
             believed (client address, scheme, host); from anyone else they are dropped.
+        allowed_hosts: the host names the app answers to (others get 400); None: any
+            well-formed name.
 
     Raises:
         StudyError: no such study, several and none named, or a database the app cannot write.
@@ -110,7 +117,8 @@ def build_app(db_path: str | Path, study: str | None = None, trusted_proxy: str 
     _add_tile_route(app, db_path)
     _add_admin_routes(app, db_path, served.name)
     app = _mount_page(app, db_path, served.id, current)
-    app.add_middleware(WebGuard, trusted_proxy=trusted_proxy)  # added last: outermost
+    # added last: outermost
+    app.add_middleware(WebGuard, trusted_proxy=trusted_proxy, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -318,8 +326,11 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     trusted_proxy: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
     """Run the rating app in this process until interrupted (Ctrl-C); see `build_app`.
+
+    `allowed_hosts` empty: the default for the bound address (`default_allowed_hosts`).
 
     This is the process's entry point (`histosynth rate`, `histosynth demo`), so it is where
     Gradio's process-wide settings are made, before anything imports Gradio.
@@ -327,7 +338,8 @@ def serve(
     import uvicorn
 
     os.environ.update(gradio_environment(db_path))
-    app = build_app(db_path, study, trusted_proxy=trusted_proxy)
+    names = frozenset(name.lower() for name in allowed_hosts) or default_allowed_hosts(host)
+    app = build_app(db_path, study, trusted_proxy=trusted_proxy, allowed_hosts=names)
     log.info("rating app on http://%s:%d/ (study database %s)", host, port, db_path)
     # WebGuard, not uvicorn, decides whom to believe about forwarding headers.
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False)

@@ -26,11 +26,19 @@ def rate(
             help="Address of your reverse proxy; only its X-Forwarded-For/-Proto/-Host are believed.",
         ),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            metavar="NAME",
+            help="Host name the app answers to; repeat (default: loopback names when bound to loopback).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the blinded rating app (Gradio) for raters and the study's admin."""
     from rater_app.server import serve
 
-    serve(db, study, host=host, port=port, trusted_proxy=trusted_proxy)
+    serve(db, study, host=host, port=port, trusted_proxy=trusted_proxy, allowed_hosts=allowed_host or ())
 
 
 def demo(

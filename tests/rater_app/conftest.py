@@ -107,7 +107,8 @@ def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
                 if httpx.get(f"{base}/login", timeout=1).status_code == 200:
                     return RunningServer(base, process, log)
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise RuntimeError("server did not start within 60 s")
 
     yield start

@@ -173,7 +173,7 @@ def test_security_headers_on_every_response(study, rating_server) -> None:
 
 def test_no_cors_for_other_sites(study, rating_server) -> None:
     db, logins = study
-    base = rating_server(db).url
+    base = rating_server(db, args=("--allowed-host", "rating.example.org", "--allowed-host", "127.0.0.1")).url
     rater = simulated_rater(base, "ann", logins["ann"])
     port = base.rsplit(":", 1)[1]
     for host in (f"127.0.0.1:{port}", f"rating.example.org:{port}"):  # as on a LAN or behind a proxy
@@ -197,6 +197,27 @@ def test_host_header_is_not_copied_into_pages(study, rating_server) -> None:
             assert response.status_code == 400 and "script" not in response.text, (host, path)
     forwarded = rater.client.get("/config", headers={"X-Forwarded-Host": "evil.example"})
     assert "evil.example" not in forwarded.text  # forwarding headers count only from --trusted-proxy
+
+
+def test_only_allowed_host_names_reach_the_page(study, rating_server) -> None:
+    """A loopback server answers only to loopback names: a rebinding site's name is refused.
+
+    With --allowed-host, the names given and no others reach Gradio (which writes Host into its page).
+    """
+    db, logins = study
+    loopback = rating_server(db).url
+    port = loopback.rsplit(":", 1)[1]
+    for host in ("rebind.evil.example", "rating.example.org", "10.0.0.7"):
+        for path in ("/login", "/config", "/"):
+            response = httpx.get(f"{loopback}{path}", headers={"Host": f"{host}:{port}"})
+            assert response.status_code == 400 and host not in response.text, (host, path)
+    for host in ("127.0.0.1", "localhost", "[::1]", "LOCALHOST"):
+        assert httpx.get(f"{loopback}/login", headers={"Host": f"{host}:{port}"}).status_code == 200, host
+    named = rating_server(
+        db, args=("--allowed-host", "rating.example.org", "--allowed-host", "127.0.0.1")
+    ).url
+    assert httpx.get(f"{named}/login", headers={"Host": "rating.example.org"}).status_code == 200
+    assert httpx.get(f"{named}/login", headers={"Host": "localhost"}).status_code == 400  # not named
 
 
 def test_login_page_has_a_neutral_title(study, rating_server, make_pool, write_study, tmp_path) -> None:
