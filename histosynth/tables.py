@@ -56,14 +56,19 @@ def write_table(
         The three paths written, in the order csv, md, tex.
     """
     out_dir = Path(out_dir)
-    shown = (display if display is not None else frame).copy()
-    text = shown.apply(lambda column: column.map(lambda value: format_cell(value, digits)))
-    text.columns = [str(name) for name in shown.columns]
+    text = format_frame(display if display is not None else frame, digits)
     paths = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md", out_dir / f"{stem}.tex"]
     frame.to_csv(paths[0], index=False)
     paths[1].write_text(markdown_table(text, caption), encoding="utf-8")
     paths[2].write_text(latex_table(text, caption, label=f"tab:{stem}"), encoding="utf-8")
     return paths
+
+
+def format_frame(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Every cell as the text the renderings show (`format_cell`), column names as strings."""
+    text = frame.apply(lambda column: column.map(lambda value: format_cell(value, digits)))
+    text.columns = [str(name) for name in frame.columns]
+    return text
 
 
 def format_cell(value: object, digits: int = 3) -> str:

@@ -37,7 +37,7 @@ from evaluator.memorization.search import TRANSFORMS, invert_transform
 from histosynth.errors import HistosynthError
 from histosynth.files import staged_output
 from histosynth.images import load_rgb
-from histosynth.tables import ALL_CLASSES
+from histosynth.tables import ALL_CLASSES, format_frame, latex_table, markdown_table
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 _BASELINE_COLOR = "#555555"
@@ -180,9 +180,6 @@ def _settings(result: MemorizationResult) -> str:
     return f"Grayscale (ITU-R 601 luma) at {size}; transforms seen: {', '.join(transforms)}; {rule}."
 
 
-# Kept on purpose beside `histosynth.tables.write_table`: memorization.md/.tex hold three tables
-# and notes in one file, rendered by pandas since they were first written, and stay byte for
-# byte what they were.
 def markdown_report(result: MemorizationResult) -> str:
     """The tables as Markdown: the paper's layout, the long summary and the verdict."""
     parts = [
@@ -192,9 +189,8 @@ def markdown_report(result: MemorizationResult) -> str:
         "",
         "Best Pearson correlation with any training tile, mean/median/p5/p95:",
         "",
-        paper_table(result).to_markdown(index=False),
-        "",
-        result.summary.to_markdown(index=False, floatfmt=".3f"),
+        markdown_table(format_frame(paper_table(result))),
+        markdown_table(format_frame(result.summary)),
     ]
     verdict = _verdict_display(result)
     if verdict is not None:
@@ -204,23 +200,23 @@ def markdown_report(result: MemorizationResult) -> str:
             "",
             _correction_note(result),
             "",
-            verdict.to_markdown(index=False),
+            markdown_table(format_frame(verdict)),
         ]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
 def latex_report(result: MemorizationResult) -> str:
-    """The tables as LaTeX `tabular`s (booktabs rules, as pandas writes them)."""
+    """The tables as booktabs LaTeX tables, the settings and the verdict's note as comments."""
     parts = [
         "% Memorization audit: " + _settings(result).replace("`", ""),
-        paper_table(result).to_latex(index=False, escape=True),
-        result.summary.to_latex(index=False, escape=True, float_format="%.3f"),
+        latex_table(format_frame(paper_table(result)), "Best Pearson correlation with any training tile"),
+        latex_table(format_frame(result.summary), "Best correlation per class and source"),
     ]
     verdict = _verdict_display(result)
     if verdict is not None:
         parts += [
             "% " + _correction_note(result).replace("`", ""),
-            verdict.to_latex(index=False, escape=True),
+            latex_table(format_frame(verdict), "Verdict against the baseline"),
         ]
     return "\n".join(parts)
 

@@ -305,24 +305,20 @@ def render_fid_tables(table: pd.DataFrame) -> dict[str, str]:
     """
     order = list(dict.fromkeys(table["class"]))
     counts = table.assign(n=table["n_generated"].astype(str) + " / " + table["n_reference"].astype(str))
-    markdown, latex = [], []
-    for is_latex, parts in ((False, markdown), (True, latex)):
-        common = dict(rows="source", columns="class", latex=is_latex, column_order=order)
-        render = latex_section if is_latex else markdown_section
-        parts += [
-            render(
-                "FID per class (± bootstrap std of the generated sample)",
-                pivot_cells(table, "fid", "fid_boot_std", digits=1, **common),
-            ),
-            render(
-                "KID x 10^3 per class (± std over subsets)",
-                pivot_cells(table, "kid_mean", "kid_std", digits=2, scale=1e3, **common),
-            ),
-            render(
-                "Images per class: generated / reference",
-                pivot_cells(counts, "n", None, digits=None, **common),
-            ),
-        ]
+    common = dict(rows="source", columns="class", column_order=order)
+    tables = [
+        (
+            "FID per class (± bootstrap std of the generated sample)",
+            pivot_cells(table, "fid", "fid_boot_std", digits=1, **common),
+        ),
+        (
+            "KID x 10^3 per class (± std over subsets)",
+            pivot_cells(table, "kid_mean", "kid_std", digits=2, scale=1e3, **common),
+        ),
+        ("Images per class: generated / reference", pivot_cells(counts, "n", None, digits=None, **common)),
+    ]
+    markdown = [markdown_section(title, frame) for title, frame in tables]
+    latex = [latex_section(title, frame) for title, frame in tables]
     return {
         "fid.csv": table.to_csv(index=False, float_format="%.6g"),
         "fid.md": "\n".join(markdown),

@@ -253,15 +253,13 @@ def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
 def render_msssim_tables(summary: pd.DataFrame) -> dict[str, str]:
     """`msssim.csv` (fractions) plus Markdown and LaTeX in percent: `mean ± std` and n per class."""
     long = summary.assign(score="MS-SSIM (%)", count="n")
-    rendered = {}
-    for is_latex, suffix in ((False, "md"), (True, "tex")):
-        common = dict(columns="class", latex=is_latex)
-        scores = pivot_cells(long, "msssim_mean", "msssim_std", rows="score", digits=1, scale=100, **common)
-        counts = pivot_cells(long, "n", None, rows="count", digits=None, **common)
-        frame = pd.concat([scores, counts.set_axis(scores.columns, axis=1)])
-        frame.index.name = ""
-        render = latex_section if is_latex else markdown_section
-        rendered[f"msssim.{suffix}"] = render("Autoencoder reconstruction MS-SSIM (mean ± std)", frame)
+    common = dict(columns="class")
+    scores = pivot_cells(long, "msssim_mean", "msssim_std", rows="score", digits=1, scale=100, **common)
+    counts = pivot_cells(long, "n", None, rows="count", digits=None, **common)
+    frame = pd.concat([scores, counts.set_axis(scores.columns, axis=1)])
+    frame.index.name = ""
+    title = "Autoencoder reconstruction MS-SSIM (mean ± std)"
+    rendered = {"msssim.md": markdown_section(title, frame), "msssim.tex": latex_section(title, frame)}
     return {"msssim.csv": summary.to_csv(index=False, float_format="%.6g"), **rendered}
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from histosynth.files import staged_output
-from histosynth.tables import MISSING, format_estimate, latex_escape
+from histosynth.tables import MISSING, format_estimate, format_frame, latex_table, markdown_table
 
 
 def pivot_cells(
@@ -29,7 +29,6 @@ def pivot_cells(
     columns: str,
     digits: int | None,
     scale: float = 1.0,
-    latex: bool = False,
     column_order: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Pivot a long table into rows x columns of formatted `value ± spread` cells.
@@ -40,7 +39,6 @@ def pivot_cells(
         rows, columns: the long table's columns that become the index and the header.
         digits: decimals shown; None shows the value as text (counts).
         scale: multiplies both value and spread (KID x 10^3).
-        latex: escape names and cells for LaTeX (± becomes `$\\pm$`, the missing dash `--`).
         column_order: header order (default: first appearance).
     """
     order = list(column_order) if column_order is not None else list(dict.fromkeys(table[columns]))
@@ -54,23 +52,17 @@ def pivot_cells(
         cells.setdefault(row[rows], {})[row[columns]] = text
     frame = pd.DataFrame.from_dict(cells, orient="index").reindex(columns=order).fillna(MISSING)
     frame.index.name = rows
-    if latex:
-        frame = frame.map(latex_escape).rename(index=latex_escape, columns=latex_escape)
-        frame.index.name = latex_escape(rows)
     return frame
 
 
-# Kept on purpose beside `histosynth.tables.write_table`: these files hold several pivoted tables
-# each, rendered by pandas since they were first written; switching renderers would change
-# fid.md/.tex and msssim.md/.tex, which stay byte for byte what they were.
 def markdown_section(title: str, frame: pd.DataFrame) -> str:
-    """A `### title` heading and the table as GitHub Markdown."""
-    return f"### {title}\n\n{frame.to_markdown()}\n"
+    """A `### title` heading and the table (its index as the first column) as GitHub Markdown."""
+    return f"### {title}\n\n{markdown_table(format_frame(frame.reset_index()))}"
 
 
 def latex_section(caption: str, frame: pd.DataFrame) -> str:
-    """A booktabs tabular preceded by a comment naming it, ready to paste into a table float."""
-    return f"% {caption}\n{frame.reset_index().to_latex(index=False, escape=False)}"
+    """The table (its index as the first column) as a booktabs LaTeX table with `caption`."""
+    return latex_table(format_frame(frame.reset_index()), caption)
 
 
 def figure_bytes(figure: Figure, fmt: str) -> bytes:
