@@ -21,23 +21,25 @@ OutOption = Annotated[Path, typer.Option("--out", help="Model folder to write (w
 PresetOption = Annotated[
     str, typer.Option(help="'paper' (the paper's sizes and hyper-parameters) or 'tiny' (CPU smoke runs).")
 ]
-EpochsOption = Annotated[int | None, typer.Option(help="Passes over the pool [preset].")]
+EpochsOption = Annotated[int | None, typer.Option(help="Passes over the pool (default: preset).")]
 MaxStepsOption = Annotated[
     int | None, typer.Option(help="Stop after N optimizer steps in total, counting those before a resume.")
 ]
-BatchOption = Annotated[int | None, typer.Option(help="Images per step and GPU [preset].")]
+BatchOption = Annotated[int | None, typer.Option(help="Images per step and GPU (default: preset).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, data order, rotations and noise.")]
 LearningRateOption = Annotated[
     float | None,
     typer.Option(
-        help="Base learning rate [preset]; the optimizer uses base x batch size x GPUs "
+        help="Base learning rate (default: preset); the optimizer uses base x batch size x GPUs "
         "(CompVis main.py) unless --no-scale-lr."
     ),
 ]
 ScaleLrOption = Annotated[bool, typer.Option(help="Scale the base rate by batch size x GPUs, as CompVis.")]
 WarmupOption = Annotated[int, typer.Option(help="Linear learning-rate warm-up steps (paper: 0).")]
-SizeOption = Annotated[int | None, typer.Option(help="Resize tiles bilinearly to SIZE x SIZE [preset: 256].")]
-CheckpointEveryOption = Annotated[int | None, typer.Option(help="Save a checkpoint every N steps [preset].")]
+SizeOption = Annotated[int | None, typer.Option(help="Resize tiles bilinearly to SIZE x SIZE (paper: 256).")]
+CheckpointEveryOption = Annotated[
+    int | None, typer.Option(help="Save a checkpoint every N steps (default: preset).")
+]
 KeepOption = Annotated[int, typer.Option(help="Checkpoints to keep (the newest).")]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")
@@ -78,7 +80,7 @@ def autoencoder(
         typer.Option(help="torchvision's vgg16-397923af.pth (default: $TORCH_HOME/hub/checkpoints/)."),
     ] = None,
     disc_start: Annotated[
-        int | None, typer.Option(help="Step at which the discriminator joins [preset].")
+        int | None, typer.Option(help="Step at which the discriminator joins (default: preset).")
     ] = None,
     progress: ProgressOption = None,
 ) -> None:
@@ -135,7 +137,7 @@ def ldm(
     cond_drop: Annotated[
         float | None,
         typer.Option(
-            help="Probability of the null class per example, for classifier-free guidance [preset]."
+            help="Probability of the null class per example, for classifier-free guidance (default: preset)."
         ),
     ] = None,
     progress: ProgressOption = None,
@@ -179,11 +181,12 @@ def stylegan2(
     seed: SeedOption = 0,
     learning_rate: Annotated[
         float | None,
-        typer.Option(help="Adam's rate for G and D [preset: 0.001], before the lazy correction."),
+        typer.Option(help="Adam's rate for G and D (paper: 0.001), before the lazy correction."),
     ] = None,
     size: SizeOption = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option(help="Check for mode collapse and save a checkpoint every N steps [preset].")
+        int | None,
+        typer.Option(help="Check for mode collapse and save a checkpoint every N steps (default: preset)."),
     ] = None,
     keep_checkpoints: KeepOption = 2,
     resume: ResumeOption = False,
@@ -192,24 +195,26 @@ def stylegan2(
     ] = "no",
     workers: WorkersOption = 0,
     classes: ClassesOption = None,
-    r1_gamma: Annotated[float | None, typer.Option(help="R1 weight gamma [preset: 0.5].")] = None,
-    pl_weight: Annotated[float | None, typer.Option(help="Path-length weight [preset: 2].")] = None,
-    style_mixing: Annotated[
-        float | None, typer.Option(help="Style-mixing probability [preset: 0.9].")
-    ] = None,
+    r1_gamma: Annotated[float | None, typer.Option(help="R1 weight gamma (paper: 0.5).")] = None,
+    pl_weight: Annotated[float | None, typer.Option(help="Path-length weight (paper: 2).")] = None,
+    style_mixing: Annotated[float | None, typer.Option(help="Style-mixing probability (paper: 0.9).")] = None,
     ema_half_life: Annotated[
-        int | None, typer.Option(help="Images over which the EMA generator's past weight halves [preset].")
+        int | None,
+        typer.Option(help="Images over which the EMA generator's past weight halves (default: preset)."),
     ] = None,
     augment: Annotated[bool, typer.Option(help="Adaptive discriminator augmentation (ADA).")] = True,
-    ada_target: Annotated[float | None, typer.Option(help="ADA's target r_t [preset: 0.6].")] = None,
+    ada_target: Annotated[float | None, typer.Option(help="ADA's target r_t (paper: 0.6).")] = None,
     min_diversity: Annotated[
-        float | None, typer.Option(help="Collapse when a class's diversity ratio falls below this [preset].")
+        float | None,
+        typer.Option(help="Collapse when a class's diversity ratio falls below this (default: preset)."),
     ] = None,
     max_gap: Annotated[
-        float | None, typer.Option(help="Collapse when D's real-minus-fake mean logit exceeds this [preset].")
+        float | None,
+        typer.Option(help="Collapse when D's real-minus-fake mean logit exceeds this (default: preset)."),
     ] = None,
     max_rollbacks: Annotated[
-        int | None, typer.Option(help="Rollbacks to the last good checkpoint before giving up [preset: 3].")
+        int | None,
+        typer.Option(help="Rollbacks to the last good checkpoint before giving up (paper: 3)."),
     ] = None,
     progress: ProgressOption = None,
 ) -> None:
@@ -356,7 +361,8 @@ def sd_finetune(
         str | None, typer.Option(help="Prompt of a class; {class_name} is replaced by its folder name.")
     ] = None,
     cond_drop: Annotated[
-        float | None, typer.Option(help="Probability of the empty prompt per example (SD v1: 0.1) [preset].")
+        float | None,
+        typer.Option(help="Probability of the empty prompt per example (SD v1: 0.1) (default: preset)."),
     ] = None,
     progress: ProgressOption = None,
 ) -> None:
