@@ -133,6 +133,48 @@ def ddim_scheduler(train_config: dict[str, Any]) -> DDIMScheduler:
     )
 
 
+def noise_prediction_loss(
+    denoiser: nn.Module,
+    noise_schedule: DDPMScheduler,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    cond_drop: float,
+    null_class: int,
+    autocast: Callable[[], Any],
+) -> torch.Tensor:
+    """The DDPM training loss of a conditional denoiser: MSE of the predicted noise (CompVis `eps`).
+
+    Shared by `train_ldm` and `train sd-finetune`. Every random draw comes from `generator` in a
+    fixed order (noise, timesteps, condition dropout), so a step is reproducible from its seed
+    and a resumed run equals an uninterrupted one.
+
+    Args:
+        denoiser: called as `denoiser(noisy, timesteps, labels)`; returns the predicted noise.
+        noise_schedule: the training scheduler whose `add_noise` makes the noisy latents.
+        latents: scaled latents of the batch.
+        labels: class (or prompt) indices; replaced by `null_class` with probability `cond_drop`,
+            which trains the unconditional branch of classifier-free guidance.
+        generator: the step's generator, on the latents' device.
+        cond_drop: probability of the null condition per example.
+        null_class: the index of the null condition.
+        autocast: the accelerator's autocast context factory (mixed precision on GPU).
+
+    Returns:
+        The scalar loss, in float32.
+    """
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    steps = noise_schedule.config.num_train_timesteps
+    timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+    dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < cond_drop
+    labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
+    noisy = noise_schedule.add_noise(latents, noise, timesteps)
+    with autocast():
+        prediction = denoiser(noisy, timesteps, labels)
+    return torch.nn.functional.mse_loss(prediction.float(), noise.float())
+
+
 def train_ldm(
     autoencoder: str | Path,
     data: str | Path,
@@ -212,17 +254,16 @@ def train_ldm(
     def step(moments: torch.Tensor, labels: torch.Tensor, index: int) -> float:
         generator = torch.Generator(accelerator.device)
         generator.manual_seed(derive_seed(options.seed, "ldm-step", index, accelerator.process_index))
-        latents = draw_latents(moments, cache.kind, generator) * scaling_factor
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-        timesteps = torch.randint(
-            0, options.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device
+        loss = noise_prediction_loss(
+            denoiser,
+            noise_schedule,
+            draw_latents(moments, cache.kind, generator) * scaling_factor,
+            labels,
+            generator=generator,
+            cond_drop=options.cond_drop,
+            null_class=null_class,
+            autocast=accelerator.autocast,
         )
-        dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < options.cond_drop
-        labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
-        noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        with accelerator.autocast():
-            prediction = denoiser(noisy, timesteps, labels)
-        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()

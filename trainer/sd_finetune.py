@@ -42,7 +42,7 @@ from histosynth.images import PAPER_SIZE
 from histosynth.sampling import derive_seed
 from trainer.data import read_training_pool
 from trainer.latents import LatentDataset, draw_latents, latent_cache
-from trainer.ldm import Denoiser, training_scheduler
+from trainer.ldm import Denoiser, noise_prediction_loss, training_scheduler
 from trainer.loop import make_accelerator, resume_step, run_steps
 from trainer.model_folder import model_hash, publish_model, write_model_info
 from trainer.options import TrainOptions, effective_learning_rate, resolve, to_record
@@ -252,20 +252,16 @@ def train_sd_finetune(
     def step(moments: torch.Tensor, labels: torch.Tensor, index: int) -> float:
         generator = torch.Generator(accelerator.device)
         generator.manual_seed(derive_seed(options.seed, "sd-step", index, accelerator.process_index))
-        latents = draw_latents(moments, cache.kind, generator) * scaling_factor
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-        timesteps = torch.randint(
-            0,
-            schedule["num_train_timesteps"],
-            (latents.shape[0],),
+        loss = noise_prediction_loss(
+            denoiser,
+            noise_schedule,
+            draw_latents(moments, cache.kind, generator) * scaling_factor,
+            labels,
             generator=generator,
-            device=latents.device,
+            cond_drop=options.cond_drop,
+            null_class=null_class,
+            autocast=accelerator.autocast,
         )
-        dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < options.cond_drop
-        labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
-        with accelerator.autocast():
-            prediction = denoiser(noise_schedule.add_noise(latents, noise, timesteps), timesteps, labels)
-        loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
