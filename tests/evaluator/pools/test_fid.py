@@ -375,3 +375,26 @@ def test_cli_writes_tables_and_reports_errors_in_one_line(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "inception-2015-12-05.pt" in error
     assert not (tmp_path / "bad").exists()
+
+
+def test_tables_go_through_the_core_table_writer() -> None:
+    """fid.md/.tex are rendered by histosynth.tables like every other table: captions, escaping."""
+    from evaluator.pools.fid import render_fid_tables
+
+    table = pd.DataFrame(
+        {
+            "class": ["ADI", "ALL"],
+            "source": ["KLF8_DM", "KLF8_DM"],
+            "fid": [12.34, 20.0],
+            "fid_boot_std": [1.0, float("nan")],
+            "kid_mean": [0.01, 0.02],
+            "kid_std": [0.001, 0.002],
+            "n_generated": [10, 20],
+            "n_reference": [10, 20],
+        }
+    )
+    files = render_fid_tables(table)
+    assert "| source | ADI | ALL |\n|---|---|---|\n| KLF8_DM | 12.3 ± 1.0 | 20.0 |" in files["fid.md"]
+    tex = files["fid.tex"]
+    assert tex.count(r"\begin{table}") == 3 and r"\caption{FID per class ($\pm$" in tex
+    assert r"KLF8\_DM & 12.3 $\pm$ 1.0 & 20.0 \\" in tex  # names escaped once, not twice
