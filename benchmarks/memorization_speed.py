@@ -44,6 +44,7 @@ from PIL import Image
 
 from evaluator.memorization.audit import MemorizationSettings, audit_memorization
 from evaluator.memorization.cache import load_gray
+from evaluator.memorization.search import apply_transform
 
 PAPER_FLOPS = 2 * 800 * 65_536 * 100_000
 
@@ -97,16 +98,16 @@ def timed(function: Callable[[], object]) -> tuple[float, float]:
 
 
 def max_error_vs_float64(
-    result_tiles: pd.DataFrame, train_paths: list[Path], size: int, checked: int = 5
+    result_tiles: pd.DataFrame, train_paths: list[Path], size: int, transforms: int, checked: int = 5
 ) -> float:
     """Largest |r - r64| over a few queries, r64 the float64 best correlation over all
-    training tiles and the 4 rotations (training tiles decoded again, in blocks)."""
+    training tiles and the audit's transforms (training tiles decoded again, in blocks)."""
     rows = result_tiles.head(checked)
     variants = []
     for path in rows["tile"]:
         gray = load_gray(path, size).astype(np.float64)
-        for k in range(4):
-            vector = np.rot90(gray, k).ravel()
+        for k in range(transforms):
+            vector = apply_transform(gray, k).ravel().copy()
             vector -= vector.mean()
             variants.append(vector / np.linalg.norm(vector))
     variants = np.stack(variants)
@@ -118,7 +119,7 @@ def max_error_vs_float64(
         train -= train.mean(axis=1, keepdims=True)
         train /= np.linalg.norm(train, axis=1, keepdims=True)
         best = np.maximum(best, (variants @ train.T).max(axis=1))
-    exact = best.reshape(len(rows), 4).max(axis=1)
+    exact = best.reshape(len(rows), transforms).max(axis=1)
     return float(np.abs(exact - rows["r"].to_numpy()).max())
 
 
@@ -186,7 +187,7 @@ def main() -> None:
     queries = [load_gray(p, args.size) for p in sorted((workdir / "gen0" / "A").iterdir())]
     query_decode = time.perf_counter() - start
     reference = results[devices[0]]
-    error = max_error_vs_float64(reference, train_paths, args.size) if not args.flips else float("nan")
+    error = max_error_vs_float64(reference, train_paths, args.size, transforms)
 
     decode_rate = args.train_tiles / max(cold, 1e-9)
     print(f"machine: {os.cpu_count()} CPUs; shapes: ({rows} x {pixels}) @ ({pixels} x {args.train_tiles})")
