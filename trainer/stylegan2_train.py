@@ -249,7 +249,7 @@ def r1_penalty(
     real = real.detach().requires_grad_(True)
     logits = discriminator(augment(real), labels)
     (gradient,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return gradient.square().sum(dim=(1, 2, 3)).mean()
+    return gradient.square().sum(dim=(1, 2, 3)).mean() + every_parameter_used(logits)
 
 
 def path_length_penalty(
@@ -261,7 +261,19 @@ def path_length_penalty(
     (gradient,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
     lengths = gradient.square().sum(dim=2).mean(dim=1).sqrt()
     mean.value.copy_(mean.value.lerp(lengths.mean().detach(), decay))
-    return (lengths - mean.value).square().mean()
+    return (lengths - mean.value).square().mean() + every_parameter_used(images)
+
+
+def every_parameter_used(output: torch.Tensor) -> torch.Tensor:
+    """A zero that ties a penalty's backward to every parameter of the forward that made `output`.
+
+    R1 and the path-length penalty differentiate a gradient, so parameters that only shift the
+    output (the last biases) get no gradient from them. DistributedDataParallel waits for a
+    gradient of every parameter it saw in the forward and fails the next step ("Expected to
+    have finished reduction in the prior iteration"); adding 0 x output makes autograd send a
+    zero to each of them, which changes no value.
+    """
+    return output.flatten()[0] * 0.0
 
 
 @torch.no_grad()
