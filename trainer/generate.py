@@ -98,6 +98,7 @@ def generate_pool(
             option of the other model kind, or an out folder holding another pool or other files.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     if per_class < 1:
         raise HistosynthError(f"--per-class {per_class}: must be at least 1")
@@ -121,7 +122,9 @@ def generate_pool(
             f"--guidance {guidance}: {model} was trained with cond_drop 0, so its null class is untrained; "
             "use --guidance 1 or retrain with --cond-drop"
         )
-    state = PartialState()
+    # accelerate's launcher sets ACCELERATE_USE_CPU for --cpu runs; PartialState, unlike
+    # Accelerator, does not read it, and would see one process of its own in each of them
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     target = torch.device(device) if device else state.device
     dtype = (
         PRECISIONS["fp16" if target.type == "cuda" else "fp32"]

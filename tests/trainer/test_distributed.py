@@ -17,13 +17,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histosynth.pools import read_manifest
+from trainer.generate import generate_pool
 from trainer.model_folder import read_model_info
 from trainer.stylegan2_train import LOG_NAME
 
 
-def test_stylegan2_trains_in_two_processes_through_r1_and_path_length_steps(
-    tmp_path: Path, tissue: np.ndarray
-) -> None:
+def torchrun(*args: object) -> subprocess.CompletedProcess:
+    """`python -m histosynth ARGS` in two CPU processes, as `accelerate launch --cpu` starts them."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*command, "-m", "histosynth", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
+
+
+def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue: np.ndarray) -> None:
     pool = tmp_path / "pool"
     for label, name in enumerate(("ADI", "TUM")):
         (pool / name).mkdir(parents=True)
@@ -32,18 +45,20 @@ def test_stylegan2_trains_in_two_processes_through_r1_and_path_length_steps(
             Image.fromarray(tissue[top : top + 28, left : left + 28]).save(pool / name / f"{name}-{item}.png")
     out = tmp_path / "model"
     # 8 tiles, batch 4 per process: one step per epoch; R1 runs at steps 0 and 16, path length every 4
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("--standalone", "-m", "histosynth", "train", "stylegan2"),
-        *("--data", pool, "--out", out, "--preset", "tiny", "--epochs", "20", "--max-steps", "18"),
-        *("--checkpoint-every", "9", "--no-progress"),
-    ]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [str(part) for part in command], capture_output=True, text=True, timeout=600, env=environment
+    result = torchrun(
+        *("train", "stylegan2", "--data", pool, "--out", out, "--preset", "tiny", "--epochs", "20"),
+        *("--max-steps", "18", "--checkpoint-every", "9", "--no-progress"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = read_model_info(out, ["stylegan2"])
     assert info["steps"] == 18
     checks = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
     assert [check["step"] for check in checks] == [9, 18]  # written once, by the main process
+
+    # each process draws its share of the images; every file is a function of (model, seed, class, i)
+    shared = torchrun(
+        "generate", "--model", out, "--out", tmp_path / "two", "--per-class", "3", "--no-progress"
+    )
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    alone = generate_pool(out, tmp_path / "one", per_class=3, progress=False)
+    assert read_manifest(tmp_path / "two")["files"] == read_manifest(alone)["files"]
