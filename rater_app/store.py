@@ -30,7 +30,7 @@ import sqlite_utils
 
 from histosynth.errors import StudyError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # How long a write waits for another writer's lock before it fails with a clear message.
 BUSY_TIMEOUT_MS = int(os.environ.get("HISTOSYNTH_BUSY_TIMEOUT_MS", "10000"))
 
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS raters (
     secret_hash TEXT NOT NULL,
     order_secret TEXT,                -- random seed of this rater's order; NULL for raters of schema 1
     created_at REAL NOT NULL,
+    disabled_at REAL,                 -- set while an admin has disabled the rater; NULL otherwise
     UNIQUE (study_id, name)
 );
 CREATE TABLE IF NOT EXISTS assignments (
@@ -105,6 +106,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS admin_actions (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    actor TEXT NOT NULL,              -- who: 'admin' from the page, 'cli:<user>' from a terminal
+    action TEXT NOT NULL,             -- what, e.g. 'rater.add', 'rater.disable', 'results.view'
+    target TEXT,                      -- the rater concerned, when there is one
+    at REAL NOT NULL                  -- when (epoch seconds)
+);
+CREATE INDEX IF NOT EXISTS admin_actions_study ON admin_actions(study_id, at);
 """
 
 
@@ -522,6 +532,37 @@ def delete_session(db: sqlite_utils.Database, token_hash: str) -> None:
     db["sessions"].delete_where("token_hash = ?", [token_hash])
 
 
+# --- the admin's record ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminAction:
+    """One thing an admin did to a study: who, what, to whom and when."""
+
+    actor: str
+    action: str
+    target: str | None
+    at: float
+
+
+def record_admin_action(
+    db: sqlite_utils.Database, study_id: int, actor: str, action: str, target: str | None = None
+) -> None:
+    """Append an action to the study's record; run it in the transaction of the change it records,
+    so that a change is never without its record nor a record without its change."""
+    db["admin_actions"].insert(
+        {"study_id": study_id, "actor": actor, "action": action, "target": target, "at": time.time()}
+    )
+
+
+def admin_actions(db: sqlite_utils.Database, study_id: int) -> list[AdminAction]:
+    """The study's recorded admin actions, oldest first."""
+    rows = db["admin_actions"].rows_where(
+        "study_id = ?", [study_id], order_by="at, id", select="actor, action, target, at"
+    )
+    return [AdminAction(**row) for row in rows]
+
+
 # --- the vote path: hand-written SQL, run on every key press -------------------------------
 
 
@@ -641,11 +682,24 @@ def _study(row: dict[str, Any]) -> Study:
     )
 
 
-# Each step takes a database of version N to N + 1, in one transaction.
-MIGRATIONS = {
+# Each step takes a database of version N to N + 1, its statements in one transaction.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Orders drawn from a per-rater secret; older raters keep their (seed-derived) orders,
     # which `study audit` reports as derivable.
-    1: "ALTER TABLE raters ADD COLUMN order_secret TEXT;",
+    1: ("ALTER TABLE raters ADD COLUMN order_secret TEXT",),
+    # Raters an admin can disable, and the record of who did what from the admin page or CLI.
+    2: (
+        "ALTER TABLE raters ADD COLUMN disabled_at REAL",
+        """CREATE TABLE admin_actions (
+               id INTEGER PRIMARY KEY,
+               study_id INTEGER NOT NULL REFERENCES studies(id),
+               actor TEXT NOT NULL,
+               action TEXT NOT NULL,
+               target TEXT,
+               at REAL NOT NULL
+           )""",
+        "CREATE INDEX admin_actions_study ON admin_actions(study_id, at)",
+    ),
 }
 
 
@@ -654,7 +708,8 @@ def _ensure_schema(conn: sqlite3.Connection, db_path: Path, create: bool) -> Non
     while version in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")
         if conn.execute("PRAGMA user_version").fetchone()[0] == version:  # not migrated meanwhile
-            conn.execute(MIGRATIONS[version])
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version + 1}")
         conn.execute("COMMIT")
         version = conn.execute("PRAGMA user_version").fetchone()[0]

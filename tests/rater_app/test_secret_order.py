@@ -10,6 +10,7 @@ from pathlib import Path
 from rater_app.audit import audit_study
 from rater_app.create import create_study
 from rater_app.raters import add_raters
+from rater_app.store import admin_actions, connect, record_admin_action, transaction
 
 from ..conftest import histosynth
 
@@ -125,11 +126,13 @@ def test_a_database_of_schema_1_is_migrated(tmp_path, make_pool, write_study) ->
     add_raters(str(db), "pilot", ["ann"])
     with sqlite3.connect(db) as conn:  # as histosynth wrote it before order secrets
         conn.execute("ALTER TABLE raters DROP COLUMN order_secret")
+        conn.execute("ALTER TABLE raters DROP COLUMN disabled_at")
+        conn.execute("DROP TABLE admin_actions")
         conn.execute("PRAGMA user_version = 1")
     rewrite_order(db, "ann", old_scheme_order(db, "ann", seed=7))
     add_raters(str(db), "pilot", ["ben"])
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
         secrets = dict(conn.execute("SELECT name, order_secret FROM raters"))
     assert secrets["ann"] is None and len(secrets["ben"]) == 32
     leaks = audit_study(db, "pilot").leaks
@@ -148,3 +151,21 @@ def test_orders_are_drawn_again_until_distinct(tmp_path, make_pool, write_study)
     assert report.passed  # with two possible orders, equal or derivable ones are chance: warnings
     shared = [w for w in report.warnings if "and 'cy' have the same order" in w]
     assert len(shared) == 1 and "happens by chance: p ~ 1" in shared[0]
+
+
+def test_a_schema_2_database_gains_disabling_and_the_admin_record(tmp_path, make_pool, write_study) -> None:
+    db = tmp_path / "study.db"
+    create_study(write_study(make_sources(make_pool), images_per_cell=6), db)
+    add_raters(str(db), "pilot", ["ann"])
+    with sqlite3.connect(db) as conn:  # as histosynth wrote it before disabling raters
+        conn.execute("ALTER TABLE raters DROP COLUMN disabled_at")
+        conn.execute("DROP TABLE admin_actions")
+        conn.execute("PRAGMA user_version = 2")
+    with connect(db) as opened, transaction(opened):
+        record_admin_action(opened, 1, "admin", "rater.disable", "ann")
+    with connect(db) as opened:
+        (action,) = admin_actions(opened, 1)
+    assert (action.actor, action.action, action.target) == ("admin", "rater.disable", "ann")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("SELECT disabled_at FROM raters").fetchall() == [(None,)]
