@@ -74,7 +74,9 @@ def admin_view() -> AdminView:
         new_name = gr.Textbox(label="New rater's name", elem_id="new-rater", max_length=64)
         add = gr.Button("Add rater", elem_id="add-rater")
     with gr.Row():
-        rater = gr.Dropdown(label="Rater", choices=[], elem_id="rater-choice")
+        # Custom values pass Gradio's check against the (page-load) choices; the handlers
+        # check the name against the study's raters themselves.
+        rater = gr.Dropdown(label="Rater", choices=[], elem_id="rater-choice", allow_custom_value=True)
         reset = gr.Button("Reset secret", elem_id="reset-rater")
         disable = gr.Button("Disable", elem_id="disable-rater", variant="stop")
         enable = gr.Button("Enable", elem_id="enable-rater")
@@ -102,12 +104,14 @@ def wire_admin(blocks: gr.Blocks, page: AdminPage) -> None:
     """Attach the admin events: the dashboard on load, the timer, refresh, audit and raters."""
     view = page.view
     outputs = view.outputs()
-    quiet = {"api_visibility": "private", "show_progress": "hidden"}
+    # Outside Gradio's queue, like the rating events: each is a short database call, and a
+    # refusal's gr.Error text reaches the caller in the answer itself.
+    quiet = {"api_visibility": "private", "show_progress": "hidden", "queue": False}
     blocks.load(page.open, None, outputs, **quiet)
     view.timer.tick(page.refresh, None, outputs, **quiet)
     view.refresh.click(page.refresh, None, outputs, **quiet)
     view.rerun_audit.click(page.rerun_audit, None, outputs, **quiet)
-    managing = {"api_visibility": "private", "trigger_mode": "once"}
+    managing = {"api_visibility": "private", "trigger_mode": "once", "queue": False}
     view.add.click(page.add, [view.new_name], outputs, **managing)
     view.reset.click(page.reset, [view.rater], outputs, **managing)
     view.disable.click(page.disabler(True), [view.rater], outputs, **managing)
@@ -136,7 +140,7 @@ class AdminPage:
     def open(self, request: gr.Request) -> dict:
         """Page load: for the admin the dashboard and a running timer; for a rater nothing."""
         if request.username != ADMIN_NAME:
-            return {}
+            return {component: gr.skip() for component in self.view.outputs()}  # ({} is one value)
         return {**self._board(), self.view.rater: self._choices(), self.view.timer: gr.Timer(active=True)}
 
     def refresh(self, request: gr.Request) -> dict:

@@ -206,8 +206,8 @@ class RaterPage:
 
     def start(self, request: gr.Request) -> dict:
         """Page load: the first unanswered tile (the admin's page has no rating panel)."""
-        if request.username == ADMIN_NAME:
-            return {}
+        if request.username == ADMIN_NAME:  # every output skipped ({} would count as one value)
+            return {component: gr.skip() for component in self.view.outputs()}
         settings = self._settings(request)
         if settings.instructions and first_unanswered(self.db_path, settings.rater_id) == 1:
             return self._render_instructions(settings)  # before the first tile
