@@ -249,7 +249,7 @@ def dashboard_html(board: Dashboard) -> str:
         f"overall; median reading time {_seconds(board.median_seconds)}. "
         f"Idle: no vote for {board.idle_seconds / 60:g} min. Updated {_utc(board.now, seconds=True)} UTC.</p>"
     )
-    facts_html = "".join(f"<li>{html.escape(k)}: <b>{html.escape(v)}</b></li>" for k, v in settings)
+    facts_html = "; ".join(f"{html.escape(k)}: <b>{html.escape(v)}</b>" for k, v in settings)
     head = "".join(
         f"<th>{title}</th>"
         for title in (
@@ -265,7 +265,7 @@ def dashboard_html(board: Dashboard) -> str:
     )
     rows = "".join(_rater_html(row, board) for row in board.raters)
     return (
-        f"{summary}<ul id='study-settings'>{facts_html}</ul>"
+        f"{summary}<p id='study-settings'>Settings: {facts_html}.</p>"
         f"<table id='rater-table'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     )
 

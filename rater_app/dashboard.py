@@ -9,13 +9,12 @@ names; the study TOML has them). See docs/threat-model.md.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rater_app import store
-from rater_app.store import RaterProgress, connect
+from rater_app.store import RaterProgress, VoteTiming, connect
 
 IDLE_SECONDS = 15 * 60  # a rater who started and has not voted for this long is shown as idle
 HOUR = 3600.0
@@ -95,13 +94,16 @@ def dashboard(
     with connect(db_path) as db:
         record = store.study_by_id(db, study_id)
         progress = store.progress(db, study_id)
-        readings = store.reading_times(db, study_id)
+        timings = {timing.rater: timing for timing in store.vote_timing(db, study_id, now - HOUR, now)}
+        readings = store.reading_seconds(db, study_id)
         n_items = store.item_count(db, study_id)
-    by_rater: dict[str, list[tuple[float, float]]] = {}
-    for name, answered_at, seconds in readings:
-        by_rater.setdefault(name, []).append((answered_at, seconds))
-    rows = [_rater_row(entry, by_rater.get(entry.rater, []), now, idle_seconds) for entry in progress]
-    everyone = [(answered_at, seconds) for _, answered_at, seconds in readings]
+    rows = [
+        _rater_row(entry, timings.get(entry.rater), readings.get(entry.rater, []), now, idle_seconds)
+        for entry in progress
+    ]
+    everyone = _whole_study(list(timings.values()))
+    # each rater's list is sorted, so this sort only merges runs
+    all_readings = sorted(seconds for values in readings.values() for seconds in values)
     settings = record.settings
     facts = StudyFacts(
         name=record.name,
@@ -119,14 +121,14 @@ def dashboard(
         idle_seconds=idle_seconds,
         study=facts,
         raters=rows,
-        votes_last_hour=_last_hour(everyone, now),
-        votes_per_hour=_rate(everyone),
-        median_seconds=_median(everyone),
+        votes_last_hour=0 if everyone is None else everyone.in_window,
+        votes_per_hour=None if everyone is None else _rate(everyone),
+        median_seconds=_median(all_readings),
     )
 
 
 def _rater_row(
-    entry: RaterProgress, votes: list[tuple[float, float]], now: float, idle_seconds: float
+    entry: RaterProgress, timing: VoteTiming | None, readings: list[float], now: float, idle_seconds: float
 ) -> RaterRow:
     started, done = entry.answered > 0, entry.answered == entry.total
     quiet = entry.last_vote_at is not None and now - entry.last_vote_at >= idle_seconds
@@ -135,29 +137,40 @@ def _rater_row(
         answered=entry.answered,
         total=entry.total,
         last_vote_at=entry.last_vote_at,
-        votes_last_hour=_last_hour(votes, now),
-        votes_per_hour=_rate(votes),
-        median_seconds=_median(votes),
+        votes_last_hour=0 if timing is None else timing.in_window,
+        votes_per_hour=None if timing is None else _rate(timing),
+        median_seconds=_median(readings),
         idle=started and not done and not entry.disabled and quiet,
         disabled=entry.disabled,
     )
 
 
-def _last_hour(votes: list[tuple[float, float]], now: float) -> int:
-    """Votes answered within the hour before `now`."""
-    return sum(1 for answered_at, _ in votes if now - HOUR < answered_at <= now)
+def _whole_study(timings: list[VoteTiming]) -> VoteTiming | None:
+    """The study's timing from its raters' (None before the first vote)."""
+    if not timings:
+        return None
+    return VoteTiming(
+        rater="",
+        votes=sum(t.votes for t in timings),
+        first_at=min(t.first_at for t in timings),
+        last_at=max(t.last_at for t in timings),
+        in_window=sum(t.in_window for t in timings),
+    )
 
 
-def _rate(votes: list[tuple[float, float]]) -> float | None:
+def _median(ascending: list[float]) -> float | None:
+    """The median of an ascending list: the middle value, or the mean of the middle two."""
+    if not ascending:
+        return None
+    middle = len(ascending) // 2
+    return ascending[middle] if len(ascending) % 2 else (ascending[middle - 1] + ascending[middle]) / 2
+
+
+def _rate(timing: VoteTiming) -> float | None:
     """Votes per hour between the first and the last vote ((n - 1) gaps over their span): the
     pace while rating, which an average since the study began would dilute with the days
     before a rater started."""
-    if len(votes) < 2:
+    if timing.votes < 2:
         return None
-    times = [answered_at for answered_at, _ in votes]
-    span = max(times) - min(times)
-    return None if span <= 0 else (len(votes) - 1) / span * HOUR
-
-
-def _median(votes: list[tuple[float, float]]) -> float | None:
-    return statistics.median(seconds for _, seconds in votes) if votes else None
+    span = timing.last_at - timing.first_at
+    return None if span <= 0 else (timing.votes - 1) / span * HOUR
