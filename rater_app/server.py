@@ -56,6 +56,7 @@ MAX_NAME_CHARS = 64  # the longest rater name; longer input is cut before it rea
 MAX_SECRET_CHARS = 256
 MAX_LOGIN_BODY = 4096  # bytes of the login form; anything larger is refused unread
 NEUTRAL_TITLE = "Rating study"
+SESSION_CACHE_TTL = 5.0  # seconds a resolved session is believed; a session ended elsewhere stops within it
 TILE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}  # WebGuard adds the rest
 
 
@@ -269,7 +270,9 @@ class SessionCache:
     disable from this server's admin page (`forget_rater`), forget it at once.
     """
 
-    def __init__(self, resolve: Callable[[str], Identity | None], ttl: float = 5.0, size: int = 10_000):
+    def __init__(
+        self, resolve: Callable[[str], Identity | None], ttl: float = SESSION_CACHE_TTL, size: int = 10_000
+    ):
         self.resolve = resolve
         self.ttl = ttl
         self.size = size

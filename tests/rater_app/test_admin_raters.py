@@ -5,19 +5,24 @@ from __future__ import annotations
 import csv
 import getpass
 import io
+import time
+from pathlib import Path
 
 import pytest
 
+from histosynth.cli.study import cli_actor
 from histosynth.errors import StudyError
+from rater_app import store
 from rater_app.auth import AccountDisabled, identity_for, login
 from rater_app.create import create_study
 from rater_app.export import export_votes
 from rater_app.raters import add_raters, admin_record, reset_secrets, set_disabled, study_status
-from rater_app.server import SessionCache
+from rater_app.server import SESSION_CACHE_TTL, SessionCache
 from rater_app.store import connect, find_study, rater_id
 from rater_app.voting import record_vote, tile_at
 
 from ..conftest import histosynth
+from .simulated_rater import RatingClientError, simulated_rater
 
 
 @pytest.fixture
@@ -126,3 +131,22 @@ def test_cli_disable_enable_reset_actions(study) -> None:
         [actor, "rater.reset", "ben"],
     ]
     assert all(fields[0].endswith("Z") and len(fields[0]) == 20 for fields in lines)
+
+
+def test_a_rater_disabled_from_the_cli_is_refused_within_the_cache_ttl(study, rating_server) -> None:
+    """The server caches sessions for `SESSION_CACHE_TTL` (5 s); a disable from another process
+    deletes the sessions, so within that ttl the rater's next tile or vote answers 401."""
+    ann_secret = add_raters(study, "pilot", ["ann"])[0].secret
+    server = rating_server(Path(study))
+    ann = simulated_rater(server.url, "ann", ann_secret)
+    token = ann.view.token
+    assert ann.client.get(f"/tiles/{token}.png").status_code == 200
+    set_disabled(study, "pilot", ["ann"], True, actor=cli_actor())
+    deadline = time.monotonic() + SESSION_CACHE_TTL + 2.0  # ttl, and a margin for a slow CI
+    while ann.client.get(f"/tiles/{token}.png").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ann.client.get(f"/tiles/{token}.png").status_code == 401
+    with pytest.raises(RatingClientError, match="HTTP 401"):
+        ann.vote("real")
+    with connect(study) as db:
+        assert store.vote_rows(db, find_study(db, "pilot").id) == []
