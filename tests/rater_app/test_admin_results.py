@@ -238,6 +238,8 @@ def test_admin_confirms_and_sees_interim_results(study, rating_server, browser) 
     page.click("#interim-confirm")
     page.wait_for_selector("#interim-figure", timeout=60_000)
     assert page.eval_on_selector("#interim-figure", "img => img.complete && img.naturalWidth > 0")
+    # inline, not a file in Gradio's cache that another session could fetch by URL
+    assert page.get_attribute("#interim-figure", "src").startswith("data:image/png;base64,")
     kappa = page.inner_text("#interim-kappa")
     assert "kappa" in kappa and "MEAN" in kappa and "styleGAN2" in page.inner_text("#interim-scores")
     assert "looked at 1 time" in page.inner_text("#interim-message")
