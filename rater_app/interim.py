@@ -115,6 +115,8 @@ def run_evaluator(votes_csv: Path, out: Path, timeout: float = EVALUATOR_TIMEOUT
 
     The subprocess is how the rating app reaches the evaluator without importing it; its
     stderr goes to the server log, and only a one-line reason without paths reaches the caller.
+    It runs in the votes file's folder, since `-m` puts the working directory first on the
+    module path: the server's own working directory may hold files that nobody vetted.
 
     Raises:
         EvaluationFailed: a non-zero exit, a timeout, or an interpreter that cannot start.
@@ -130,7 +132,9 @@ def run_evaluator(votes_csv: Path, out: Path, timeout: float = EVALUATOR_TIMEOUT
         str(out.resolve()),
     ]
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False, cwd=votes_csv.parent
+        )
     except subprocess.TimeoutExpired as error:
         log.error("the evaluator ran past %g s: %s", timeout, " ".join(command))
         raise EvaluationFailed(f"the evaluator did not finish within {timeout:g} s") from error
