@@ -30,6 +30,7 @@ import gradio as gr
 from histosynth.errors import StudyError
 from histosynth.votes import REAL_VOTE, SYNTHETIC_VOTE
 from rater_app import store
+from rater_app.admin_results_ui import build_results_panel
 from rater_app.blocks import Block, block_at
 from rater_app.raters import ADMIN_NAME
 from rater_app.store import Tile, connect, image_store_dir
@@ -102,6 +103,7 @@ def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
             view = _rater_view(shown)
         with gr.Column(visible=False) as admin_panel:
             admin = _admin_view()
+            build_results_panel(db_path, study_id)
         gr.HTML('<p style="text-align:right"><a href="logout">Log out</a></p>')
         panels = Panels(who, rater_panel, admin_panel, admin.status)
         # Handlers are functions and bound methods, never functools.partial: Gradio passes the
