@@ -2,14 +2,21 @@
 
 In a study rated class by class (`block_by_class`) a rater's order is one block per class, in
 the study's class order, and then the repeated showings in a block of their own; each block is a
-run of consecutive positions. A study rated in one shuffle has no blocks to show. The page shows
-blocks by number only: no response names a class or a source (docs/threat-model.md).
+run of consecutive positions. A study rated in one shuffle has no blocks to show.
+
+A block's title names its class: every tile of a class block has that class, real and synthetic
+alike, so the name tells the rater nothing about a tile's source (docs/threat-model.md). The
+final block of repeats mixes every class and is titled neutrally, "all classes", rather than
+"repeats": it is recognisable by its place anyway, but the page need not prompt a rater to
+answer a second showing the way they answered the first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+MIXED_BLOCK = "all classes"  # the title of the final block of repeated showings
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,10 @@ class Block:
     @property
     def size(self) -> int:
         return self.last - self.first + 1
+
+    def title(self, n_blocks: int) -> str:
+        """How the page names the block, e.g. "Block 2 of 9 (ADI)"."""
+        return f"Block {self.number} of {n_blocks} ({self.class_name or MIXED_BLOCK})"
 
     def answered(self, frontier: int | None) -> int:
         """How many of the block's tiles are answered, given the first unanswered position."""

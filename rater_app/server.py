@@ -33,6 +33,7 @@ from histosynth.errors import StudyError
 from histosynth.urls import LOGIN_PATH, login_url
 from rater_app import store
 from rater_app.auth import AccountDisabled, Identity, LoginThrottle, identity_for, login, logout
+from rater_app.bundle import build_bundle
 from rater_app.export import export_votes
 from rater_app.padding import showing_png
 from rater_app.store import Study, connect, ensure_writable, hold_open, image_store_dir
@@ -212,7 +213,11 @@ def _add_tile_route(app: FastAPI, db_path: str) -> None:
 
 
 def _add_admin_routes(app: FastAPI, db_path: str, study_name: str) -> None:
-    """`/admin/votes.csv` for the study's admin; 404 for raters."""
+    """`/admin/votes.csv` and `/admin/study.zip` for the study's admin; 404 for raters.
+
+    The ZIP runs the evaluator (seconds): a plain `def` route, so FastAPI runs it in a worker
+    thread and the other requests go on meanwhile.
+    """
 
     @app.get("/admin/votes.csv")
     def admin_votes(request: Request) -> Response:
@@ -222,6 +227,16 @@ def _add_admin_routes(app: FastAPI, db_path: str, study_name: str) -> None:
             export_votes(db_path, study_name),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{study_name}-votes.csv"'},
+        )
+
+    @app.get("/admin/study.zip")
+    def admin_bundle(request: Request) -> Response:
+        if not request.state.identity.is_admin:
+            return PlainTextResponse("not found", status_code=404)
+        return Response(
+            build_bundle(db_path, study_name),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{study_name}-study.zip"'},
         )
 
 

@@ -29,11 +29,12 @@ import gradio as gr
 from histosynth.errors import StudyError
 from histosynth.votes import REAL_VOTE, SYNTHETIC_VOTE
 from rater_app import store
+from rater_app.admin_results_ui import build_results_panel
 from rater_app.admin_ui import AdminPage, admin_view, wire_admin
 from rater_app.blocks import Block, block_at
 from rater_app.raters import ADMIN_NAME
 from rater_app.store import Tile, connect, image_store_dir
-from rater_app.viewer import TILE_DISPLAY_PX, help_html
+from rater_app.viewer import TILE_DISPLAY_PX, tools_html
 from rater_app.voting import (
     CONFIDENCE_LEVELS,
     RaterSettings,
@@ -98,6 +99,7 @@ def build_blocks(db_path: str, study_id: int, end_sessions: Callable[[int], None
             view = _rater_view(shown)
         with gr.Column(visible=False) as admin_panel:
             admin = admin_view()
+            build_results_panel(db_path, study_id)
         gr.HTML('<p style="text-align:right"><a href="logout">Log out</a></p>')
         panels = Panels(who, rater_panel, admin_panel)
         # Handlers are functions and bound methods, never functools.partial: Gradio passes the
@@ -112,29 +114,35 @@ def build_blocks(db_path: str, study_id: int, end_sessions: Callable[[int], None
 
 
 def _rater_view(shown: gr.State) -> RaterView:
+    """The rating panel: progress on top, then the tile beside its controls.
+
+    Side by side, the vote buttons and a six-point confidence scale stay beside the 512 px tile
+    within a 768 px high screen (1024x768, a landscape tablet) without scrolling; on a narrower
+    screen the controls wrap below the tile.
+    """
     progress = gr.Markdown(elem_id="progress")
     bars = gr.HTML(elem_id="bars")
     instructions = gr.Markdown(elem_id="instructions", visible=False)
-    tile = gr.HTML(elem_id="tile-frame")
-    token = gr.Textbox(visible=False)
-    confidence = gr.Radio(
-        choices=[(CONFIDENCE_LABELS[level], level) for level in CONFIDENCE_LEVELS],
-        label="Confidence",
-        visible=False,
-        elem_id="confidence",
-    )
-    with gr.Row():
-        back = gr.Button("Back (B)", elem_id="go-back", visible=False)
-        real = gr.Button("Real (R / 1)", variant="primary", elem_id="vote-real")
-        synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
-        resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
-        proceed = gr.Button("Continue (Enter)", variant="primary", elem_id="continue", visible=False)
-        show_instructions = gr.Button("Instructions (I)", elem_id="show-instructions", visible=False)
-    message = gr.Markdown(elem_id="message")
-    gr.HTML(
-        '<p class="help-link"><button type="button" id="show-help" data-show-help>Keys (?)</button></p>'
-        + help_html()
-    )
+    with gr.Row(elem_id="rating-area", equal_height=False):
+        with gr.Column(scale=0, min_width=TILE_DISPLAY_PX, elem_id="tile-column"):
+            tile = gr.HTML(elem_id="tile-frame")
+        with gr.Column(scale=1, min_width=260, elem_id="controls"):
+            token = gr.Textbox(visible=False)
+            confidence = gr.Radio(
+                choices=[(CONFIDENCE_LABELS[level], level) for level in CONFIDENCE_LEVELS],
+                label="Confidence",
+                visible=False,
+                elem_id="confidence",
+            )
+            with gr.Row(elem_id="votes"):
+                real = gr.Button("Real (R / 1)", variant="primary", elem_id="vote-real")
+                synthetic = gr.Button("Synthetic (S / 2)", variant="primary", elem_id="vote-synthetic")
+            proceed = gr.Button("Continue (Enter)", variant="primary", elem_id="continue", visible=False)
+            back = gr.Button("Back (B)", elem_id="go-back", visible=False)
+            resume = gr.Button("To first unanswered", elem_id="resume", visible=False)
+            show_instructions = gr.Button("Instructions (I)", elem_id="show-instructions", visible=False)
+            message = gr.Markdown(elem_id="message")
+            gr.HTML(tools_html())
     return RaterView(
         tile=tile,
         progress=progress,
@@ -323,8 +331,8 @@ class RaterPage:
         next_tile = tile_at(self.db_path, settings.rater_id, frontier)
         screen = (
             '<div id="block-done" class="screen" role="status">'
-            f"<h2>Block {finished.number} of {len(blocks)} done</h2>"
-            f"<p>Take a short break if you like. Next: block {finished.number + 1} of {len(blocks)}.</p>"
+            f"<h2>{html.escape(finished.title(len(blocks)))} done</h2>"
+            f"<p>Take a short break if you like. Next: {html.escape(coming.title(len(blocks)))}.</p>"
             "<p>Press <kbd>Enter</kbd> or Continue when you are ready.</p></div>"
             f'<img src="tiles/{html.escape(next_tile.token)}.png" alt="" style="display:none">'
         )
@@ -395,13 +403,13 @@ class RaterPage:
 def _bars_html(answered: int, total: int, block: Block | None, n_blocks: int, frontier: int | None) -> str:
     """Progress bars: the whole study, and the block on screen when the study is rated by class.
 
-    Blocks are numbered, not named: no response names a class (docs/threat-model.md), although
-    the design tells the rater that each block holds one class.
+    The block's bar names its class (`Block.title`): a class is shared by every source, so the
+    name says nothing about a tile's provenance (docs/threat-model.md).
     """
     bars = [_bar("study-progress", f"Study: {answered} of {total} answered", answered, total)]
     if block is not None:
         done = block.answered(frontier)
-        label = f"Block {block.number} of {n_blocks}: {done} of {block.size}"
+        label = f"{block.title(n_blocks)}: {done} of {block.size}"
         bars.append(_bar("block-progress", label, done, block.size))
     return f'<div class="bars">{"".join(bars)}</div>'
 

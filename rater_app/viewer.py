@@ -23,15 +23,24 @@ KEYS = (
     ("+ / -", "zoom in / out (1x to 4x); mouse wheel or pinch on the tile"),
     ("0", "zoom back to 1x"),
     ("Shift + arrows", "pan the zoomed tile; or drag it"),
-    ("N", "switch between smooth and nearest-neighbour (pixel) zoom"),
+    ("N", "switch between smooth and nearest-neighbour (pixel) zoom; kept for the next tiles"),
     ("?", "show or hide this help; Esc closes it"),
 )
 
 
-def help_html() -> str:
-    """The keyboard help overlay (hidden until `?`)."""
+def tools_html() -> str:
+    """The viewer's own buttons (pixel zoom, keys) and the keyboard help overlay (hidden until `?`).
+
+    They are plain buttons handled by the page's script, not Gradio events: what they change is
+    drawn in the browser and never asks the server for anything.
+    """
     rows = "".join(f"<tr><th scope='row'><kbd>{key}</kbd></th><td>{what}</td></tr>" for key, what in KEYS)
     return (
+        '<div class="view-tools">'
+        '<button type="button" id="pixel-zoom" aria-pressed="false" data-pixel-zoom'
+        ' title="Draw the zoomed tile with nearest-neighbour pixels instead of smoothing">'
+        "Pixel zoom (N)</button>"
+        '<button type="button" id="show-help" data-show-help>Keys (?)</button></div>'
         '<div id="key-help" role="dialog" aria-modal="true" aria-labelledby="key-help-title" hidden>'
         '<div class="key-help-box"><h2 id="key-help-title">Keys</h2>'
         f"<table>{rows}</table>"
@@ -44,7 +53,10 @@ HEAD_JS = f"""
 (() => {{
   const MAX_ZOOM = {MAX_ZOOM};
   const LEVELS = [1, 1.5, 2, 3, 4];
-  const view = {{zoom: 1, x: 0, y: 0, src: null, nearest: false}};
+  // The pixel-zoom choice lasts for the tab's session (sessionStorage), across tiles and reloads;
+  // the zoom itself starts at 1x on every tile.
+  const PIXELS_KEY = "histosynth-pixel-zoom";
+  const view = {{zoom: 1, x: 0, y: 0, src: null, nearest: sessionStorage.getItem(PIXELS_KEY) === "1"}};
   const pointers = new Map();
   let pinch = null;
 
@@ -96,6 +108,21 @@ HEAD_JS = f"""
     zoomTo(next);
   }}
 
+  function syncPixelButton() {{  // only writes on a change: the page's observer sees every write
+    const button = document.getElementById("pixel-zoom");
+    const pressed = String(view.nearest);
+    if (button && button.getAttribute("aria-pressed") !== pressed) {{
+      button.setAttribute("aria-pressed", pressed);
+    }}
+  }}
+
+  function togglePixels() {{
+    view.nearest = !view.nearest;
+    sessionStorage.setItem(PIXELS_KEY, view.nearest ? "1" : "0");
+    syncPixelButton();
+    apply();
+  }}
+
   function pan(dx, dy) {{
     resetIfNewTile();
     view.x += dx; view.y += dy;
@@ -127,7 +154,7 @@ HEAD_JS = f"""
     }}
   }}
 
-  new MutationObserver(() => {{ resetIfNewTile(); focusContinue(); }})
+  new MutationObserver(() => {{ resetIfNewTile(); focusContinue(); syncPixelButton(); }})
     .observe(document.documentElement, {{childList: true, subtree: true, attributes: true}});
 
   document.addEventListener("keydown", (event) => {{
@@ -142,6 +169,9 @@ HEAD_JS = f"""
       return;
     }}
     if (key === "?") {{ event.preventDefault(); setHelp(true); return; }}
+    // Arrows inside the confidence choices move between the choices, as in any radio group;
+    // they must not pan, nor go Back.
+    if (key.startsWith("arrow") && target && target.tagName === "INPUT" && target.type === "radio") return;
     if (event.shiftKey && key.startsWith("arrow")) {{
       const step = 64;
       const moves = {{arrowleft: [step, 0], arrowright: [-step, 0],
@@ -153,7 +183,7 @@ HEAD_JS = f"""
     if (key === "+" || key === "=") {{ event.preventDefault(); zoomStep(1); return; }}
     if (key === "-" || key === "_") {{ event.preventDefault(); zoomStep(-1); return; }}
     if (key === "0") {{ event.preventDefault(); zoomTo(1); return; }}
-    if (key === "n") {{ event.preventDefault(); view.nearest = !view.nearest; apply(); return; }}
+    if (key === "n") {{ event.preventDefault(); togglePixels(); return; }}
     if (event.repeat) return;  // a held key votes once
     const buttons = {{r: "vote-real", "1": "vote-real", s: "vote-synthetic", "2": "vote-synthetic",
                      b: "go-back", arrowleft: "go-back", enter: "continue",
@@ -168,6 +198,7 @@ HEAD_JS = f"""
     if (!(target instanceof Element)) return;
     if (target.closest("[data-show-help]")) setHelp(true);
     else if (target.closest("[data-close-help]")) setHelp(false);
+    else if (target.closest("[data-pixel-zoom]")) togglePixels();
   }});
 
   document.addEventListener("wheel", (event) => {{
@@ -224,8 +255,13 @@ CSS = f"""
 #zoom-level {{ position: absolute; right: 6px; bottom: 6px; padding: 1px 6px; border-radius: 4px;
   background: #111827; color: #ffffff; font-size: 0.85rem; pointer-events: none; }}
 #progress {{ text-align: center; }}
-#progress p, #who p, .help-link {{ margin: 0; }}
-.help-link {{ text-align: right; }}
+#progress p, #who p {{ margin: 0; }}
+#rating-area {{ align-items: flex-start; }}
+#controls {{ gap: 0.6rem; }}
+.view-tools {{ display: flex; gap: 0.5rem; flex-wrap: wrap; }}
+.view-tools button {{ padding: 0.35rem 0.75rem; border: 1px solid #4b5563; border-radius: 6px;
+  background: #ffffff; color: #111827; }}
+#pixel-zoom[aria-pressed="true"] {{ background: #111827; border-color: #111827; color: #ffffff; }}
 .bars {{ display: flex; gap: 1.5rem; justify-content: center; flex-wrap: wrap; font-size: 0.9rem; }}
 .bar {{ display: flex; align-items: center; gap: 0.5rem; }}
 .bar progress {{ width: 10rem; height: 0.8rem; accent-color: #1d4ed8; }}

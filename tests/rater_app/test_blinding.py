@@ -5,11 +5,16 @@ files carry text chunks naming it and JPEG files carry EXIF naming it. A rater r
 whole study in Chromium while every response (URL, headers, body) is recorded; none may
 contain any of those names, and every image must arrive as the stored PNG with only its padding
 bytes renewed: the same length, chunks and pixels.
+
+A class name is not provenance (every source has every class), but it is said only where the
+design says it: in the block titles of a study rated class by class, each naming the class of
+every tile in its block; a study rated in one shuffle never names a class.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from .test_study_create import png_chunks
 GENERATORS = {"SecretGenKLF8": ".png", "styleGANsecret2": ".jpg"}
 CLASSES = ("CLASSADIPOSE", "CLASSTUMOUR")
 REAL_FOLDER = "realpool-NCTCRC"
+BLOCK_TITLE = re.compile(r"Block \d+ of \d+ \((" + "|".join(CLASSES) + r")\)")
 
 # Playwright cannot read streamed (SSE over fetch) bodies, where Gradio sends component
 # values; this tees every fetch response, chunk by chunk, into window.__received.
@@ -84,7 +90,8 @@ def leaky_pools(root: Path) -> dict[str, Path]:
 
 
 def forbidden_tokens(db: Path, sources: dict[str, Path]) -> set[str]:
-    tokens = set(GENERATORS) | set(CLASSES) | {REAL_FOLDER} | {f.name for f in sources.values()}
+    """Names of sources, generators, pool folders and original files (class names aside)."""
+    tokens = set(GENERATORS) | {REAL_FOLDER} | {f.name for f in sources.values()}
     tokens |= {g.lower() for g in GENERATORS}
     with sqlite3.connect(db) as conn:
         for (original,) in conn.execute("SELECT original_path FROM items"):
@@ -92,11 +99,24 @@ def forbidden_tokens(db: Path, sources: dict[str, Path]) -> set[str]:
     return tokens
 
 
+def classes_in_order(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [
+            class_name
+            for (class_name,) in conn.execute(
+                "SELECT i.class FROM assignments a JOIN items i ON i.id = a.item_id ORDER BY a.position"
+            )
+        ]
+
+
 @pytest.mark.browser
-def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser, write_study) -> None:
+@pytest.mark.parametrize("block_by_class", [True, False], ids=["class-by-class", "one-shuffle"])
+def test_nothing_received_names_the_provenance(
+    tmp_path, rating_server, browser, write_study, block_by_class
+) -> None:
     sources = leaky_pools(tmp_path / "pools")
     db = tmp_path / "study.db"
-    create_study(write_study(sources, images_per_cell=2), db)
+    create_study(write_study(sources, images_per_cell=2, block_by_class=block_by_class), db)
     secret = add_raters(str(db), "pilot", ["ann"])[0].secret
     tokens = forbidden_tokens(db, sources)
     base = rating_server(db).url
@@ -117,8 +137,13 @@ def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser,
     page.fill("#secret", secret)
     page.click("#login")
     total = 2 * len(CLASSES) * len(sources)
+    classes = classes_in_order(db)
     for position in range(1, total + 1):
         wait_for_tile(page, position)  # through every screen: tiles, pauses between blocks, the end
+        if block_by_class:  # the block's title names the class of the tile on screen, whatever its source
+            assert f"({classes[position - 1]})" in page.inner_text("#block-progress-label")
+        else:
+            assert page.query_selector("#block-progress") is None
         page.keyboard.press("r" if position % 2 else "s")
     page.wait_for_selector(f"text=All {total} tiles rated", timeout=30_000)
     streamed = page.evaluate("() => window.__received.join('')")
@@ -154,6 +179,10 @@ def test_nothing_received_names_the_provenance(tmp_path, rating_server, browser,
         text += body.decode("latin-1")
         leaked = sorted(token for token in tokens if token in text)
         assert not leaked, f"{url} reveals {leaked}"
+        if block_by_class:  # class names only inside block titles
+            text = BLOCK_TITLE.sub("", text)
+        named = sorted(class_name for class_name in CLASSES if class_name in text)
+        assert not named, f"{url} names {named} outside a block title"
 
 
 def test_routes_need_a_login(tmp_path, rating_server, write_study, make_pool) -> None:

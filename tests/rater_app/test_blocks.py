@@ -14,6 +14,11 @@ def test_blocks_follow_classes_then_repeats() -> None:
     blocks = order_blocks(showings, block_by_class=True)
     assert blocks == [Block(1, "ADI", 1, 2), Block(2, "TUM", 3, 5), Block(3, None, 6, 7)]
     assert [block.size for block in blocks] == [2, 3, 2]
+    assert [block.title(len(blocks)) for block in blocks] == [
+        "Block 1 of 3 (ADI)",
+        "Block 2 of 3 (TUM)",
+        "Block 3 of 3 (all classes)",  # the repeats mix every class: named neutrally
+    ]
     assert block_at(blocks, 4) == blocks[1] and block_at(blocks, 8) is None
     assert [blocks[1].answered(frontier) for frontier in (1, 3, 4, 6, None)] == [0, 0, 1, 3, 3]
     assert order_blocks(showings, block_by_class=False) == []

@@ -1,7 +1,9 @@
-"""The tile viewer in a real Chromium: zoom and pan, the keyboard help, focus, contrast, small screens.
+"""The tile viewer in a real Chromium: zoom and pan, pixel zoom, the keyboard help, focus, contrast,
+small screens.
 
 Zoom happens in the browser: the tile's rendered size changes while its URL stays the one the
-server gave the showing and no other tile bytes are fetched for it; the next tile starts at 1x.
+server gave the showing and no other tile bytes are fetched for it; the next tile starts at 1x,
+while the choice of pixel (nearest-neighbour) or smooth drawing lasts for the session.
 Contrast is measured on the rendered page with the WCAG 2.x formula, computed here.
 """
 
@@ -27,11 +29,24 @@ def study(tmp_path, make_pool, write_study) -> tuple[Path, dict[str, str]]:
     return db, {r.name: r.secret for r in add_raters(str(db), "pilot", ["ann"])}
 
 
-def open_page(browser, base: str, secret: str, **context):
+@pytest.fixture
+def scale_study(tmp_path, make_pool, write_study) -> tuple[Path, str]:
+    """A study with every rater control: a six-point confidence scale, instructions, changes allowed."""
+    sources = {"real": make_pool("real", per_class=2), "KLF8-DM": make_pool("klf8", per_class=2)}
+    db = tmp_path / "scale.db"
+    toml = write_study(sources, images_per_cell=2, confidence="6-point", instructions="Judge the *nuclei*.")
+    create_study(toml, db)
+    return db, add_raters(str(db), "pilot", ["ann"])[0].secret
+
+
+def open_page(browser, base: str, secret: str, instructions: bool = False, **context):
     page = browser.new_context(**context).new_page()
     page.goto(f"{base}/login?name=ann")
     page.fill("#secret", secret)
     page.click("#login")
+    if instructions:  # the study's instructions come first: Continue
+        page.wait_for_selector("#instructions-screen", timeout=30_000)
+        page.keyboard.press("Enter")
     wait_for_position(page, 1)
     return page
 
@@ -73,14 +88,56 @@ def test_zoom_and_pan_change_the_drawing_not_the_tile(study, rating_server, brow
     assert after_drag < before  # dragged left: the image moved with the pointer
     page.keyboard.press("Shift+ArrowLeft")
     assert page.eval_on_selector("#tile-img", "img => img.getBoundingClientRect().left") > after_drag
-    page.keyboard.press("n")
-    assert page.eval_on_selector("#tile-img", "img => getComputedStyle(img).imageRendering") == "pixelated"
     assert page.get_attribute("#tile-img", "src") == src and fetched == []  # same URL, no bytes fetched
     assert page.get_attribute("#tile-img", "data-position") == "1"  # Shift+Left panned, did not go back
     page.keyboard.press("r")
     wait_for_position(page, 2)
     assert rendered_width(page) == pytest.approx(512)  # the next tile starts at 1x
     assert page.inner_text("#zoom-level") == "1x"
+
+
+def rendering(page) -> tuple[str, str]:
+    """The tile's computed image-rendering and the pixel-zoom button's aria-pressed."""
+    return (
+        page.eval_on_selector("#tile-img", "img => getComputedStyle(img).imageRendering"),
+        page.get_attribute("#pixel-zoom", "aria-pressed"),
+    )
+
+
+def tab_to(page, element_id: str, presses: int = 30) -> None:
+    """Press Tab until the element with `element_id` has the focus."""
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == element_id:
+            return
+    raise AssertionError(f"#{element_id} was not reached by Tab")
+
+
+def test_pixel_zoom_is_a_button_kept_for_the_session(study, rating_server, browser) -> None:
+    db, logins = study
+    page = open_page(browser, rating_server(db).url, logins["ann"])
+    src = page.get_attribute("#tile-img", "src")
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url) if "/tiles/" in request.url else None)
+    assert rendering(page) == ("auto", "false")  # smooth by default
+    tab_to(page, "pixel-zoom")
+    page.keyboard.press("Space")  # a real button, pressed by keyboard
+    assert rendering(page) == ("pixelated", "true")
+    page.keyboard.press("+")
+    assert page.get_attribute("#tile-img", "src") == src and fetched == []  # same URL, no bytes fetched
+    page.keyboard.press("r")
+    wait_for_position(page, 2)
+    assert rendered_width(page) == pytest.approx(512)  # the zoom resets on the next tile ...
+    assert rendering(page) == ("pixelated", "true")  # ... the pixel choice does not
+    page.reload()
+    wait_for_position(page, 2)
+    assert rendering(page) == ("pixelated", "true")  # nor on a reload: it lasts for the session
+    page.keyboard.press("n")
+    assert rendering(page) == ("auto", "false")
+    page.click("#pixel-zoom")
+    assert rendering(page) == ("pixelated", "true")
+    page.keyboard.press("?")
+    assert "nearest-neighbour" in page.inner_text("#key-help")
 
 
 def test_keyboard_help_opens_on_question_mark_and_blocks_votes(study, rating_server, browser) -> None:
@@ -124,38 +181,93 @@ COLOURS = """el => {
 }"""
 
 
-def test_text_contrast_is_wcag_aa_and_focus_is_visible(study, rating_server, browser) -> None:
+def test_text_contrast_is_wcag_aa(study, rating_server, browser) -> None:
     assert contrast("rgb(0, 0, 0)", "rgb(255, 255, 255)") == pytest.approx(21.0)  # the formula's ends
     assert contrast("rgb(118, 118, 118)", "rgb(255, 255, 255)") == pytest.approx(4.54, abs=0.01)
     db, logins = study
     page = open_page(browser, rating_server(db).url, logins["ann"])
-    for selector in ("#vote-real", "#vote-synthetic", "#progress p", "#who p", "#show-help", "#zoom-level"):
-        foreground, background = page.eval_on_selector(selector, COLOURS)
-        assert contrast(foreground, background) >= 4.5, (selector, foreground, background)
+    selectors = ("#vote-real", "#vote-synthetic", "#progress p", "#who p", "#block-progress-label")
+    selectors += ("#show-help", "#pixel-zoom", "#zoom-level")
+    for pressed in (False, True):  # the pixel-zoom button in both of its states
+        for selector in selectors:
+            foreground, background = page.eval_on_selector(selector, COLOURS)
+            assert contrast(foreground, background) >= 4.5, (selector, pressed, foreground, background)
+        page.click("#pixel-zoom")
+
+
+# What has the focus, its focus indicator (outline, box-shadow) and the page colour behind it.
+FOCUSED = """() => {
+  const el = document.activeElement, style = getComputedStyle(el);
+  const name = el.id || (el.type === "radio" ? "radio " + el.value : el.textContent.trim());
+  return {tag: el.tagName, name, outline: style.outlineStyle, width: parseFloat(style.outlineWidth),
+          colour: style.outlineColor, shadow: style.boxShadow};
+}"""
+SCALE = {f"radio {level}" for level in range(1, 7)}
+
+
+def test_every_control_is_reached_by_keyboard_with_visible_focus(scale_study, rating_server, browser) -> None:
+    db, secret = scale_study
+    page = open_page(browser, rating_server(db).url, secret, instructions=True)
+    tab_to(page, "vote-real")
+    page.keyboard.press("Shift+Tab")  # the last confidence choice, 6
+    page.keyboard.press("Space")
     page.keyboard.press("Tab")
-    focused = set()
-    for _ in range(12):  # every focusable control shows a visible outline when reached by keyboard
-        style = page.evaluate(
-            "() => { const s = getComputedStyle(document.activeElement);"
-            " return [document.activeElement.tagName, s.outlineStyle, parseFloat(s.outlineWidth)]; }"
-        )
-        if style[0] == "BUTTON":
-            assert style[1] != "none" and style[2] >= 2, style
-            focused.add(page.evaluate("() => document.activeElement.id"))
+    page.keyboard.press("Enter")  # Real, with confidence 6, all by keyboard
+    wait_for_position(page, 2)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT position, vote, confidence FROM votes").fetchall() == [(1, "real", 6)]
+    page.evaluate("() => document.activeElement.blur()")
+    page.mouse.click(2, 2)  # start from the top of the page
+    reached: set[str] = set()
+    for _ in range(40):
         page.keyboard.press("Tab")
-    assert {"vote-real", "vote-synthetic", "show-help"} <= focused  # reachable by keyboard
+        page.wait_for_timeout(250)  # the focus outline fades in (a Gradio transition)
+        focused = page.evaluate(FOCUSED)
+        if focused["tag"] == "BODY":
+            continue
+        if focused["name"] in reached:
+            break  # round the page once
+        reached.add(focused["name"])
+        ring = focused["outline"] != "none" and focused["width"] >= 2
+        assert ring or focused["shadow"] != "none", focused
+        if ring:  # WCAG 2.2 focus appearance: 3:1 against the white page
+            assert contrast(focused["colour"], "rgb(255, 255, 255)") >= 3, focused
+    expected = SCALE | {"vote-real", "vote-synthetic", "go-back", "show-instructions", "pixel-zoom"}
+    expected |= {"show-help", "Log out"}
+    assert expected <= reached, expected - reached
+
+
+def test_arrows_in_the_confidence_choices_do_not_go_back(scale_study, rating_server, browser) -> None:
+    db, secret = scale_study
+    page = open_page(browser, rating_server(db).url, secret, instructions=True)
+    page.click("#confidence label:nth-of-type(2)")
+    page.keyboard.press("r")
+    wait_for_position(page, 2)
+    page.focus("#confidence input[value='3']")
+    for key in ("ArrowLeft", "ArrowRight", "ArrowLeft"):
+        page.keyboard.press(key)
+    page.wait_for_timeout(500)
+    assert page.get_attribute("#tile-img", "data-position") == "2"  # ArrowLeft (Back) stayed in the radio
+    page.evaluate("() => document.activeElement.blur()")
+    page.keyboard.press("ArrowLeft")  # outside the choices it is Back, as the help says
+    wait_for_position(page, 1)
 
 
 @pytest.mark.parametrize("size", [(1024, 768), (1180, 820)], ids=["1024x768", "tablet-landscape"])
-def test_tile_and_buttons_fit_without_scrolling(study, rating_server, browser, size) -> None:
-    db, logins = study
+def test_tile_and_every_control_fit_without_scrolling(scale_study, rating_server, browser, size) -> None:
+    db, secret = scale_study
     width, height = size
     viewport = {"width": width, "height": height}
-    page = open_page(browser, rating_server(db).url, logins["ann"], viewport=viewport)
-    for selector in ("#tile-view", "#vote-real", "#vote-synthetic", "#progress"):
+    page = open_page(browser, rating_server(db).url, secret, instructions=True, viewport=viewport)
+    choices = [f"#confidence label:has(input[value='{level}'])" for level in range(1, 7)]
+    selectors = ["#tile-view", "#progress", "#bars", *choices, "#vote-real", "#vote-synthetic"]
+    selectors += ["#show-instructions", "#pixel-zoom", "#show-help"]
+    for selector in selectors:
         box = page.locator(selector).bounding_box()
+        assert box is not None, selector
         assert box["y"] >= 0 and box["y"] + box["height"] <= height, (selector, box)
         assert box["x"] >= 0 and box["x"] + box["width"] <= width, (selector, box)
+    assert page.evaluate("() => window.scrollY") == 0
 
 
 def bar(page, name: str) -> tuple[int, int, str]:
@@ -172,22 +284,22 @@ def test_progress_bars_block_pause_and_end_screen(
     secret = add_raters(str(db), "pilot", ["ann"])[0].secret
     page = open_page(browser, rating_server(db).url, secret)
     assert bar(page, "study-progress") == (0, 4, "Study: 0 of 4 answered")
-    assert bar(page, "block-progress") == (0, 2, "Block 1 of 2: 0 of 2")
+    assert bar(page, "block-progress") == (0, 2, "Block 1 of 2 (ADI): 0 of 2")
     page.keyboard.press("r")
     wait_for_position(page, 2)
     assert bar(page, "study-progress")[0] == 1 and bar(page, "block-progress")[:2] == (1, 2)
     page.keyboard.press("s")
     page.wait_for_selector("#block-done", timeout=30_000)
-    assert "Block 1 of 2 done" in page.inner_text("#block-done")
+    assert "Block 1 of 2 (ADI) done" in page.inner_text("#block-done")
     assert page.is_disabled("#vote-real") and page.is_disabled("#vote-synthetic")
     page.wait_for_function("() => document.activeElement && document.activeElement.id === 'continue'")
     assert bar(page, "study-progress")[0] == 2 and bar(page, "block-progress")[:2] == (0, 2)
-    assert "ADI" not in page.inner_text("#bars") and "TUM" not in page.inner_text("#tile-frame")
+    assert "Next: Block 2 of 2 (TUM)" in page.inner_text("#block-done")
     page.keyboard.press("r")  # no vote from the pause screen
     page.wait_for_timeout(300)
     page.keyboard.press("Enter")
     wait_for_position(page, 3)
-    assert bar(page, "block-progress") == (0, 2, "Block 2 of 2: 0 of 2")
+    assert bar(page, "block-progress") == (0, 2, "Block 2 of 2 (TUM): 0 of 2")
     page.keyboard.press("r")
     wait_for_position(page, 4)
     page.keyboard.press("r")
