@@ -75,6 +75,9 @@ class AuditJob:
         except StudyError as failure:  # e.g. the database is being replaced; shown, not raised
             log.error("blinding audit of %s failed: %s", self.study, failure)
             report, error = None, str(failure)
+        except Exception:  # a thread's exception would vanish, leaving the page waiting forever
+            log.exception("blinding audit of %s failed", self.study)
+            report, error = None, "unexpected error (see the server log)"
         with self._lock:
             if report is not None:
                 self._report = report

@@ -135,3 +135,20 @@ def test_audit_runs_in_the_background_and_keeps_its_result(
     assert job.state() == finished and runs == ["pilot"]  # cached: no new run per look
     assert job.start() and job.wait(60).finished_at >= finished.finished_at  # "Run audit again"
     assert runs == ["pilot", "pilot"]
+
+
+def test_a_failed_audit_is_reported_not_lost(tmp_path, make_pool, write_study, monkeypatch) -> None:
+    missing = AuditJob(tmp_path / "typo.db", "pilot")
+    missing.start()
+    assert "typo.db: study database does not exist" in missing.wait(60).error
+    db = make_study(tmp_path, make_pool, write_study)
+
+    def broken_audit(db_path, study):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(audit_job, "audit_study", broken_audit)
+    job = AuditJob(db, "pilot")
+    job.start()
+    state = job.wait(60)
+    assert state.report is None and not state.running and state.finished_at is not None
+    assert state.error == "unexpected error (see the server log)"
