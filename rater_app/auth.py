@@ -37,8 +37,17 @@ class Identity:
         return self.rater_id is None
 
 
+class AccountDisabled(Exception):
+    """The name and secret are right, but an admin has disabled the rater."""
+
+
 def login(db_path: str, study: str, name: str, secret: str) -> str | None:
-    """Check a name and secret; on success store a new session and return its token."""
+    """Check a name and secret; on success store a new session and return its token.
+
+    Raises:
+        AccountDisabled: the secret is right and the rater disabled. Only someone holding the
+            secret learns that, so it tells no one else whether the name is a rater's.
+    """
     with connect(db_path) as db:
         study_record = store.find_study(db, study)
         if name == ADMIN_NAME:
@@ -52,6 +61,8 @@ def login(db_path: str, study: str, name: str, secret: str) -> str | None:
             rater_id, stored = rater
         if not verify_secret(secret, stored):
             return None
+        if rater_id is not None and store.rater_disabled(db, rater_id):
+            raise AccountDisabled(name)
         token = secrets.token_urlsafe(32)
         now = time.time()
         with transaction(db):

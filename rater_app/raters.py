@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ class OrderedItem:
     repeat: int
 
 
-def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
+def add_raters(db_path: str, study: str, names: Sequence[str], actor: str | None = None) -> list[NewRater]:
     """Add raters to a study, each with a fresh login secret and their own secretly drawn order.
 
     Each order (with its repeats) comes from a random order secret of the rater, stored with
@@ -52,6 +53,9 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
     distinct orders, so no two raters share a permutation by chance. The secrets are hashed
     (scrypt: tens of milliseconds each) before the write transaction opens, so adding raters
     mid-study does not hold up anyone's votes.
+
+    `actor` ("admin" from the page, "cli:<user>" from a terminal) records one "rater.add" per
+    rater in the admin record, in the same transaction; None records nothing (the demo's setup).
 
     Raises:
         StudyError: a name is invalid, reserved ("admin"), repeated, or already a rater.
@@ -81,11 +85,17 @@ def add_raters(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]
             # and two raters never share one, so URLs reveal nothing.
             showings = [(entry.item_id, entry.repeat, secrets.token_hex(12)) for entry in order]
             store.insert_rater(db, study_record.id, name, hashes[name], order_secret, showings)
+            _record(db, study_record.id, actor, "rater.add", name)
     return added
 
 
-def reset_secrets(db_path: str, study: str, names: Sequence[str]) -> list[NewRater]:
-    """Give existing raters new secrets (the old ones stop working); their votes stay."""
+def reset_secrets(db_path: str, study: str, names: Sequence[str], actor: str | None = None) -> list[NewRater]:
+    """Give existing raters new secrets (the old ones stop working, their sessions end); their
+    votes stay. `actor` records one "rater.reset" each, as in `add_raters`.
+
+    Raises:
+        StudyError: a name is not a rater of the study; then no secret changes.
+    """
     renewed = [NewRater(name=name, secret=new_secret()) for name in names]
     hashes = [hash_secret(rater.secret) for rater in renewed]  # before taking the write lock
     with connect(db_path) as db, transaction(db):
@@ -93,7 +103,43 @@ def reset_secrets(db_path: str, study: str, names: Sequence[str]) -> list[NewRat
         for rater, secret_hash in zip(renewed, hashes, strict=True):
             if not store.set_rater_secret(db, study_id, rater.name, secret_hash):
                 raise StudyError(f"study {study!r} has no rater named {rater.name!r}")
+            _record(db, study_id, actor, "rater.reset", rater.name)
     return renewed
+
+
+def set_disabled(db_path: str, study: str, names: Sequence[str], disabled: bool, actor: str) -> None:
+    """Disable raters (they cannot log in, their sessions end) or enable them again.
+
+    Their orders and votes stay, and the export keeps the votes: disabling stops a rater, it
+    does not undo their work. Each change is recorded ("rater.disable" / "rater.enable") in
+    the same transaction; disabling a disabled rater keeps its first time.
+
+    Raises:
+        StudyError: no names, or a name is not a rater of the study; then nothing changes.
+    """
+    if not names:
+        raise StudyError("no rater names given")
+    action = "rater.disable" if disabled else "rater.enable"
+    with connect(db_path) as db, transaction(db):
+        study_id = store.find_study(db, study).id
+        progress = {entry.rater: entry for entry in store.progress(db, study_id)}
+        for name in names:
+            if name not in progress:
+                raise StudyError(f"study {study!r} has no rater named {name!r}")
+            if progress[name].disabled != disabled:
+                store.set_rater_disabled(db, study_id, name, time.time() if disabled else None)
+            _record(db, study_id, actor, action, name)
+
+
+def admin_record(db_path: str, study: str) -> list[store.AdminAction]:
+    """Who did what to the study's raters (and results) and when, oldest first."""
+    with connect(db_path) as db:
+        return store.admin_actions(db, store.find_study(db, study).id)
+
+
+def _record(db: sqlite_utils.Database, study_id: int, actor: str | None, action: str, target: str) -> None:
+    if actor is not None:
+        store.record_admin_action(db, study_id, actor, action, target)
 
 
 def reset_admin_secret(db_path: str, study: str) -> str:

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from histosynth.errors import StudyError
 from histosynth.urls import LOGIN_PATH, login_url
 from rater_app import store
-from rater_app.auth import Identity, LoginThrottle, identity_for, login, logout
+from rater_app.auth import AccountDisabled, Identity, LoginThrottle, identity_for, login, logout
 from rater_app.bundle import build_bundle
 from rater_app.export import export_votes
 from rater_app.padding import showing_png
@@ -51,11 +51,13 @@ LOGIN_ERRORS = {
     "unknown": "Name or secret not recognised.",
     "throttled": "Too many failed logins for this name; wait 15 minutes or ask the study's admin.",
     "slowed": "Too many failed logins from your network; wait a minute and try again.",
+    "disabled": "This account is disabled; ask the study's admin.",
 }
 MAX_NAME_CHARS = 64  # the longest rater name; longer input is cut before it reaches a log or a URL
 MAX_SECRET_CHARS = 256
 MAX_LOGIN_BODY = 4096  # bytes of the login form; anything larger is refused unread
 NEUTRAL_TITLE = "Rating study"
+SESSION_CACHE_TTL = 5.0  # seconds a resolved session is believed; a session ended elsewhere stops within it
 TILE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}  # WebGuard adds the rest
 
 
@@ -117,7 +119,7 @@ def build_app(
     _add_login_routes(app, db_path, served, sessions)
     _add_tile_route(app, db_path)
     _add_admin_routes(app, db_path, served.name)
-    app = _mount_page(app, db_path, served.id, current)
+    app = _mount_page(app, db_path, served.id, current, sessions.forget_rater)
     # added last: outermost
     app.add_middleware(WebGuard, trusted_proxy=trusted_proxy, allowed_hosts=allowed_hosts)
     return app
@@ -167,7 +169,11 @@ def _add_login_routes(app: FastAPI, db_path: str, study: Study, sessions: Sessio
         await asyncio.sleep(wait)
         token = None
         if len(name) <= MAX_NAME_CHARS and len(secret) <= MAX_SECRET_CHARS:
-            token = await run_in_threadpool(login, db_path, study.name, name, secret)
+            try:
+                token = await run_in_threadpool(login, db_path, study.name, name, secret)
+            except AccountDisabled:
+                log.info("login of disabled rater %r from %s refused", shown, address)
+                return _back_to_login(shown, "disabled")
         if token is None:
             throttle.failed(shown, address)
             log.info("failed login for %r from %s", shown, address)
@@ -235,9 +241,17 @@ def _add_admin_routes(app: FastAPI, db_path: str, study_name: str) -> None:
 
 
 def _mount_page(
-    app: FastAPI, db_path: str, study_id: int, current: Callable[[str | None], Identity | None]
+    app: FastAPI,
+    db_path: str,
+    study_id: int,
+    current: Callable[[str | None], Identity | None],
+    end_sessions: Callable[[int], None],
 ) -> FastAPI:
-    """Mount the Gradio page at `/`, its user taken from the session the gate resolved."""
+    """Mount the Gradio page at `/`, its user taken from the session the gate resolved.
+
+    `end_sessions(rater_id)` forgets a rater's cached sessions, so that the admin page's
+    disable and reset take effect at once in this process rather than after the cache's ttl.
+    """
     import gradio as gr
 
     from rater_app.ui import build_blocks
@@ -249,7 +263,7 @@ def _mount_page(
 
     return gr.mount_gradio_app(
         app,
-        build_blocks(db_path, study_id),
+        build_blocks(db_path, study_id, end_sessions),
         path="/",
         auth_dependency=gradio_user,
         footer_links=[],
@@ -266,11 +280,14 @@ class SessionCache:
     """Remember what a session token resolves to for a few seconds.
 
     A page load fetches dozens of assets, each behind the login gate; without this every one
-    of them would open the database. A session ended elsewhere (a secret reset from the CLI)
-    stops working within `ttl` seconds; logging out here forgets it at once.
+    of them would open the database. A session ended elsewhere (a secret reset or a disabled
+    rater from the CLI) stops working within `ttl` seconds; logging out here, and a reset or
+    disable from this server's admin page (`forget_rater`), forget it at once.
     """
 
-    def __init__(self, resolve: Callable[[str], Identity | None], ttl: float = 5.0, size: int = 10_000):
+    def __init__(
+        self, resolve: Callable[[str], Identity | None], ttl: float = SESSION_CACHE_TTL, size: int = 10_000
+    ):
         self.resolve = resolve
         self.ttl = ttl
         self.size = size
@@ -295,6 +312,12 @@ class SessionCache:
     def forget(self, token: str | None) -> None:
         with self._lock:
             self._entries.pop(token or "", None)
+
+    def forget_rater(self, rater_id: int) -> None:
+        """Forget every cached session of one rater (their tokens are not known here)."""
+        with self._lock:
+            for token in [t for t, (who, _) in self._entries.items() if who and who.rater_id == rater_id]:
+                del self._entries[token]
 
 
 class LoginGate:

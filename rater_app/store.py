@@ -281,10 +281,15 @@ class RaterProgress:
     answered: int
     total: int
     last_vote_at: float | None
+    disabled_at: float | None = None  # when an admin disabled the rater; None while enabled
 
     @property
     def done(self) -> bool:
         return self.answered == self.total
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
 
 
 # --- studies and items ---------------------------------------------------------------------
@@ -351,6 +356,11 @@ def insert_items(db: sqlite_utils.Database, items: Iterable[dict[str, Any]]) -> 
 def study_items(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
     """Every item of a study with its rowid (the order `study create` inserted them)."""
     return list(db["items"].rows_where("study_id = ?", [study_id], select="rowid, *", order_by="rowid"))
+
+
+def item_count(db: sqlite_utils.Database, study_id: int) -> int:
+    """How many items (tiles) a study has."""
+    return db["items"].count_where("study_id = ?", [study_id])
 
 
 def items_for_ordering(db: sqlite_utils.Database, study_id: int) -> list[tuple[str, str]]:
@@ -481,11 +491,78 @@ def progress(db: sqlite_utils.Database, study_id: int) -> list[RaterProgress]:
         """SELECT r.name,
                   (SELECT count(*) FROM votes v WHERE v.rater_id = r.id) AS answered,
                   (SELECT count(*) FROM assignments a WHERE a.rater_id = r.id) AS total,
-                  (SELECT max(answered_at) FROM votes v WHERE v.rater_id = r.id) AS last_vote_at
+                  (SELECT max(answered_at) FROM votes v WHERE v.rater_id = r.id) AS last_vote_at,
+                  r.disabled_at
            FROM raters r WHERE r.study_id = ? ORDER BY r.id""",
         [study_id],
     )
-    return [RaterProgress(r["name"], r["answered"], r["total"], r["last_vote_at"]) for r in rows]
+    return [
+        RaterProgress(r["name"], r["answered"], r["total"], r["last_vote_at"], r["disabled_at"]) for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class VoteTiming:
+    """When one rater's current votes were given."""
+
+    rater: str
+    votes: int
+    first_at: float  # the earliest answered_at
+    last_at: float
+    in_window: int  # votes answered in (window_start, window_end]
+
+
+def vote_timing(
+    db: sqlite_utils.Database, study_id: int, window_start: float, window_end: float
+) -> list[VoteTiming]:
+    """Per rater who has voted: how many votes, the first and last answer, and how many fell in
+    a time window. Only the votes table counts: a changed answer counts once, at its new time."""
+    rows = db.execute(
+        """SELECT r.name, count(*), min(v.answered_at), max(v.answered_at),
+                  sum(v.answered_at > ? AND v.answered_at <= ?)
+           FROM votes v JOIN raters r ON r.id = v.rater_id WHERE r.study_id = ? GROUP BY r.id""",
+        [window_start, window_end, study_id],
+    )
+    return [VoteTiming(*row) for row in rows]
+
+
+def reading_seconds(db: sqlite_utils.Database, study_id: int) -> dict[str, list[float]]:
+    """Each rater's reading times (answered_at - shown_at of their current votes), ascending.
+
+    Sorted by SQLite, so a median is one index away; SQLite's window functions would find the
+    middle themselves but take three times as long on 100,000 votes.
+    """
+    found: dict[str, list[float]] = {}
+    rows = db.execute(
+        """SELECT r.name, v.answered_at - v.shown_at AS seconds FROM votes v
+           JOIN raters r ON r.id = v.rater_id WHERE r.study_id = ? ORDER BY r.id, seconds""",
+        [study_id],
+    )
+    for name, seconds in rows:
+        found.setdefault(name, []).append(seconds)
+    return found
+
+
+def set_rater_disabled(
+    db: sqlite_utils.Database, study_id: int, name: str, disabled_at: float | None
+) -> bool:
+    """Disable a rater (`disabled_at` set; their sessions end) or enable them again (None).
+
+    Their assignments and votes stay. Returns False when the study has no rater of that name.
+    """
+    found = rater_id(db, study_id, name)
+    if found is None:
+        return False
+    db["raters"].update(found, {"disabled_at": disabled_at})
+    if disabled_at is not None:
+        db["sessions"].delete_where("rater_id = ?", [found])
+    return True
+
+
+def rater_disabled(db: sqlite_utils.Database, rater: int) -> bool:
+    """Whether an admin has disabled this rater."""
+    row = db.execute("SELECT disabled_at FROM raters WHERE id = ?", [rater]).fetchone()
+    return row is not None and row[0] is not None
 
 
 # --- sessions ------------------------------------------------------------------------------
@@ -515,12 +592,16 @@ def insert_session(
 def session_owner(
     db: sqlite_utils.Database, token_hash: str, now: float
 ) -> tuple[int, int | None, str | None] | None:
-    """(study id, rater id, rater name) of a live session; ids and name are None for the admin."""
+    """(study id, rater id, rater name) of a live session; ids and name are None for the admin.
+
+    A disabled rater's session is no session, even if its row survived (disabling deletes it).
+    """
     rows = list(
         db.query(
             """SELECT s.study_id, s.rater_id, r.name FROM sessions s
                LEFT JOIN raters r ON r.id = s.rater_id
-               WHERE s.token_hash = ? AND s.expires_at > ?""",
+               WHERE s.token_hash = ? AND s.expires_at > ?
+                 AND (s.rater_id IS NULL OR r.disabled_at IS NULL)""",
             [token_hash, now],
         )
     )

@@ -10,9 +10,9 @@ ones, and only when the study allows changes. A tile is an <img> pointing at the
 which serves the stored PNG with only its padding bytes renewed; the next tile is loaded by a
 hidden <img> so the switch after a vote is instant.
 
-`build_blocks` lays the page out in named pieces (`RaterView`, `AdminView`, `Panels`) and wires
-the events to `RaterPage` and `AdminStatus`, whose handlers return updates keyed by component,
-so no handler depends on the order of an event's outputs.
+`build_blocks` lays the page out in named pieces (`RaterView`, `admin_ui.AdminView`, `Panels`)
+and wires the events to `RaterPage` and `admin_ui.AdminPage`, whose handlers return updates
+keyed by component, so no handler depends on the order of an event's outputs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
 
 import gradio as gr
 
@@ -31,6 +30,7 @@ from histosynth.errors import StudyError
 from histosynth.votes import REAL_VOTE, SYNTHETIC_VOTE
 from rater_app import store
 from rater_app.admin_results_ui import build_results_panel
+from rater_app.admin_ui import AdminPage, admin_view, wire_admin
 from rater_app.blocks import Block, block_at
 from rater_app.raters import ADMIN_NAME
 from rater_app.store import Tile, connect, image_store_dir
@@ -86,33 +86,27 @@ class RaterView:
         return [getattr(self, field.name) for field in fields(self)]
 
 
-@dataclass(frozen=True)
-class AdminView:
-    """The admin panel's components."""
+def build_blocks(db_path: str, study_id: int, end_sessions: Callable[[int], None] | None = None) -> gr.Blocks:
+    """The rating page and the admin page as one Blocks; the login decides which is visible.
 
-    status: gr.Dataframe
-    refresh: gr.Button
-
-
-def build_blocks(db_path: str, study_id: int) -> gr.Blocks:
-    """The rating page and the admin page as one Blocks; the login decides which is visible."""
+    `end_sessions(rater_id)` forgets a rater's cached sessions when the admin page resets or
+    disables them (see `admin_ui.AdminPage`).
+    """
     with gr.Blocks(title="histosynth rating", analytics_enabled=False, fill_width=False) as blocks:
         shown = gr.State(None)
         who = gr.HTML(elem_id="who")
         with gr.Column(visible=False) as rater_panel:
             view = _rater_view(shown)
         with gr.Column(visible=False) as admin_panel:
-            admin = _admin_view()
+            admin = admin_view()
             build_results_panel(db_path, study_id)
         gr.HTML('<p style="text-align:right"><a href="logout">Log out</a></p>')
-        panels = Panels(who, rater_panel, admin_panel, admin.status)
+        panels = Panels(who, rater_panel, admin_panel)
         # Handlers are functions and bound methods, never functools.partial: Gradio passes the
         # `gr.Request` to the parameter whose type hint says so, and a partial has no hints.
-        blocks.load(panels.open(db_path, study_id), None, panels.outputs(), api_visibility="private")
+        blocks.load(panels.open, None, panels.outputs(), api_visibility="private")
         _wire_rating(blocks, RaterPage(db_path, study_id, view))
-        admin.refresh.click(
-            AdminStatus(db_path, study_id).refresh, None, admin.status, api_visibility="private"
-        )
+        wire_admin(blocks, AdminPage(db_path, study_id, admin, end_sessions))
     # Votes of different raters must not wait for each other in one Gradio worker: SQLite's
     # locking serialises the writes, everything else runs in parallel.
     blocks.queue(default_concurrency_limit=None)
@@ -167,18 +161,6 @@ def _rater_view(shown: gr.State) -> RaterView:
     )
 
 
-def _admin_view() -> AdminView:
-    gr.Markdown("## Study progress")
-    status = gr.Dataframe(
-        headers=["rater", "answered", "total", "done", "last vote (UTC)"],
-        interactive=False,
-        elem_id="status",
-    )
-    refresh = gr.Button("Refresh", elem_id="refresh")
-    gr.HTML('<p><a href="admin/votes.csv" download="votes.csv">Download votes (CSV)</a></p>')
-    return AdminView(status, refresh)
-
-
 def _wire_rating(blocks: gr.Blocks, page: RaterPage) -> None:
     """Attach the rating events: start on load, the two votes, back and resume."""
     view = page.view
@@ -195,28 +177,6 @@ def _wire_rating(blocks: gr.Blocks, page: RaterPage) -> None:
     view.show_instructions.click(page.show_instructions, None, outputs, **rating)
 
 
-class AdminStatus:
-    """The admin's progress table of one study."""
-
-    def __init__(self, db_path: str, study_id: int) -> None:
-        self.db_path = db_path
-        self.study_id = study_id
-
-    def rows(self) -> list[list]:
-        """One row per rater: name, answered, total, done, last vote (UTC)."""
-        with connect(self.db_path) as db:
-            progress = store.progress(db, self.study_id)
-        return [
-            [p.rater, p.answered, p.total, "yes" if p.done else "", _utc(p.last_vote_at)] for p in progress
-        ]
-
-    def refresh(self, request: gr.Request) -> list[list]:
-        """The Refresh button; refused to raters, since the event is callable by index."""
-        if request.username != ADMIN_NAME:
-            raise gr.Error("Only the study's admin sees everyone's progress.")
-        return self.rows()
-
-
 @dataclass(frozen=True)
 class Panels:
     """What the page load decides: whose panel is visible, and who is logged in."""
@@ -224,27 +184,20 @@ class Panels:
     who: gr.HTML
     rater_panel: gr.Column
     admin_panel: gr.Column
-    status: gr.Dataframe
 
     def outputs(self) -> list[gr.components.Component]:
-        return [self.who, self.rater_panel, self.admin_panel, self.status]
+        return [self.who, self.rater_panel, self.admin_panel]
 
-    def open(self, db_path: str, study_id: int) -> Callable[[gr.Request], dict]:
-        """The page-load handler: the rater's panel, or the admin's with the progress table."""
-        status = AdminStatus(db_path, study_id)
-
-        def handler(request: gr.Request) -> dict:
-            # Shown on the page so that a rater logged into someone else's account notices.
-            logged_in = f'<p style="text-align:right">Logged in as <b>{html.escape(request.username)}</b></p>'
-            admin = request.username == ADMIN_NAME
-            return {
-                self.who: logged_in,
-                self.rater_panel: gr.update(visible=not admin),
-                self.admin_panel: gr.update(visible=admin),
-                **({self.status: status.rows()} if admin else {}),
-            }
-
-        return handler
+    def open(self, request: gr.Request) -> dict:
+        """The page-load handler: the rater's panel or the admin's (whose content `AdminPage.open` fills)."""
+        # Shown on the page so that a rater logged into someone else's account notices.
+        logged_in = f'<p style="text-align:right">Logged in as <b>{html.escape(request.username)}</b></p>'
+        admin = request.username == ADMIN_NAME
+        return {
+            self.who: logged_in,
+            self.rater_panel: gr.update(visible=not admin),
+            self.admin_panel: gr.update(visible=admin),
+        }
 
 
 class RaterPage:
@@ -261,8 +214,8 @@ class RaterPage:
 
     def start(self, request: gr.Request) -> dict:
         """Page load: the first unanswered tile (the admin's page has no rating panel)."""
-        if request.username == ADMIN_NAME:
-            return {}
+        if request.username == ADMIN_NAME:  # every output skipped ({} would count as one value)
+            return {component: gr.skip() for component in self.view.outputs()}
         settings = self._settings(request)
         if settings.instructions and first_unanswered(self.db_path, settings.rater_id) == 1:
             return self._render_instructions(settings)  # before the first tile
@@ -497,9 +450,3 @@ def _settings_for(db_path: str, study_id: int, name: str | None) -> RaterSetting
     if rater is None:
         raise gr.Error("You are not a rater of this study; log in again.")
     return rater_settings(db_path, rater)
-
-
-def _utc(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +13,19 @@ from histosynth.cli.options import DbOption, StudyOption
 from histosynth.urls import login_url
 
 app = typer.Typer(help="Create blinded rating studies and manage their raters.", no_args_is_help=True)
-raters_app = typer.Typer(help="Add and list the raters of a study.", no_args_is_help=True)
+raters_app = typer.Typer(
+    help="Add, list, reset, disable and enable the raters of a study; show the admin record.",
+    no_args_is_help=True,
+)
 app.add_typer(raters_app, name="raters")
+NamesArgument = Annotated[list[str], typer.Argument(help="Rater names.")]
+UrlOption = Annotated[str, typer.Option(help="Base URL of the rating app, for the login links.")]
+DEFAULT_URL = "http://127.0.0.1:7860"
+
+
+def cli_actor() -> str:
+    """Who the admin record names for a change made from this terminal."""
+    return f"cli:{getpass.getuser()}"
 
 
 @app.command("create")
@@ -29,19 +42,51 @@ def study_create(
 
 
 @raters_app.command("add")
-def raters_add(
-    names: Annotated[list[str], typer.Argument(help="Rater names.")],
-    db: DbOption,
-    study: StudyOption,
-    url: Annotated[str, typer.Option(help="Base URL of the rating app, for the login links.")] = (
-        "http://127.0.0.1:7860"
-    ),
-) -> None:
+def raters_add(names: NamesArgument, db: DbOption, study: StudyOption, url: UrlOption = DEFAULT_URL) -> None:
     """Add raters; prints name<TAB>secret<TAB>login-url once per rater (secrets are not stored)."""
     from rater_app.raters import add_raters
 
-    for rater in add_raters(str(db), study, names):
+    for rater in add_raters(str(db), study, names, actor=cli_actor()):
         typer.echo(f"{rater.name}\t{rater.secret}\t{login_url(url, rater.name)}")
+
+
+@raters_app.command("reset")
+def raters_reset(
+    names: NamesArgument, db: DbOption, study: StudyOption, url: UrlOption = DEFAULT_URL
+) -> None:
+    """New secrets for raters (their sessions end, votes stay); prints name<TAB>secret<TAB>login-url."""
+    from rater_app.raters import reset_secrets
+
+    for rater in reset_secrets(str(db), study, names, actor=cli_actor()):
+        typer.echo(f"{rater.name}\t{rater.secret}\t{login_url(url, rater.name)}")
+
+
+@raters_app.command("disable")
+def raters_disable(names: NamesArgument, db: DbOption, study: StudyOption) -> None:
+    """Disable raters: they cannot log in, and a running server refuses their sessions within 5 s."""
+    from rater_app.raters import set_disabled
+
+    set_disabled(str(db), study, names, True, actor=cli_actor())
+    typer.echo(f"disabled {', '.join(names)}", err=True)
+
+
+@raters_app.command("enable")
+def raters_enable(names: NamesArgument, db: DbOption, study: StudyOption) -> None:
+    """Enable disabled raters again; they log in with their old secret."""
+    from rater_app.raters import set_disabled
+
+    set_disabled(str(db), study, names, False, actor=cli_actor())
+    typer.echo(f"enabled {', '.join(names)}", err=True)
+
+
+@raters_app.command("actions")
+def raters_actions(db: DbOption, study: StudyOption) -> None:
+    """The admin record: time (UTC)<TAB>actor<TAB>action<TAB>target, oldest first."""
+    from rater_app.raters import admin_record
+
+    for action in admin_record(str(db), study):
+        when = datetime.fromtimestamp(action.at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        typer.echo(f"{when}\t{action.actor}\t{action.action}\t{action.target or ''}".rstrip())
 
 
 @raters_app.command("list")
@@ -55,11 +100,11 @@ def raters_list(db: DbOption, study: StudyOption) -> None:
 
 @app.command("status")
 def study_status_command(db: DbOption, study: StudyOption) -> None:
-    """Progress per rater: answered of total."""
+    """Progress per rater: answered of total, and done or disabled."""
     from rater_app.raters import study_status
 
     for progress in study_status(db, study):
-        state = "done" if progress.done else ""
+        state = "disabled" if progress.disabled else "done" if progress.done else ""
         typer.echo(f"{progress.rater}\t{progress.answered}/{progress.total}\t{state}".rstrip())
 
 

@@ -169,6 +169,11 @@ def test_nothing_received_names_the_provenance(
     assert len(lengths) == 1  # every tile of the study has one length
     assert all(token in streamed for token in item_of_token), "component payloads were not all captured"
     tokens |= set(item_of_token.values())  # stored item ids never reach the browser either
+    everything = b"".join(body for _, _, body in received)
+    # The admin's controls come with the page (empty) and are covered by the check below; their
+    # content (dashboard, audit, admin record) never reaches a rater.
+    assert b'"elem_id":"dashboard"' in everything.replace(b" ", b"")
+    assert b"rater-table" not in everything and b"audit-verdict" not in everything
     for url, headers, body in received:
         text = url + "\n" + "\n".join(f"{k}: {v}" for k, v in headers.items()) + "\n"
         text += body.decode("latin-1")

@@ -137,11 +137,11 @@ def test_wrong_secret_and_admin_view(study_db, rating_server, browser) -> None:
     admin = browser.new_context().new_page()
     log_in(admin, base, "admin", secrets["admin"])
     admin.wait_for_function(
-        "() => (document.querySelector('#status') || {innerText: ''}).innerText.includes('ben')",
+        "() => (document.querySelector('#rater-table') || {innerText: ''}).innerText.includes('ben')",
         timeout=30_000,
     )
     admin.screenshot(path=str(db.parent / "admin.png"), full_page=True)
-    table = admin.inner_text("#status")
+    table = admin.inner_text("#rater-table")
     assert "ann" in table and "ben" in table
     csv_text = admin.request.get(f"{base}/admin/votes.csv").text()
     assert csv_text.splitlines()[0].startswith("rater,item,class,source,vote")

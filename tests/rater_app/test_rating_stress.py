@@ -193,15 +193,45 @@ def test_failed_logins_are_throttled(tmp_path, make_pool, write_study, rating_se
 
 
 def test_raters_cannot_call_admin_events(tmp_path, make_pool, write_study, rating_server) -> None:
+    from rater_app.admin_ui import NOT_ADMIN
+
     db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
     server = rating_server(db)
     ann = simulated_rater(server.url, "r00", secrets["r00"])
     config = ann.client.get("/config").json()
     elements = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    refresh = next(d for d in config["dependencies"] if elements.get(d["targets"][0][0]) == "refresh")
-    body = {"data": [], "fn_index": refresh["id"], "session_hash": ann.session_hash, "event_data": None}
-    response = ann.client.post("/gradio_api/run/predict", json=body)
-    assert "r01" not in response.text and "only the study's admin" in response.text.lower()
+    board = next(c for c, elem in elements.items() if elem == "dashboard")
+    # every admin event (page load, timer, refresh, audit, add, reset, disable, enable) outputs the dashboard
+    events = [d for d in config["dependencies"] if board in d["outputs"]]
+    assert len(events) == 8
+    with sqlite3.connect(db) as conn:
+        sources = {row[0] for row in conn.execute("SELECT DISTINCT source FROM items")}
+        paths = {Path(row[0]) for row in conn.execute("SELECT original_path FROM items")}
+    forbidden = {"r01", *sources - {"real"}, *(p.name for p in paths), *(p.parent.parent.name for p in paths)}
+    refused = 0
+    for event in events:
+        target = event["targets"][0][0]
+        body = {
+            "data": ["r01" if elements.get(target) != "add-rater" else "r99"] * len(event["inputs"]),
+            "event_data": None,
+            "fn_index": event["id"],
+            "trigger_id": target,
+            "session_hash": ann.session_hash,
+        }
+        try:
+            answer = str(ann._queued(body) if event.get("queue") is not False else ann._direct(body))
+        except RatingClientError as error:  # gr.Error: the handler refused on the server
+            answer = str(error)
+            assert NOT_ADMIN.lower() in answer.lower(), answer
+            refused += 1
+        leaked = sorted(token for token in forbidden if token in answer)
+        assert not leaked, f"admin event {event['id']} answered a rater with {leaked}"
+    assert refused == 7  # all but the page load, which gives a rater nothing
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM admin_actions").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM raters WHERE disabled_at IS NOT NULL").fetchone()[0] == 0
+        assert conn.execute("SELECT name FROM raters ORDER BY id").fetchall() == [("r00",), ("r01",)]
+    assert simulated_rater(server.url, "r01", secrets["r01"]).view.position == 1  # secret not reset
 
 
 def test_identical_votes_at_once_store_one(tmp_path, make_pool, write_study, rating_server) -> None:
