@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fastai.torch_core import rank_distrib
+import torch
+from fastai.torch_core import default_device, rank_distrib
 
 from histosynth.errors import HistosynthError
 from histosynth.files import atomic_write_text
@@ -35,23 +36,31 @@ from trainer.classifier_arms import arm_data, arm_sources, check_coverage, parse
 from trainer.classifier_learner import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FitRecord,
+    best_weights_path,
     build_learner,
     fit_best,
+    load_classifier,
     predict,
     pretrained_weights,
     save_classifier,
 )
 from trainer.classifier_report import write_report
+from trainer.classifier_resume import (
+    MODELS,
+    Checkpoints,
+    check_experiment_folder,
+    finished_fit,
+    resume_checkpoint,
+)
 from trainer.classifier_stats import compare_arms, run_scores
 from trainer.data import pool_fingerprint
 from trainer.loop import total_steps
-from trainer.model_folder import publish_model, write_model_info
+from trainer.model_folder import CHECKPOINTS, publish_model, write_model_info
 from trainer.options import ClassifierOptions, resolve, to_record
 from trainer.stain import fit_normalizer, prepare_tiles
 
 logger = logging.getLogger(__name__)
-
-MODELS = "models"
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ def train_classifier(
     pretrained: str | Path | None = None,
     stain_reference: str | Path | None = None,
     preset: str = "tiny",
+    resume: bool = False,
     progress: bool | None = None,
     **settings: Any,
 ) -> ClassifierResult:
@@ -93,9 +103,14 @@ def train_classifier(
             for torch's hub cache.
         stain_reference: the Macenko reference tile (None: the one histosynth ships).
         preset: `paper` (15 epochs, batch 64, lr 1e-3, 224 px) or `tiny` (CPU smoke runs).
+        resume: continue every (arm, seed) from its newest checkpoint in
+            `out/checkpoints/<arm>-seed<S>/`, skipping those already finished; the result
+            equals an uninterrupted run's.
         progress: show progress bars (None: when stderr is a terminal).
         settings: overrides of the preset by field name (`trainer.options.ClassifierOptions`),
-            e.g. `epochs=2`, `batch_size=16`, `valid_fraction=0.1`, `stain_normalize=False`.
+            e.g. `epochs=2`, `batch_size=16`, `valid_fraction=0.1`, `stain_normalize=False`,
+            `max_steps=5` (each fit stops after 5 optimizer steps), `checkpoint_every=100`,
+            `fingerprint="sha256"`.
 
     Returns:
         The files written, the saved models and the score frames.
@@ -104,12 +119,14 @@ def train_classifier(
         HistosynthError: bad settings, arms or caps; a pool that is not one; a training source
             with a class the test pool lacks, or an arm without tiles of a test class; missing
             ImageNet weights (the message names the file and where it goes); an unusable
-            stain reference; fewer training tiles than one batch.
+            stain reference; fewer training tiles than one batch; an `out` that holds an
+            experiment without `resume`, or a resume whose settings or pools changed.
     """
     options = resolve(ClassifierOptions, preset, **settings)
     if seeds < 1:
         raise HistosynthError(f"--seeds {seeds}: must be at least 1")
     out = Path(out).expanduser()
+    check_experiment_folder(out, resume)
     chosen = parse_arms(arms)
     sources = {name: Path(folder) for name, folder in train.items()}
     caps = dict(caps or {})
@@ -126,6 +143,15 @@ def train_classifier(
     for arm, names in members.items():
         check_coverage(arm, names, pools, test_pool)
     normalizer = fit_normalizer(stain_reference) if options.stain_normalize else None
+    fingerprints = {
+        name: pool_fingerprint(
+            pool.root,
+            [path for paths in pool.files.values() for path in paths],
+            options.fingerprint,
+            progress=progress,
+        )
+        for name, pool in pools.items()
+    }
 
     seed_list = [options.seed + k for k in range(seeds)]
     designs = {
@@ -141,39 +167,44 @@ def train_classifier(
     prepared = prepare_tiles(every_file, normalizer, options.size, workers=workers, progress=progress)
     cached = prepared.arrays
 
-    for design in designs.values():  # refuse an arm smaller than one batch before any training
-        total_steps(options, len(design.train), 1)
+    # each fit's length; refuses an arm smaller than one batch before any training
+    totals = {key: total_steps(options, len(design.train), 1) for key, design in designs.items()}
 
     accuracy_rows, metric_rows, confusion, models = [], [], {}, []
     for (arm, seed), design in designs.items():
         run_options = dataclasses.replace(options, seed=seed)
-        with tempfile.TemporaryDirectory(prefix="histosynth-classifier-") as scratch:
-            learn = build_learner(
-                [(cached[path], label) for path, label in design.train],
-                [(cached[path], label) for path, label in design.valid],
-                len(classes),
-                run_options,
-                weights,
-                Path(scratch),
+        name = f"{arm}-seed{seed}"
+        folder = out / MODELS / name
+        record = _run_record(design, run_options, classes, fingerprints, caps, weights, normalizer)
+        checkpoint = resume_checkpoint(out / CHECKPOINTS / name, folder, record, run_options, resume)
+        fit = finished_fit(folder, checkpoint, totals[(arm, seed)])
+        if fit is not None:
+            logger.info("%s seed %d: finished before; its saved model is tested", arm, seed)
+            model = load_classifier(folder)[0].to(default_device())
+        else:
+            saver = Checkpoints(
+                out / CHECKPOINTS / name,
+                run_options.checkpoint_every,
+                run_options.keep_checkpoints,
+                run_options.max_steps,
+                record,
+                checkpoint,
             )
-            fit = fit_best(learn, run_options, description=f"classifier {arm} seed {seed}", progress=progress)
-            predicted = predict(learn.model, [cached[path] for path in test_files], run_options.batch_size)
+            model, fit = _fit(design, cached, len(classes), run_options, weights, saver, progress)
+            if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
+                _save_model(folder, model, run_options, classes, fit, normalizer, record)
+        predicted = predict(model, [cached[path] for path in test_files], run_options.batch_size)
         scores = run_scores(truth, predicted, classes)
         confusion[(arm, seed)] = scores["confusion"]
         accuracy_rows += _accuracy_rows(arm, seed, scores, classes)
         metric_rows.append(_metric_row(arm, seed, scores, design, fit))
-        folder = out / MODELS / f"{arm}-seed{seed}"
-        if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
-            roots = {name: pools[name].root for name in design.sources}
-            _save_model(folder, learn.model, design, run_options, classes, fit, normalizer, roots, weights)
         models.append(folder)
-        kept = fit.best_epoch + 1
         logger.info(
-            "%s seed %d: accuracy %.3f (epoch %d of %d kept)",
+            "%s seed %d: accuracy %.3f (epoch %s of %d kept)",
             arm,
             seed,
             scores["accuracy"],
-            kept,
+            "none" if fit.best_epoch is None else fit.best_epoch + 1,
             options.epochs,
         )
 
@@ -187,6 +218,7 @@ def train_classifier(
         "seeds": seed_list,
         "train": {name: str(folder) for name, folder in sources.items()},
         "caps": caps,
+        "data_fingerprint": fingerprints,
         "test": str(test_pool.root),
         "classes": classes,
         "pretrained": str(weights) if weights else None,
@@ -198,6 +230,23 @@ def train_classifier(
     if rank_distrib() == 0:
         files = write_report(out, accuracy, metrics, comparison, confusion, classes, labels, record)
     return ClassifierResult(out, files, models, accuracy, metrics, comparison)
+
+
+def _fit(design, cached, num_classes, options, weights, saver, progress) -> tuple[torch.nn.Module, FitRecord]:
+    """Train one (arm, seed) run, checkpointed by `saver`; the model holds the kept weights."""
+    with tempfile.TemporaryDirectory(prefix="histosynth-classifier-") as scratch:
+        learn = build_learner(
+            [(cached[path], label) for path, label in design.train],
+            [(cached[path], label) for path, label in design.valid],
+            num_classes,
+            options,
+            weights,
+            Path(scratch),
+        )
+        saver.best_path = best_weights_path(learn)
+        description = f"classifier {design.arm} seed {design.seed}"
+        fit = fit_best(learn, options, description=description, progress=progress, cbs=[saver])
+    return learn.model, fit
 
 
 def _accuracy_rows(arm: str, seed: int, scores: dict, classes: Sequence[str]) -> list[dict[str, object]]:
@@ -214,7 +263,7 @@ def _accuracy_rows(arm: str, seed: int, scores: dict, classes: Sequence[str]) ->
 
 
 def _metric_row(arm: str, seed: int, scores: dict, design, fit) -> dict[str, object]:
-    """One run's scores, tile counts and the epoch kept (1-based) with its validation loss."""
+    """One run's scores, tile counts, steps and the epoch kept (1-based; 0: none was validated)."""
     return {
         "arm": arm,
         "seed": seed,
@@ -223,13 +272,30 @@ def _metric_row(arm: str, seed: int, scores: dict, design, fit) -> dict[str, obj
         "macro_f1": scores["macro_f1"],
         "n_train": len(design.train),
         "n_valid": len(design.valid),
-        "best_epoch": fit.best_epoch + 1,
-        "best_valid_loss": fit.valid_losses[fit.best_epoch],
-        "last_valid_loss": fit.valid_losses[-1],
+        "best_epoch": 0 if fit.best_epoch is None else fit.best_epoch + 1,
+        "best_valid_loss": np.nan if fit.best_epoch is None else fit.valid_losses[fit.best_epoch],
+        "last_valid_loss": fit.valid_losses[-1] if fit.valid_losses else np.nan,
+        "steps": fit.steps,
     }
 
 
-def _save_model(folder, model, design, options, classes, fit, normalizer, roots, weights) -> None:
+def _run_record(design, options, classes, fingerprints, caps, weights, normalizer) -> dict[str, Any]:
+    """What identifies one (arm, seed) run: saved with its checkpoints, compared on `--resume`."""
+    return {
+        "kind": "classifier",
+        "arm": design.arm,
+        "seed": design.seed,
+        "sources": design.sources,
+        "settings": to_record(options),
+        "classes": list(classes),
+        "data_fingerprint": {name: fingerprints[name] for name in design.sources},
+        "caps": {name: caps[name] for name in design.sources if name in caps},
+        "pretrained": str(weights) if weights else None,
+        "stain": None if normalizer is None else normalizer.record(),
+    }
+
+
+def _save_model(folder, model, options, classes, fit, normalizer, record) -> None:
     """Publish one run's model folder: weights, config, stain reference, sealed by histosynth.json."""
 
     def write(staging: Path) -> None:
@@ -247,24 +313,20 @@ def _save_model(folder, model, design, options, classes, fit, normalizer, roots,
             atomic_write_text(staging / "stain.json", json.dumps(normalizer.record(), indent=2) + "\n")
 
     publish_model(folder, write)
-    fingerprint = {}
-    for name, root in roots.items():
-        files = sorted(path for path, _ in design.train + design.valid if path.is_relative_to(root))
-        fingerprint[name] = pool_fingerprint(root, files)
     write_model_info(
         folder,
         kind="classifier",
         classes=classes,
         settings=to_record(options),
-        fingerprint=fingerprint,
+        fingerprint=record["data_fingerprint"],
         steps=fit.steps,
         extra={
-            "arm": design.arm,
-            "seed": design.seed,
-            "sources": design.sources,
-            "best_epoch": fit.best_epoch + 1,
+            "arm": record["arm"],
+            "seed": record["seed"],
+            "sources": record["sources"],
+            "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
             "valid_losses": fit.valid_losses,
             "train_losses": fit.train_losses,
-            "pretrained": str(weights) if weights else None,
+            "pretrained": record["pretrained"],
         },
     )
