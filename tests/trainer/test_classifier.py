@@ -43,11 +43,12 @@ def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_til
     result = cli(
         "train", "classifier", "--train", f"real={real}", "--train", f"KLF8-DM={synthetic}",
         "--test", test, "--out", out, "--preset", "tiny", "--pretrained", "none", "--seeds", "2",
-        "--cap", "KLF8-DM=5",
+        "--cap", "KLF8-DM=5", "--resume", "--max-steps", "2", "--checkpoint-every", "1",
+        "--keep-checkpoints", "1", "--fingerprint", "sha256",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    assert {path.name for path in out.iterdir()} == set(OWNED) | {"models"}
+    assert {path.name for path in out.iterdir()} == set(OWNED) | {"models", "checkpoints"}
 
     accuracy = pd.read_csv(out / "classifier_accuracy.csv")
     assert list(accuracy.columns) == ["arm", "seed", "class", "accuracy", "n"]
@@ -92,6 +93,8 @@ def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_til
     info = json.loads((folder / "histosynth.json").read_text())
     assert info["kind"] == "classifier" and info["classes"] == ["ADI", "TUM"] and info["seed"] == 1
     assert set(info["data_fingerprint"]) == {"real", "KLF8-DM"} and info["settings"]["preset"] == "tiny"
+    assert set(info["data_fingerprint"]["real"]) == {"files", "contents_sha256"}  # --fingerprint sha256
+    assert [path.name for path in (out / "checkpoints" / "combined-seed1").iterdir()] == ["step-2"]  # kept 1
     assert (folder / "stain_reference.png").read_bytes() == default_reference().read_bytes()
     assert (
         json.loads((folder / "stain.json").read_text())["reference_sha256"]
