@@ -57,7 +57,7 @@ from trainer.classifier_stats import compare_arms, run_scores
 from trainer.data import pool_fingerprint
 from trainer.loop import total_steps
 from trainer.model_folder import CHECKPOINTS, publish_model, write_model_info
-from trainer.options import ClassifierOptions, resolve, to_record
+from trainer.options import ClassifierOptions, check_options, resolve, to_record
 from trainer.stain import fit_normalizer, prepare_tiles
 
 logger = logging.getLogger(__name__)
@@ -75,42 +75,49 @@ class ClassifierResult:
     comparison: pd.DataFrame
 
 
-def train_classifier(
-    train: Mapping[str, str | Path],
-    test: str | Path,
-    out: str | Path,
-    *,
-    arms: str | Sequence[str] = "real,synthetic,combined",
-    seeds: int = 1,
-    caps: Mapping[str, int] | None = None,
-    pretrained: str | Path | None = None,
-    stain_reference: str | Path | None = None,
-    preset: str = "tiny",
-    resume: bool = False,
-    progress: bool | None = None,
-    **settings: Any,
-) -> ClassifierResult:
-    """Train and test the classifier of every arm and seed; write Table 3 and the comparison.
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """How `train_classifier` runs the experiment; each field is the CLI option of that name.
 
-    Args:
-        train: source name -> pool; the source named `real` is real, every other synthetic.
-        test: the test pool; its classes are the label set every arm must cover.
-        out: the output folder (tables, figures, `models/`).
+    Attributes:
+        options: the settings of every fit (`trainer.options.ClassifierOptions`, made from a
+            preset by `trainer.options.resolve`, e.g. `resolve(ClassifierOptions, "paper",
+            max_steps=5)`); default: the `tiny` preset (CPU smoke runs).
         arms: which of `real`, `synthetic`, `combined` to train, comma-separated or a list.
         seeds: repeats of every arm, seeds `seed`, `seed + 1`, ...; mean ± std is over them.
         caps: tiles per class drawn from a source (for balanced classes); others use all.
         pretrained: torchvision's ImageNet weights file, `none` (train from scratch), or None
             for torch's hub cache.
         stain_reference: the Macenko reference tile (None: the one histosynth ships).
-        preset: `paper` (15 epochs, batch 64, lr 1e-3, 224 px) or `tiny` (CPU smoke runs).
         resume: continue every (arm, seed) from its newest checkpoint in
-            `out/checkpoints/<arm>-seed<S>/`, skipping those already finished; the result
+            `out/checkpoints/<arm>-seed<S>/`, reusing those already finished; the result
             equals an uninterrupted run's.
         progress: show progress bars (None: when stderr is a terminal).
-        settings: overrides of the preset by field name (`trainer.options.ClassifierOptions`),
-            e.g. `epochs=2`, `batch_size=16`, `valid_fraction=0.1`, `stain_normalize=False`,
-            `max_steps=5` (each fit stops after 5 optimizer steps), `checkpoint_every=100`,
-            `fingerprint="sha256"`.
+    """
+
+    options: ClassifierOptions = dataclasses.field(default_factory=lambda: resolve(ClassifierOptions, "tiny"))
+    arms: str | Sequence[str] = "real,synthetic,combined"
+    seeds: int = 1
+    caps: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    pretrained: str | Path | None = None
+    stain_reference: str | Path | None = None
+    resume: bool = False
+    progress: bool | None = None
+
+
+def train_classifier(
+    train: Mapping[str, str | Path],
+    test: str | Path,
+    out: str | Path,
+    settings: ClassifierSettings | None = None,
+) -> ClassifierResult:
+    """Train and test the classifier of every arm and seed; write Table 3 and the comparison.
+
+    Args:
+        train: source name -> pool; the source named `real` is real, every other synthetic.
+        test: the test pool; its classes are the label set every arm must cover.
+        out: the output folder (tables, figures, `models/`, `checkpoints/`).
+        settings: see `ClassifierSettings`; None uses its defaults.
 
     Returns:
         The files written, the saved models and the score frames.
@@ -122,18 +129,20 @@ def train_classifier(
             stain reference; fewer training tiles than one batch; an `out` that holds an
             experiment without `resume`, or a resume whose settings or pools changed.
     """
-    options = resolve(ClassifierOptions, preset, **settings)
+    settings = settings or ClassifierSettings()
+    options, seeds, resume, progress = settings.options, settings.seeds, settings.resume, settings.progress
+    check_options(options)
     if seeds < 1:
         raise HistosynthError(f"--seeds {seeds}: must be at least 1")
     out = Path(out).expanduser()
     check_experiment_folder(out, resume)
-    chosen = parse_arms(arms)
+    chosen = parse_arms(settings.arms)
     sources = {name: Path(folder) for name, folder in train.items()}
-    caps = dict(caps or {})
+    caps = dict(settings.caps)
     for name, cap in caps.items():
         if name not in sources or cap < 1:
             raise HistosynthError(f"--cap {name}={cap}: needs a --train source of that name and N >= 1")
-    weights = pretrained_weights(options.arch, pretrained)
+    weights = pretrained_weights(options.arch, settings.pretrained)
     test_pool = read_pool(test)
     classes = test_pool.classes
     if len(classes) < 2:
@@ -142,7 +151,7 @@ def train_classifier(
     members = {arm: arm_sources(arm, list(sources)) for arm in chosen}
     for arm, names in members.items():
         check_coverage(arm, names, pools, test_pool)
-    normalizer = fit_normalizer(stain_reference) if options.stain_normalize else None
+    normalizer = fit_normalizer(settings.stain_reference) if options.stain_normalize else None
     fingerprints = {
         name: pool_fingerprint(
             pool.root,

@@ -3,11 +3,12 @@
 `fit_one_cycle` keeps its state in several places, and a resumed fit must find every one as the
 uninterrupted fit had it: the weights and fastai's optimizer (Adam's moments and hypers),
 the one-cycle position (`train_iter`, `pct_train`), the recorder's rows and smoothed loss,
-`SaveModelCallback`'s best validation loss and best weights, the RNG states of python, numpy
-and torch (the head's dropout; CUDA too), and the training loader's own `random.Random`, from
-which fastai draws each epoch's shuffle. A checkpoint `<root>/step-N/` holds them:
+`SaveModelCallback`'s best validation loss and best weights, fp16's loss scale, the RNG
+states of python, numpy and torch (the head's dropout; CUDA too), and the training loader's
+own `random.Random`, from which fastai draws each epoch's shuffle. A checkpoint `<root>/step-N/` holds them:
 
 - `learner.pth`: fastai's `save_model` (weights and optimizer);
+- `scaler.pth`: the fp16 gradient scaler's state, when training in fp16 (CUDA);
 - `best.pth`: the best weights so far (absent before the first validation);
 - `rng-<rank>.pth`: each process's torch, CUDA, python and numpy RNG states;
 - `run.json`: the run's record (settings, classes, pool fingerprints), the position
@@ -67,6 +68,7 @@ with warnings.catch_warnings():
 
 LEARNER_FILE = "learner.pth"
 BEST_FILE = "best.pth"
+SCALER_FILE = "scaler.pth"
 EXPERIMENT_RECORD = "classifier.json"
 MODELS = "models"
 # More epochs stretch the one-cycle schedule over every step already taken, so, unlike the
@@ -178,6 +180,8 @@ class Checkpoints(Callback):
         torch.save(rng_states(), partial / f"rng-{rank}.pth")
         if rank == 0:
             save_model(partial / LEARNER_FILE, self.model, self.opt)
+            if getattr(self.learn, "scaler", None) is not None:  # fp16 on CUDA: the loss scale
+                torch.save(self.learn.scaler.state_dict(), partial / SCALER_FILE)
             if self.best_path.exists():
                 shutil.copyfile(self.best_path, partial / BEST_FILE)
             recorder = self.learn.recorder
@@ -203,6 +207,8 @@ class Checkpoints(Callback):
             shutil.copyfile(folder / BEST_FILE, self.best_path)
         else:
             self.best_path.unlink(missing_ok=True)
+        if (folder / SCALER_FILE).exists() and getattr(self.learn, "scaler", None) is not None:
+            self.learn.scaler.load_state_dict(torch.load(folder / SCALER_FILE, weights_only=True))
         recorder = self.learn.recorder
         recorder.values = [L(row) for row in pending["values"]]
         recorder.smooth_loss.count = pending["smooth_loss"]["count"]
@@ -306,13 +312,14 @@ def finished_fit(model: Path, checkpoint: Path | None, total: int) -> FitRecord 
     A run is finished when its newest checkpoint has done `total` steps (or more, under an
     earlier, larger `--max-steps`) and its model folder was published from that checkpoint.
     """
-    if checkpoint is None or int(read_run(checkpoint)["step"]) < total:
+    if checkpoint is None:
         return None
+    step = int(read_run(checkpoint)["step"])
     path = model / INFO_NAME
-    if not path.is_file():
+    if step < total or not path.is_file():
         return None
     info = json.loads(path.read_text(encoding="utf-8"))
-    if info.get("steps") != int(read_run(checkpoint)["step"]):
+    if info.get("steps") != step:
         return None
     best = info["best_epoch"]
     return FitRecord(

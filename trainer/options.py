@@ -275,7 +275,7 @@ def resolve(
         raise HistosynthError(f"unknown setting {unknown[0]!r}")
     values.update({name: value for name, value in overrides.items() if value is not None})
     options = cls(preset=preset, **values)
-    _check(options)
+    check_options(options)
     return options
 
 
@@ -326,7 +326,12 @@ def _items(options: TrainOptions) -> list[tuple[str, Any]]:
     return [(item.name, getattr(options, item.name)) for item in dataclasses.fields(options)]
 
 
-def _check(options: TrainOptions) -> None:
+def check_options(options: TrainOptions) -> None:
+    """Refuse settings out of range, as `resolve` does; for settings built or replaced by hand.
+
+    Raises:
+        HistosynthError: naming the option and its value.
+    """
     positive = ["epochs", "batch_size", "size", "checkpoint_every", "keep_checkpoints"]
     for name in positive:
         if getattr(options, name) < 1:

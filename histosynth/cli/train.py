@@ -334,22 +334,14 @@ def classifier(
 ) -> None:
     """Train a ResNet34 tissue classifier per arm and seed on real, synthetic or combined tiles (Table 3)."""
     from histosynth.cli.options import parse_named_dirs
-    from trainer.classifier import train_classifier
+    from trainer.classifier import ClassifierSettings, train_classifier
     from trainer.classifier_arms import parse_caps
+    from trainer.options import ClassifierOptions, resolve
 
     sources = parse_named_dirs(train, "--train")
-    result = train_classifier(
-        sources,
-        test,
-        out,
-        arms=arms,
-        seeds=seeds,
-        caps=parse_caps(caps or [], sources),
-        pretrained=pretrained,
-        stain_reference=stain_reference,
-        preset=preset,
-        resume=resume,
-        progress=progress,
+    options = resolve(
+        ClassifierOptions,
+        preset,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -366,6 +358,17 @@ def classifier(
         arch=arch,
         freeze_body=freeze_body,
     )
+    settings = ClassifierSettings(
+        options=options,
+        arms=arms,
+        seeds=seeds,
+        caps=parse_caps(caps or [], sources),
+        pretrained=pretrained,
+        stain_reference=stain_reference,
+        resume=resume,
+        progress=progress,
+    )
+    result = train_classifier(sources, test, out, settings)
     typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from histosynth.errors import HistosynthError
 from histosynth.pools import read_pool
-from trainer.classifier import train_classifier
+from trainer.classifier import ClassifierSettings, train_classifier
 from trainer.classifier_arms import arm_data, arm_sources, parse_arms, parse_caps, read_sources
 from trainer.classifier_learner import (
     WEIGHT_FILES,
@@ -162,11 +162,13 @@ def test_a_test_class_the_training_pools_lack_is_refused_before_training(
 ) -> None:
     test = make_tiles("test", classes=("ADI", "MUC", "TUM"), per_class=2)
     with pytest.raises(HistosynthError, match=r"class MUC has no training tiles in arm 'real'"):
-        train_classifier(sources, test, tmp_path / "out", pretrained="none")
+        train_classifier(sources, test, tmp_path / "out", ClassifierSettings(pretrained="none"))
     assert not (tmp_path / "out").exists()
     extra = make_tiles("extra", classes=("ADI", "STR", "TUM"), per_class=2)
     with pytest.raises(HistosynthError, match=r"--train extra=.*class STR is not in the test pool"):
-        train_classifier({"extra": extra}, make_tiles("test2"), tmp_path / "out", pretrained="none")
+        train_classifier(
+            {"extra": extra}, make_tiles("test2"), tmp_path / "out", ClassifierSettings(pretrained="none")
+        )
 
 
 def test_missing_imagenet_weights_name_the_file_and_where_it_goes(make_tiles, sources, cli, tmp_path) -> None:

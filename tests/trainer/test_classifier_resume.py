@@ -16,11 +16,19 @@ import torch
 from PIL import Image
 
 from histosynth.errors import HistosynthError
-from trainer.classifier import train_classifier
+from trainer.classifier import ClassifierSettings, train_classifier
 from trainer.data import read_training_pool
 from trainer.options import ClassifierOptions, resolve
 
-RUN = dict(arms="real", pretrained="none", epochs=2, batch_size=2, checkpoint_every=3)
+RUN = dict(epochs=2, batch_size=2, checkpoint_every=3)
+
+
+def settings(
+    resume: bool = False, caps: dict[str, int] | None = None, **options: object
+) -> ClassifierSettings:
+    """The arm `real` from scratch with the tiny preset and these options."""
+    tiny = resolve(ClassifierOptions, "tiny", **options)
+    return ClassifierSettings(options=tiny, arms="real", pretrained="none", resume=resume, caps=caps or {})
 
 
 def checkpoints(out) -> list[str]:
@@ -31,17 +39,17 @@ def test_a_fit_stopped_by_max_steps_and_resumed_equals_an_uninterrupted_one(
     make_tiles, cli, tmp_path
 ) -> None:
     real, test = make_tiles("real", per_class=5), make_tiles("test", per_class=2)
-    whole = train_classifier({"real": real}, test, tmp_path / "whole", **RUN)
+    whole = train_classifier({"real": real}, test, tmp_path / "whole", settings(**RUN))
     assert checkpoints(tmp_path / "whole") == ["step-6", "step-8"]  # every 3 steps and at the end, 2 kept
 
     out = tmp_path / "resumed"
-    stopped = train_classifier({"real": real}, test, out, max_steps=5, **RUN)  # in the second epoch
+    stopped = train_classifier({"real": real}, test, out, settings(max_steps=5, **RUN))  # in the second epoch
     assert checkpoints(out) == ["step-3", "step-5"]
     assert stopped.metrics.loc[0, "steps"] == 5 and stopped.metrics.loc[0, "best_epoch"] == 1
     stored = json.loads((out / "checkpoints" / "real-seed0" / "step-5" / "run.json").read_text())
     assert (stored["epoch"], stored["iteration"], len(stored["values"])) == (1, 1, 1)
 
-    train_classifier({"real": real}, test, out, resume=True, **RUN)
+    train_classifier({"real": real}, test, out, settings(resume=True, **RUN))
     assert checkpoints(out) == ["step-6", "step-8"]
     model = "models/real-seed0/model.safetensors"  # the kept (best-validation) weights
     assert (out / model).read_bytes() == (tmp_path / "whole" / model).read_bytes()
@@ -64,7 +72,9 @@ def test_a_fit_stopped_by_max_steps_and_resumed_equals_an_uninterrupted_one(
 
     final = out / "checkpoints" / "real-seed0" / "step-8" / "run.json"
     written = final.stat().st_mtime_ns
-    again = train_classifier({"real": real}, test, out, resume=True, **RUN)  # finished: tested, not trained
+    again = train_classifier(
+        {"real": real}, test, out, settings(resume=True, **RUN)
+    )  # finished: tested, not trained
     assert final.stat().st_mtime_ns == written
     pd.testing.assert_frame_equal(again.metrics, whole.metrics)
 
@@ -74,13 +84,13 @@ def test_resume_refuses_changed_settings_and_pools_and_a_fresh_run_refuses_an_ex
 ) -> None:
     real, test = make_tiles("real", per_class=5), make_tiles("test", per_class=2)
     out = tmp_path / "out"
-    run = dict(arms="real", pretrained="none", batch_size=4, max_steps=1, fingerprint="sha256")
-    first = train_classifier({"real": real}, test, out, **run)
+    run = dict(batch_size=4, max_steps=1, fingerprint="sha256")
+    first = train_classifier({"real": real}, test, out, settings(**run))
     # stopped before the first validation: the last weights are kept, no epoch is named
     assert first.metrics.loc[0, "best_epoch"] == 0 and np.isnan(first.metrics.loc[0, "best_valid_loss"])
 
     with pytest.raises(HistosynthError, match=r"holds another experiment .*pass --resume"):
-        train_classifier({"real": real}, test, out, **run)
+        train_classifier({"real": real}, test, out, settings(**run))
     for change, named in (
         ({"learning_rate": 0.01}, "learning_rate"),
         ({"epochs": 2}, "epochs"),  # the one-cycle schedule spans the whole fit
@@ -88,8 +98,10 @@ def test_resume_refuses_changed_settings_and_pools_and_a_fresh_run_refuses_an_ex
         ({"caps": {"real": 3}}, "--cap"),
     ):
         with pytest.raises(HistosynthError, match=rf"step-1: the run used other settings \({named}\)"):
-            train_classifier({"real": real}, test, out, resume=True, **{**run, **change})
-    again = train_classifier({"real": real}, test, out, resume=True, **{**run, "checkpoint_every": 7})
+            train_classifier({"real": real}, test, out, settings(resume=True, **{**run, **change}))
+    again = train_classifier(
+        {"real": real}, test, out, settings(resume=True, **{**run, "checkpoint_every": 7})
+    )
     pd.testing.assert_frame_equal(again.metrics, first.metrics)
 
     tile = real / "ADI" / "ADI-00.png"
@@ -97,7 +109,7 @@ def test_resume_refuses_changed_settings_and_pools_and_a_fresh_run_refuses_an_ex
     pixels[0, 0] ^= 1
     Image.fromarray(pixels).save(tile)
     with pytest.raises(HistosynthError, match=r"different pool \(file names or contents differ, by sha256\)"):
-        train_classifier({"real": real}, test, out, resume=True, **run)
+        train_classifier({"real": real}, test, out, settings(resume=True, **run))
 
 
 def test_a_same_size_pixel_edit_changes_only_the_sha256_fingerprint(make_tiles) -> None:
