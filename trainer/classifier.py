@@ -8,7 +8,8 @@ the `--test` pool; the scores, Table 3 and the paired comparison of arms are wri
 `trainer.classifier_report`. Each run's model is saved as `<out>/models/<arm>-seed<S>/`:
 `model.safetensors` and `config.json` (fastai's ResNet with its head; `load_classifier`
 rebuilds it), the stain reference tile and `stain.json`, sealed by a `histosynth.json` of kind
-`classifier`.
+`classifier`. Each fit is checkpointed in `<out>/checkpoints/<arm>-seed<S>/step-N/`, so
+`resume` continues an interrupted experiment with the same result (`trainer.classifier_resume`).
 """
 
 from __future__ import annotations

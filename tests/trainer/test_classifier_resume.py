@@ -1,6 +1,6 @@
 """`histosynth train classifier --resume`: checkpoints, the exact continuation, the refusals, fingerprints.
 
-Runs use the tiny preset (ResNet18 at 32 px) from scratch on a few tiles, with 4 steps an epoch,
+Runs use the tiny preset (ResNet18 at 32 px) from scratch on a few tiles, with 2 steps an epoch,
 so a stop inside the second epoch exercises both the replay of a finished epoch and the
 continuation inside an unfinished one.
 """
@@ -20,7 +20,7 @@ from trainer.classifier import ClassifierSettings, train_classifier
 from trainer.data import read_training_pool
 from trainer.options import ClassifierOptions, resolve
 
-RUN = dict(epochs=2, batch_size=2, checkpoint_every=3)
+RUN = dict(epochs=2, batch_size=2, checkpoint_every=2)
 
 
 def settings(
@@ -35,25 +35,27 @@ def checkpoints(out) -> list[str]:
     return sorted(path.name for path in (out / "checkpoints" / "real-seed0").iterdir())
 
 
-def test_a_fit_stopped_by_max_steps_and_resumed_equals_an_uninterrupted_one(
-    make_tiles, cli, tmp_path
-) -> None:
-    real, test = make_tiles("real", per_class=5), make_tiles("test", per_class=2)
+def test_a_fit_stopped_by_max_steps_and_resumed_equals_an_uninterrupted_one(make_tiles, tmp_path) -> None:
+    real, test = make_tiles("real", per_class=3), make_tiles("test", per_class=2)
     whole = train_classifier({"real": real}, test, tmp_path / "whole", settings(**RUN))
-    assert checkpoints(tmp_path / "whole") == ["step-6", "step-8"]  # every 3 steps and at the end, 2 kept
+    assert checkpoints(tmp_path / "whole") == ["step-2", "step-4"]  # every 2 steps and at the end
 
     out = tmp_path / "resumed"
-    stopped = train_classifier({"real": real}, test, out, settings(max_steps=5, **RUN))  # in the second epoch
-    assert checkpoints(out) == ["step-3", "step-5"]
-    assert stopped.metrics.loc[0, "steps"] == 5 and stopped.metrics.loc[0, "best_epoch"] == 1
-    stored = json.loads((out / "checkpoints" / "real-seed0" / "step-5" / "run.json").read_text())
-    assert (stored["epoch"], stored["iteration"], len(stored["values"])) == (1, 1, 1)
+    stopped = train_classifier({"real": real}, test, out, settings(max_steps=2, **RUN))  # an epoch's end
+    assert stopped.metrics.loc[0, "steps"] == 2 and stopped.metrics.loc[0, "best_epoch"] == 1
+    train_classifier({"real": real}, test, out, settings(resume=True, max_steps=3, **RUN))  # inside one
+    assert checkpoints(out) == ["step-2", "step-3"]
+    positions = []
+    for step in (2, 3):
+        stored = json.loads((out / "checkpoints" / "real-seed0" / f"step-{step}" / "run.json").read_text())
+        positions.append((stored["epoch"], stored["iteration"], len(stored["values"])))
+    assert positions == [(1, 0, 1), (1, 1, 1)]  # (epoch, next batch, epochs recorded)
 
     train_classifier({"real": real}, test, out, settings(resume=True, **RUN))
-    assert checkpoints(out) == ["step-6", "step-8"]
+    assert checkpoints(out) == ["step-3", "step-4"]
     model = "models/real-seed0/model.safetensors"  # the kept (best-validation) weights
     assert (out / model).read_bytes() == (tmp_path / "whole" / model).read_bytes()
-    learner = "checkpoints/real-seed0/step-8/learner.pth"  # the last weights and Adam's state
+    learner = "checkpoints/real-seed0/step-4/learner.pth"  # the last weights and Adam's state
     states = [torch.load(root / learner, weights_only=False) for root in (out, tmp_path / "whole")]
     assert states[0]["model"].keys() == states[1]["model"].keys()
     assert all(torch.equal(value, states[1]["model"][key]) for key, value in states[0]["model"].items())
@@ -68,13 +70,12 @@ def test_a_fit_stopped_by_max_steps_and_resumed_equals_an_uninterrupted_one(
     ]
     for key in ("steps", "best_epoch", "train_losses", "valid_losses"):
         assert infos[0][key] == infos[1][key]
-    assert infos[0]["steps"] == 8
+    assert infos[0]["steps"] == 4
 
-    final = out / "checkpoints" / "real-seed0" / "step-8" / "run.json"
+    final = out / "checkpoints" / "real-seed0" / "step-4" / "run.json"
     written = final.stat().st_mtime_ns
-    again = train_classifier(
-        {"real": real}, test, out, settings(resume=True, **RUN)
-    )  # finished: tested, not trained
+    # finished: its saved model is tested, nothing is trained or saved again
+    again = train_classifier({"real": real}, test, out, settings(resume=True, **RUN))
     assert final.stat().st_mtime_ns == written
     pd.testing.assert_frame_equal(again.metrics, whole.metrics)
 
