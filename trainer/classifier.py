@@ -169,6 +169,19 @@ def train_classifier(
         for seed in seed_list
         for arm in chosen
     }
+    # each fit's length; refuses an arm smaller than one batch before any training
+    totals = {key: total_steps(options, len(design.train), 1) for key, design in designs.items()}
+
+    runs = {}  # every resume is checked before any run trains
+    for (arm, seed), design in designs.items():
+        run_options = dataclasses.replace(options, seed=seed)
+        name = f"{arm}-seed{seed}"
+        record = _run_record(design, run_options, classes, fingerprints, caps, weights, normalizer)
+        checkpoint = resume_checkpoint(
+            out / CHECKPOINTS / name, out / MODELS / name, record, run_options, resume
+        )
+        runs[(arm, seed)] = (run_options, name, record, checkpoint)
+
     test_files = [path for paths in test_pool.files.values() for path in paths]
     truth = np.array([classes.index(label) for label, paths in test_pool.files.items() for _ in paths])
     every_file = [path for design in designs.values() for path, _ in design.train + design.valid]
@@ -177,16 +190,10 @@ def train_classifier(
     prepared = prepare_tiles(every_file, normalizer, options.size, workers=workers, progress=progress)
     cached = prepared.arrays
 
-    # each fit's length; refuses an arm smaller than one batch before any training
-    totals = {key: total_steps(options, len(design.train), 1) for key, design in designs.items()}
-
     accuracy_rows, metric_rows, confusion, models = [], [], {}, []
     for (arm, seed), design in designs.items():
-        run_options = dataclasses.replace(options, seed=seed)
-        name = f"{arm}-seed{seed}"
+        run_options, name, record, checkpoint = runs[(arm, seed)]
         folder = out / MODELS / name
-        record = _run_record(design, run_options, classes, fingerprints, caps, weights, normalizer)
-        checkpoint = resume_checkpoint(out / CHECKPOINTS / name, folder, record, run_options, resume)
         fit = finished_fit(folder, checkpoint, totals[(arm, seed)])
         if fit is not None:
             logger.info("%s seed %d: finished before; its saved model is tested", arm, seed)
