@@ -1,13 +1,14 @@
 """`histosynth train classifier --resume`: checkpoints, the exact continuation, the refusals, fingerprints.
 
 Runs use the tiny preset (ResNet18 at 32 px) from scratch on a few tiles, with 2 steps an epoch,
-so a stop inside the second epoch exercises both the replay of a finished epoch and the
-continuation inside an unfinished one.
+so stops at the end of the first epoch and inside the second exercise both resume points: the
+replay of a finished epoch, and the continuation inside an unfinished one.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ def settings(
     return ClassifierSettings(options=tiny, arms="real", pretrained="none", resume=resume, caps=caps or {})
 
 
-def checkpoints(out) -> list[str]:
+def checkpoints(out: Path) -> list[str]:
     return sorted(path.name for path in (out / "checkpoints" / "real-seed0").iterdir())
 
 
