@@ -128,7 +128,7 @@ def train_autoencoder(
     """
     options = resolve(AutoencoderOptions, preset, kind, **settings)
     out = Path(out).expanduser()
-    pool = read_training_pool(data, classes)
+    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
     lpips_model = load_lpips(perceptual_weights) if options.perceptual else None
     accelerator = make_accelerator(options)
     torch.manual_seed(derive_seed(options.seed, "autoencoder-init"))

@@ -30,7 +30,12 @@ _STEP = re.compile(r"^step-(\d+)$")
 
 def checkpoint_folders(out: str | Path) -> list[tuple[int, Path]]:
     """The complete checkpoints of a run, oldest first, as (step, folder)."""
-    root = Path(out) / CHECKPOINTS
+    return step_folders(Path(out) / CHECKPOINTS)
+
+
+def step_folders(root: str | Path) -> list[tuple[int, Path]]:
+    """The complete `step-N` folders directly in `root`, oldest first, as (step, folder)."""
+    root = Path(root)
     if not root.is_dir():
         return []
     found = []
@@ -39,6 +44,34 @@ def checkpoint_folders(out: str | Path) -> list[tuple[int, Path]]:
         if match and (entry / RUN_NAME).is_file():
             found.append((int(match.group(1)), entry))
     return sorted(found)
+
+
+def partial_folder(root: str | Path, step: int) -> Path:
+    """The hidden folder checkpoint `step` is written into before `seal_checkpoint` names it."""
+    return Path(root) / f".step-{step}.partial"
+
+
+def open_checkpoint(root: str | Path, step: int) -> Path:
+    """Create `partial_folder(root, step)` afresh (a run killed while saving leaves one behind)."""
+    partial = partial_folder(root, step)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def seal_checkpoint(root: str | Path, step: int, run: dict[str, Any], keep: int) -> Path:
+    """Write `run.json` into the partial folder, rename it `step-<step>`, keep the newest `keep`."""
+    root = Path(root)
+    partial, final = partial_folder(root, step), root / f"step-{step}"
+    atomic_write_text(partial / RUN_NAME, json.dumps({**run, "step": step}, indent=2) + "\n")
+    fsync_folder(partial)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    fsync_folder(root)
+    for _, old in step_folders(root)[:-keep]:
+        shutil.rmtree(old)
+    return final
 
 
 def prepare_out_folder(out: str | Path, resume: bool) -> Path | None:
@@ -89,25 +122,15 @@ def save_checkpoint(
     final name only once every file is written.
     """
     root = Path(out) / CHECKPOINTS
-    final = root / f"step-{step}"
-    partial = root / f".step-{step}.partial"
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
+        open_checkpoint(root, step)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    accelerator.save_state(str(partial_folder(root, step)))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_text(partial / RUN_NAME, json.dumps({**run, "step": step}, indent=2) + "\n")
-        fsync_folder(partial)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        fsync_folder(root)
-        for _, old in checkpoint_folders(out)[:-keep]:
-            shutil.rmtree(old)
+        seal_checkpoint(root, step, run, keep)
     accelerator.wait_for_everyone()
-    return final
+    return root / f"step-{step}"
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> dict[str, Any]:
@@ -117,6 +140,13 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> dict[st
     return run
 
 
+def fingerprint_difference(fingerprint: dict) -> str:
+    """What a differing pool fingerprint (one pool's, or several sources') means, for an error message."""
+    if "contents_sha256" in json.dumps(fingerprint):
+        return "file names or contents differ, by sha256"
+    return "file names or sizes differ"
+
+
 def check_resumable(run: dict[str, Any], checkpoint: Path, *, fingerprint: dict, classes: list[str]) -> None:
     """Refuse to resume onto a different pool or class list than the checkpoint's.
 
@@ -124,6 +154,7 @@ def check_resumable(run: dict[str, Any], checkpoint: Path, *, fingerprint: dict,
         HistosynthError: naming the checkpoint and what differs.
     """
     if run.get("data_fingerprint") != fingerprint:
-        raise HistosynthError(f"{checkpoint}: trained on a different pool (file names or sizes differ)")
+        difference = fingerprint_difference(fingerprint)
+        raise HistosynthError(f"{checkpoint}: trained on a different pool ({difference})")
     if run.get("classes") != classes:
         raise HistosynthError(f"{checkpoint}: trained on classes {run.get('classes')}, not {classes}")

@@ -8,7 +8,8 @@ the `--test` pool; the scores, Table 3 and the paired comparison of arms are wri
 `trainer.classifier_report`. Each run's model is saved as `<out>/models/<arm>-seed<S>/`:
 `model.safetensors` and `config.json` (fastai's ResNet with its head; `load_classifier`
 rebuilds it), the stain reference tile and `stain.json`, sealed by a `histosynth.json` of kind
-`classifier`.
+`classifier`. Each fit is checkpointed in `<out>/checkpoints/<arm>-seed<S>/step-N/`, so
+`resume` continues an interrupted experiment with the same result (`trainer.classifier_resume`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from fastai.torch_core import rank_distrib
+import torch
+from fastai.torch_core import default_device, rank_distrib
 
 from histosynth.errors import HistosynthError
 from histosynth.files import atomic_write_text
@@ -35,23 +37,31 @@ from trainer.classifier_arms import arm_data, arm_sources, check_coverage, parse
 from trainer.classifier_learner import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FitRecord,
+    best_weights_path,
     build_learner,
     fit_best,
+    load_classifier,
     predict,
     pretrained_weights,
     save_classifier,
 )
 from trainer.classifier_report import write_report
+from trainer.classifier_resume import (
+    MODELS,
+    Checkpoints,
+    check_experiment_folder,
+    finished_fit,
+    resume_checkpoint,
+)
 from trainer.classifier_stats import compare_arms, run_scores
 from trainer.data import pool_fingerprint
 from trainer.loop import total_steps
-from trainer.model_folder import publish_model, write_model_info
-from trainer.options import ClassifierOptions, resolve, to_record
+from trainer.model_folder import CHECKPOINTS, publish_model, write_model_info
+from trainer.options import ClassifierOptions, check_options, resolve, to_record
 from trainer.stain import fit_normalizer, prepare_tiles
 
 logger = logging.getLogger(__name__)
-
-MODELS = "models"
 
 
 @dataclass(frozen=True)
@@ -66,36 +76,49 @@ class ClassifierResult:
     comparison: pd.DataFrame
 
 
-def train_classifier(
-    train: Mapping[str, str | Path],
-    test: str | Path,
-    out: str | Path,
-    *,
-    arms: str | Sequence[str] = "real,synthetic,combined",
-    seeds: int = 1,
-    caps: Mapping[str, int] | None = None,
-    pretrained: str | Path | None = None,
-    stain_reference: str | Path | None = None,
-    preset: str = "tiny",
-    progress: bool | None = None,
-    **settings: Any,
-) -> ClassifierResult:
-    """Train and test the classifier of every arm and seed; write Table 3 and the comparison.
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """How `train_classifier` runs the experiment; each field is the CLI option of that name.
 
-    Args:
-        train: source name -> pool; the source named `real` is real, every other synthetic.
-        test: the test pool; its classes are the label set every arm must cover.
-        out: the output folder (tables, figures, `models/`).
+    Attributes:
+        options: the settings of every fit (`trainer.options.ClassifierOptions`, made from a
+            preset by `trainer.options.resolve`, e.g. `resolve(ClassifierOptions, "paper",
+            max_steps=5)`); default: the `tiny` preset (CPU smoke runs).
         arms: which of `real`, `synthetic`, `combined` to train, comma-separated or a list.
         seeds: repeats of every arm, seeds `seed`, `seed + 1`, ...; mean ± std is over them.
         caps: tiles per class drawn from a source (for balanced classes); others use all.
         pretrained: torchvision's ImageNet weights file, `none` (train from scratch), or None
             for torch's hub cache.
         stain_reference: the Macenko reference tile (None: the one histosynth ships).
-        preset: `paper` (15 epochs, batch 64, lr 1e-3, 224 px) or `tiny` (CPU smoke runs).
+        resume: continue every (arm, seed) from its newest checkpoint in
+            `out/checkpoints/<arm>-seed<S>/`, reusing those already finished; the result
+            equals an uninterrupted run's.
         progress: show progress bars (None: when stderr is a terminal).
-        settings: overrides of the preset by field name (`trainer.options.ClassifierOptions`),
-            e.g. `epochs=2`, `batch_size=16`, `valid_fraction=0.1`, `stain_normalize=False`.
+    """
+
+    options: ClassifierOptions = dataclasses.field(default_factory=lambda: resolve(ClassifierOptions, "tiny"))
+    arms: str | Sequence[str] = "real,synthetic,combined"
+    seeds: int = 1
+    caps: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    pretrained: str | Path | None = None
+    stain_reference: str | Path | None = None
+    resume: bool = False
+    progress: bool | None = None
+
+
+def train_classifier(
+    train: Mapping[str, str | Path],
+    test: str | Path,
+    out: str | Path,
+    settings: ClassifierSettings | None = None,
+) -> ClassifierResult:
+    """Train and test the classifier of every arm and seed; write Table 3 and the comparison.
+
+    Args:
+        train: source name -> pool; the source named `real` is real, every other synthetic.
+        test: the test pool; its classes are the label set every arm must cover.
+        out: the output folder (tables, figures, `models/`, `checkpoints/`).
+        settings: see `ClassifierSettings`; None uses its defaults.
 
     Returns:
         The files written, the saved models and the score frames.
@@ -104,19 +127,23 @@ def train_classifier(
         HistosynthError: bad settings, arms or caps; a pool that is not one; a training source
             with a class the test pool lacks, or an arm without tiles of a test class; missing
             ImageNet weights (the message names the file and where it goes); an unusable
-            stain reference; fewer training tiles than one batch.
+            stain reference; fewer training tiles than one batch; an `out` that holds an
+            experiment without `resume`, or a resume whose settings or pools changed.
     """
-    options = resolve(ClassifierOptions, preset, **settings)
+    settings = settings or ClassifierSettings()
+    options, seeds, resume, progress = settings.options, settings.seeds, settings.resume, settings.progress
+    check_options(options)
     if seeds < 1:
         raise HistosynthError(f"--seeds {seeds}: must be at least 1")
     out = Path(out).expanduser()
-    chosen = parse_arms(arms)
+    check_experiment_folder(out, resume)
+    chosen = parse_arms(settings.arms)
     sources = {name: Path(folder) for name, folder in train.items()}
-    caps = dict(caps or {})
+    caps = dict(settings.caps)
     for name, cap in caps.items():
         if name not in sources or cap < 1:
             raise HistosynthError(f"--cap {name}={cap}: needs a --train source of that name and N >= 1")
-    weights = pretrained_weights(options.arch, pretrained)
+    weights = pretrained_weights(options.arch, settings.pretrained)
     test_pool = read_pool(test)
     classes = test_pool.classes
     if len(classes) < 2:
@@ -125,7 +152,16 @@ def train_classifier(
     members = {arm: arm_sources(arm, list(sources)) for arm in chosen}
     for arm, names in members.items():
         check_coverage(arm, names, pools, test_pool)
-    normalizer = fit_normalizer(stain_reference) if options.stain_normalize else None
+    normalizer = fit_normalizer(settings.stain_reference) if options.stain_normalize else None
+    fingerprints = {
+        name: pool_fingerprint(
+            pool.root,
+            [path for paths in pool.files.values() for path in paths],
+            options.fingerprint,
+            progress=progress,
+        )
+        for name, pool in pools.items()
+    }
 
     seed_list = [options.seed + k for k in range(seeds)]
     designs = {
@@ -133,6 +169,19 @@ def train_classifier(
         for seed in seed_list
         for arm in chosen
     }
+    # each fit's length; refuses an arm smaller than one batch before any training
+    totals = {key: total_steps(options, len(design.train), 1) for key, design in designs.items()}
+
+    runs = {}  # every resume is checked before any run trains
+    for (arm, seed), design in designs.items():
+        run_options = dataclasses.replace(options, seed=seed)
+        name = f"{arm}-seed{seed}"
+        record = _run_record(design, run_options, classes, fingerprints, caps, weights, normalizer)
+        checkpoint = resume_checkpoint(
+            out / CHECKPOINTS / name, out / MODELS / name, record, run_options, resume
+        )
+        runs[(arm, seed)] = (run_options, name, record, checkpoint)
+
     test_files = [path for paths in test_pool.files.values() for path in paths]
     truth = np.array([classes.index(label) for label, paths in test_pool.files.items() for _ in paths])
     every_file = [path for design in designs.values() for path, _ in design.train + design.valid]
@@ -141,39 +190,38 @@ def train_classifier(
     prepared = prepare_tiles(every_file, normalizer, options.size, workers=workers, progress=progress)
     cached = prepared.arrays
 
-    for design in designs.values():  # refuse an arm smaller than one batch before any training
-        total_steps(options, len(design.train), 1)
-
     accuracy_rows, metric_rows, confusion, models = [], [], {}, []
     for (arm, seed), design in designs.items():
-        run_options = dataclasses.replace(options, seed=seed)
-        with tempfile.TemporaryDirectory(prefix="histosynth-classifier-") as scratch:
-            learn = build_learner(
-                [(cached[path], label) for path, label in design.train],
-                [(cached[path], label) for path, label in design.valid],
-                len(classes),
-                run_options,
-                weights,
-                Path(scratch),
+        run_options, name, record, checkpoint = runs[(arm, seed)]
+        folder = out / MODELS / name
+        fit = finished_fit(folder, checkpoint, totals[(arm, seed)])
+        if fit is not None:
+            logger.info("%s seed %d: finished before; its saved model is tested", arm, seed)
+            model = load_classifier(folder)[0].to(default_device())
+        else:
+            saver = Checkpoints(
+                out / CHECKPOINTS / name,
+                run_options.checkpoint_every,
+                run_options.keep_checkpoints,
+                run_options.max_steps,
+                record,
+                checkpoint,
             )
-            fit = fit_best(learn, run_options, description=f"classifier {arm} seed {seed}", progress=progress)
-            predicted = predict(learn.model, [cached[path] for path in test_files], run_options.batch_size)
+            model, fit = _fit(design, cached, len(classes), run_options, weights, saver, progress)
+            if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
+                _save_model(folder, model, run_options, classes, fit, normalizer, record)
+        predicted = predict(model, [cached[path] for path in test_files], run_options.batch_size)
         scores = run_scores(truth, predicted, classes)
         confusion[(arm, seed)] = scores["confusion"]
         accuracy_rows += _accuracy_rows(arm, seed, scores, classes)
         metric_rows.append(_metric_row(arm, seed, scores, design, fit))
-        folder = out / MODELS / f"{arm}-seed{seed}"
-        if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
-            roots = {name: pools[name].root for name in design.sources}
-            _save_model(folder, learn.model, design, run_options, classes, fit, normalizer, roots, weights)
         models.append(folder)
-        kept = fit.best_epoch + 1
         logger.info(
-            "%s seed %d: accuracy %.3f (epoch %d of %d kept)",
+            "%s seed %d: accuracy %.3f (epoch %s of %d kept)",
             arm,
             seed,
             scores["accuracy"],
-            kept,
+            "none" if fit.best_epoch is None else fit.best_epoch + 1,
             options.epochs,
         )
 
@@ -187,6 +235,7 @@ def train_classifier(
         "seeds": seed_list,
         "train": {name: str(folder) for name, folder in sources.items()},
         "caps": caps,
+        "data_fingerprint": fingerprints,
         "test": str(test_pool.root),
         "classes": classes,
         "pretrained": str(weights) if weights else None,
@@ -198,6 +247,23 @@ def train_classifier(
     if rank_distrib() == 0:
         files = write_report(out, accuracy, metrics, comparison, confusion, classes, labels, record)
     return ClassifierResult(out, files, models, accuracy, metrics, comparison)
+
+
+def _fit(design, cached, num_classes, options, weights, saver, progress) -> tuple[torch.nn.Module, FitRecord]:
+    """Train one (arm, seed) run, checkpointed by `saver`; the model holds the kept weights."""
+    with tempfile.TemporaryDirectory(prefix="histosynth-classifier-") as scratch:
+        learn = build_learner(
+            [(cached[path], label) for path, label in design.train],
+            [(cached[path], label) for path, label in design.valid],
+            num_classes,
+            options,
+            weights,
+            Path(scratch),
+        )
+        saver.best_path = best_weights_path(learn)
+        description = f"classifier {design.arm} seed {design.seed}"
+        fit = fit_best(learn, options, description=description, progress=progress, cbs=[saver])
+    return learn.model, fit
 
 
 def _accuracy_rows(arm: str, seed: int, scores: dict, classes: Sequence[str]) -> list[dict[str, object]]:
@@ -214,7 +280,7 @@ def _accuracy_rows(arm: str, seed: int, scores: dict, classes: Sequence[str]) ->
 
 
 def _metric_row(arm: str, seed: int, scores: dict, design, fit) -> dict[str, object]:
-    """One run's scores, tile counts and the epoch kept (1-based) with its validation loss."""
+    """One run's scores, tile counts, steps and the epoch kept (1-based; 0: none was validated)."""
     return {
         "arm": arm,
         "seed": seed,
@@ -223,13 +289,30 @@ def _metric_row(arm: str, seed: int, scores: dict, design, fit) -> dict[str, obj
         "macro_f1": scores["macro_f1"],
         "n_train": len(design.train),
         "n_valid": len(design.valid),
-        "best_epoch": fit.best_epoch + 1,
-        "best_valid_loss": fit.valid_losses[fit.best_epoch],
-        "last_valid_loss": fit.valid_losses[-1],
+        "best_epoch": 0 if fit.best_epoch is None else fit.best_epoch + 1,
+        "best_valid_loss": np.nan if fit.best_epoch is None else fit.valid_losses[fit.best_epoch],
+        "last_valid_loss": fit.valid_losses[-1] if fit.valid_losses else np.nan,
+        "steps": fit.steps,
     }
 
 
-def _save_model(folder, model, design, options, classes, fit, normalizer, roots, weights) -> None:
+def _run_record(design, options, classes, fingerprints, caps, weights, normalizer) -> dict[str, Any]:
+    """What identifies one (arm, seed) run: saved with its checkpoints, compared on `--resume`."""
+    return {
+        "kind": "classifier",
+        "arm": design.arm,
+        "seed": design.seed,
+        "sources": design.sources,
+        "settings": to_record(options),
+        "classes": list(classes),
+        "data_fingerprint": {name: fingerprints[name] for name in design.sources},
+        "caps": {name: caps[name] for name in design.sources if name in caps},
+        "pretrained": str(weights) if weights else None,
+        "stain": None if normalizer is None else normalizer.record(),
+    }
+
+
+def _save_model(folder, model, options, classes, fit, normalizer, record) -> None:
     """Publish one run's model folder: weights, config, stain reference, sealed by histosynth.json."""
 
     def write(staging: Path) -> None:
@@ -247,24 +330,20 @@ def _save_model(folder, model, design, options, classes, fit, normalizer, roots,
             atomic_write_text(staging / "stain.json", json.dumps(normalizer.record(), indent=2) + "\n")
 
     publish_model(folder, write)
-    fingerprint = {}
-    for name, root in roots.items():
-        files = sorted(path for path, _ in design.train + design.valid if path.is_relative_to(root))
-        fingerprint[name] = pool_fingerprint(root, files)
     write_model_info(
         folder,
         kind="classifier",
         classes=classes,
         settings=to_record(options),
-        fingerprint=fingerprint,
+        fingerprint=record["data_fingerprint"],
         steps=fit.steps,
         extra={
-            "arm": design.arm,
-            "seed": design.seed,
-            "sources": design.sources,
-            "best_epoch": fit.best_epoch + 1,
+            "arm": record["arm"],
+            "seed": record["seed"],
+            "sources": record["sources"],
+            "best_epoch": None if fit.best_epoch is None else fit.best_epoch + 1,
             "valid_losses": fit.valid_losses,
             "train_losses": fit.train_losses,
-            "pretrained": str(weights) if weights else None,
+            "pretrained": record["pretrained"],
         },
     )

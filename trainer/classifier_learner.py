@@ -55,6 +55,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+BEST_NAME = "best"  # SaveModelCallback's file of the best weights, `<learner path>/models/best.pth`
 
 
 def pretrained_weights(arch: str, pretrained: str | Path | None) -> Path | None:
@@ -132,11 +133,15 @@ def load_body_weights(model: torch.nn.Module, arch: str, path: Path) -> None:
 
 @dataclass(frozen=True)
 class FitRecord:
-    """What a run's training did: losses per epoch and which epoch's weights were kept."""
+    """What a run's training did: losses per epoch and which epoch's weights were kept.
+
+    `best_epoch` is None for a fit stopped (`max_steps`) before its first validation, which
+    keeps its last weights.
+    """
 
     train_losses: list[float]
     valid_losses: list[float]
-    best_epoch: int
+    best_epoch: int | None
     steps: int
 
 
@@ -206,8 +211,18 @@ def build_learner(
     return learn
 
 
+def best_weights_path(learn) -> Path:
+    """Where `fit_best`'s `SaveModelCallback` keeps the best weights of a learner."""
+    return Path(learn.path) / learn.model_dir / f"{BEST_NAME}.pth"
+
+
 def fit_best(
-    learn, options: ClassifierOptions, *, description: str, progress: bool | None = None
+    learn,
+    options: ClassifierOptions,
+    *,
+    description: str,
+    progress: bool | None = None,
+    cbs: Sequence[Callback] = (),
 ) -> FitRecord:
     """`fit_one_cycle` for the options' epochs; the learner ends with the best-validation-loss weights.
 
@@ -216,6 +231,7 @@ def fit_best(
         options: epochs and the maximal learning rate.
         description: the progress bar's label.
         progress: show a progress bar (None: when stderr is a terminal).
+        cbs: callbacks of this fit only, such as `trainer.classifier_resume.Checkpoints`.
 
     Returns:
         Losses per epoch and the epoch (0-based) whose weights the learner now holds.
@@ -230,7 +246,7 @@ def fit_best(
         learn.fit_one_cycle(
             options.epochs,
             lr_max=options.learning_rate,
-            cbs=[SaveModelCallback(monitor="valid_loss", fname="best"), bar],
+            cbs=[SaveModelCallback(monitor="valid_loss", fname=BEST_NAME), bar, *cbs],
         )
     values = [list(map(float, row)) for row in learn.recorder.values]
     valid_losses = [row[1] for row in values]
@@ -238,7 +254,7 @@ def fit_best(
     return FitRecord(
         train_losses=[row[0] for row in values],
         valid_losses=valid_losses,
-        best_epoch=int(np.argmin(finite)),
+        best_epoch=int(np.argmin(finite)) if finite else None,
         steps=int(learn.train_iter),
     )
 

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from histosynth.errors import PoolError
+from histosynth.errors import HistosynthError, PoolError
 from histosynth.images import load_rgb
-from histosynth.pools import read_pool
+from histosynth.pools import read_pool, sha256_file
+from histosynth.progress import progress_bar
 from histosynth.sampling import scoped_rng
+from trainer.options import FINGERPRINTS
 
 
 @dataclass(frozen=True)
@@ -35,15 +37,23 @@ class TrainingPool:
     fingerprint: dict[str, object]
 
 
-def read_training_pool(root: str | Path, classes: Sequence[str] | None = None) -> TrainingPool:
+def read_training_pool(
+    root: str | Path,
+    classes: Sequence[str] | None = None,
+    *,
+    fingerprint: str = "names",
+    progress: bool | None = None,
+) -> TrainingPool:
     """Read and check a pool for class-conditional training.
 
     Args:
         root: a pool folder `<pool>/<CLASS>/<image>`.
         classes: the classes to train on, in label order; None takes every class folder.
+        fingerprint: `names` or `sha256` (see `pool_fingerprint`).
+        progress: show the hashing progress bar of `sha256` (None: when stderr is a terminal).
 
     Returns:
-        The pool with labels in `classes` order and a fingerprint of its file names and sizes.
+        The pool with labels in `classes` order and its fingerprint.
 
     Raises:
         PoolError: not a pool (see `histosynth.pools.read_pool`), fewer than two classes (a
@@ -71,7 +81,7 @@ def read_training_pool(root: str | Path, classes: Sequence[str] | None = None) -
         files=files,
         labels=labels,
         native_size=first_size,
-        fingerprint=pool_fingerprint(pool.root, files),
+        fingerprint=pool_fingerprint(pool.root, files, fingerprint, progress=progress),
     )
 
 
@@ -85,16 +95,39 @@ def image_size(path: Path) -> tuple[int, int]:
         return width, height
 
 
-def pool_fingerprint(root: Path, files: Sequence[Path]) -> dict[str, object]:
-    """A sha256 over the relative names and byte sizes of the files, and their count.
+def pool_fingerprint(
+    root: Path, files: Sequence[Path], mode: str = "names", *, progress: bool | None = None
+) -> dict[str, object]:
+    """What a resumed run or a latent cache compares to know the pool is the one it was made from.
 
-    Cheap enough for 100,000 tiles (one `stat` each); it tells a resumed run or a latent cache
-    that the pool is the one it was made from.
+    Args:
+        root: the pool folder; names are taken relative to it.
+        files: the pool's files, in pool order.
+        mode: `names`: a sha256 over the relative names and byte sizes (one `stat` per file,
+            cheap for 100,000 tiles); `sha256`: a sha256 over the relative names and each
+            file's own sha256 (every byte read, streamed, with a progress bar), which also
+            tells an edited tile of unchanged size.
+        progress: show the hashing bar (`sha256` only; None: when stderr is a terminal).
+
+    Returns:
+        The file count and the digest, under a key that names the mode.
+
+    Raises:
+        HistosynthError: an unknown mode.
     """
+    if mode not in FINGERPRINTS:
+        raise HistosynthError(f"--fingerprint {mode!r}: expected one of {', '.join(FINGERPRINTS)}")
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
-    return {"files": len(files), "names_and_sizes_sha256": digest.hexdigest()}
+    if mode == "names":
+        for path in files:
+            digest.update(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n".encode())
+        return {"files": len(files), "names_and_sizes_sha256": digest.hexdigest()}
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"sha256 {root.name}", total=len(files))
+        for path in files:
+            digest.update(f"{path.relative_to(root).as_posix()}\t{sha256_file(path)}\n".encode())
+            bar.advance(task)
+    return {"files": len(files), "contents_sha256": digest.hexdigest()}
 
 
 def rotation(seed: int, epoch: int, index: int) -> int:

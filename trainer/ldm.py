@@ -210,7 +210,7 @@ def train_ldm(
     out = Path(out).expanduser()
     autoencoder = Path(autoencoder).expanduser()
     vae, vae_info = load_autoencoder(autoencoder)
-    pool = read_training_pool(data, classes)
+    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
     accelerator = make_accelerator(options)
     vae.to(accelerator.device)
     with accelerator.main_process_first():

@@ -64,13 +64,14 @@ def resume_step(
             logger.info("%s holds no checkpoint yet; starting a new run", out)
         return 0
     stored = load_checkpoint(accelerator, checkpoint)
-    check_resumable(stored, checkpoint, fingerprint=run["data_fingerprint"], classes=run["classes"])
+    # settings first: another --fingerprint mode would otherwise read as another pool
     changed = changed_settings(from_record(type(options), stored["settings"]), options)
     if changed:
         raise HistosynthError(
             f"{checkpoint}: the run used other settings ({', '.join(changed)}); "
             "resume with the options it was started with"
         )
+    check_resumable(stored, checkpoint, fingerprint=run["data_fingerprint"], classes=run["classes"])
     logger.info("resuming %s from step %d", out, stored["step"])
     return int(stored["step"])
 

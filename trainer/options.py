@@ -18,6 +18,7 @@ its diffusion model at 1e-6 x 64 x 2 = 1.28e-4. `--no-scale-lr` takes the rate a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +27,9 @@ from histosynth.images import PAPER_SIZE
 
 PRESETS = ("paper", "tiny")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+# How a training pool is fingerprinted (`trainer.data.pool_fingerprint`): by relative names and
+# byte sizes (one `stat` per file), or by the sha256 of every file (which also sees an edited pixel).
+FINGERPRINTS = ("names", "sha256")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class TrainOptions:
         keep_checkpoints: how many of the newest checkpoints to keep.
         mixed_precision: `auto` (fp16 on CUDA, none on CPU), `no`, `fp16` or `bf16`.
         num_workers: data-loading worker processes.
+        fingerprint: `names` or `sha256`: how the training pool is fingerprinted for the
+            model folder and compared on `--resume`.
     """
 
     preset: str = "tiny"
@@ -62,6 +68,7 @@ class TrainOptions:
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"
     num_workers: int = 0
+    fingerprint: str = "names"
 
 
 @dataclass(frozen=True)
@@ -268,7 +275,7 @@ def resolve(
         raise HistosynthError(f"unknown setting {unknown[0]!r}")
     values.update({name: value for name, value in overrides.items() if value is not None})
     options = cls(preset=preset, **values)
-    _check(options)
+    check_options(options)
     return options
 
 
@@ -303,17 +310,28 @@ RESUMABLE_CHANGES = (
 )
 
 
-def changed_settings(before: TrainOptions, after: TrainOptions) -> list[str]:
-    """Fields whose values differ, other than those a resume may change."""
+def changed_settings(
+    before: TrainOptions, after: TrainOptions, allowed: Sequence[str] = RESUMABLE_CHANGES
+) -> list[str]:
+    """Fields whose values differ, other than those a resume may change (`allowed`).
+
+    A model whose schedule spans the whole run (the classifier's one-cycle rate) passes
+    `allowed` without `epochs`, since more epochs would change every step already taken.
+    """
     old, new = dict(_items(before)), dict(_items(after))
-    return [key for key in old if key not in RESUMABLE_CHANGES and old[key] != new.get(key)]
+    return [key for key in old if key not in allowed and old[key] != new.get(key)]
 
 
 def _items(options: TrainOptions) -> list[tuple[str, Any]]:
     return [(item.name, getattr(options, item.name)) for item in dataclasses.fields(options)]
 
 
-def _check(options: TrainOptions) -> None:
+def check_options(options: TrainOptions) -> None:
+    """Refuse settings out of range, as `resolve` does; for settings built or replaced by hand.
+
+    Raises:
+        HistosynthError: naming the option and its value.
+    """
     positive = ["epochs", "batch_size", "size", "checkpoint_every", "keep_checkpoints"]
     for name in positive:
         if getattr(options, name) < 1:
@@ -325,6 +343,10 @@ def _check(options: TrainOptions) -> None:
     if options.mixed_precision not in MIXED_PRECISION:
         raise HistosynthError(
             f"--mixed-precision {options.mixed_precision!r}: expected one of {', '.join(MIXED_PRECISION)}"
+        )
+    if options.fingerprint not in FINGERPRINTS:
+        raise HistosynthError(
+            f"--fingerprint {options.fingerprint!r}: expected one of {', '.join(FINGERPRINTS)}"
         )
     if options.size % 8:
         raise HistosynthError(f"--size {options.size}: must be a multiple of 8 (f=8 autoencoders)")

@@ -212,7 +212,7 @@ def train_sd_finetune(
         raise HistosynthError(f"--cond-drop {options.cond_drop}: must lie in [0, 1)")
     base = check_base(base)
     out = Path(out).expanduser()
-    pool = read_training_pool(data, classes)
+    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
     prompts = class_prompts(options.prompt_template, pool.classes)
     schedule = base_schedule(base)
     embedder = embed_prompts(base, prompts)

@@ -316,7 +316,7 @@ def train_stylegan2(
     """
     options = resolve_options(preset, **settings)
     out = Path(out).expanduser()
-    pool = read_training_pool(data, classes)
+    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
     accelerator = make_accelerator(options)
     device = accelerator.device
     torch.manual_seed(derive_seed(options.seed, "stylegan2-init"))

@@ -50,6 +50,13 @@ ClassesOption = Annotated[
     list[str] | None, typer.Option("--class", help="Class to train on; repeat (default: every class).")
 ]
 ProgressOption = Annotated[bool | None, typer.Option(help="Show a progress bar (default: in a terminal).")]
+FingerprintOption = Annotated[
+    str,
+    typer.Option(
+        help="How the training pool is fingerprinted for the model and --resume: 'names' (names and "
+        "sizes) or 'sha256' (every file's bytes; reads the whole pool)."
+    ),
+]
 
 
 @app.command("autoencoder")
@@ -82,6 +89,7 @@ def autoencoder(
     disc_start: Annotated[
         int | None, typer.Option(help="Step at which the discriminator joins (default: preset).")
     ] = None,
+    fingerprint: FingerprintOption = "names",
     progress: ProgressOption = None,
 ) -> None:
     """Train a KL-f8 or VQ-f8 autoencoder (CompVis losses: L1 + LPIPS + PatchGAN, KL or codebook)."""
@@ -108,6 +116,7 @@ def autoencoder(
         keep_checkpoints=keep_checkpoints,
         mixed_precision=mixed_precision,
         num_workers=workers,
+        fingerprint=fingerprint,
         perceptual=perceptual,
         disc_start=disc_start,
     )
@@ -140,6 +149,7 @@ def ldm(
             help="Probability of the null class per example, for classifier-free guidance (default: preset)."
         ),
     ] = None,
+    fingerprint: FingerprintOption = "names",
     progress: ProgressOption = None,
 ) -> None:
     """Train a class-conditional latent diffusion model on an autoencoder's latents (KLF8-DM, VQF8-DM)."""
@@ -165,6 +175,7 @@ def ldm(
         keep_checkpoints=keep_checkpoints,
         mixed_precision=mixed_precision,
         num_workers=workers,
+        fingerprint=fingerprint,
         cond_drop=cond_drop,
     )
     typer.echo(f"wrote {folder}", err=True)
@@ -216,6 +227,7 @@ def stylegan2(
         int | None,
         typer.Option(help="Rollbacks to the last good checkpoint before giving up (paper: 3)."),
     ] = None,
+    fingerprint: FingerprintOption = "names",
     progress: ProgressOption = None,
 ) -> None:
     """Train a class-conditional StyleGAN2 with ADA that rolls back on mode collapse."""
@@ -238,6 +250,7 @@ def stylegan2(
         keep_checkpoints=keep_checkpoints,
         mixed_precision=mixed_precision,
         num_workers=workers,
+        fingerprint=fingerprint,
         r1_gamma=r1_gamma,
         pl_weight=pl_weight,
         style_mixing=style_mixing,
@@ -290,45 +303,72 @@ def classifier(
     ] = False,
     preset: PresetOption = "paper",
     epochs: EpochsOption = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="Stop each fit after N optimizer steps, counting those before a resume."),
+    ] = None,
     batch_size: BatchOption = None,
     seed: SeedOption = 0,
     learning_rate: Annotated[
         float | None, typer.Option(help="Maximal one-cycle learning rate (paper: 1e-3), as given.")
     ] = None,
     size: Annotated[int | None, typer.Option(help="Tiles resized bilinearly to SIZE (paper: 224).")] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Save each fit's checkpoint every N steps, in checkpoints/ARM-seedS/ (default: preset)."
+        ),
+    ] = None,
+    keep_checkpoints: KeepOption = 2,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue every arm and seed from its newest checkpoint; finished ones are reused.",
+        ),
+    ] = False,
     mixed_precision: PrecisionOption = "auto",
     workers: WorkersOption = 0,
+    fingerprint: FingerprintOption = "names",
     progress: ProgressOption = None,
 ) -> None:
     """Train a ResNet34 tissue classifier per arm and seed on real, synthetic or combined tiles (Table 3)."""
     from histosynth.cli.options import parse_named_dirs
-    from trainer.classifier import train_classifier
+    from trainer.classifier import ClassifierSettings, train_classifier
     from trainer.classifier_arms import parse_caps
+    from trainer.options import ClassifierOptions, resolve
 
     sources = parse_named_dirs(train, "--train")
-    result = train_classifier(
-        sources,
-        test,
-        out,
-        arms=arms,
-        seeds=seeds,
-        caps=parse_caps(caps or [], sources),
-        pretrained=pretrained,
-        stain_reference=stain_reference,
-        preset=preset,
-        progress=progress,
+    options = resolve(
+        ClassifierOptions,
+        preset,
         epochs=epochs,
+        max_steps=max_steps,
         batch_size=batch_size,
         seed=seed,
         learning_rate=learning_rate,
         size=size,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         mixed_precision=mixed_precision,
         num_workers=workers,
+        fingerprint=fingerprint,
         stain_normalize=stain_normalize,
         valid_fraction=valid_fraction,
         arch=arch,
         freeze_body=freeze_body,
     )
+    settings = ClassifierSettings(
+        options=options,
+        arms=arms,
+        seeds=seeds,
+        caps=parse_caps(caps or [], sources),
+        pretrained=pretrained,
+        stain_reference=stain_reference,
+        resume=resume,
+        progress=progress,
+    )
+    result = train_classifier(sources, test, out, settings)
     typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)
 
 
@@ -364,6 +404,7 @@ def sd_finetune(
         float | None,
         typer.Option(help="Probability of the empty prompt per example (SD v1: 0.1) (default: preset)."),
     ] = None,
+    fingerprint: FingerprintOption = "names",
     progress: ProgressOption = None,
 ) -> None:
     """Fine-tune Stable Diffusion v1.4's U-Net on a pool, one prompt per class (VAE, text encoder frozen)."""
@@ -389,6 +430,7 @@ def sd_finetune(
         keep_checkpoints=keep_checkpoints,
         mixed_precision=mixed_precision,
         num_workers=workers,
+        fingerprint=fingerprint,
         prompt_template=prompt_template,
         cond_drop=cond_drop,
     )

@@ -126,11 +126,16 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_old_one(
     make_tiles, tmp_path: Path
 ) -> None:
     pool = make_tiles()
-    out = train_autoencoder(pool, tmp_path / "kl", perceptual=False, max_steps=1)
+    out = train_autoencoder(pool, tmp_path / "kl", perceptual=False, max_steps=1, fingerprint="sha256")
+    assert set(read_model_info(out)["data_fingerprint"]) == {"files", "contents_sha256"}
     with pytest.raises(HistosynthError, match="holds another run; pass --resume"):
         train_autoencoder(pool, out, perceptual=False, max_steps=1)
     with pytest.raises(HistosynthError, match="other settings \\(batch_size\\)"):
-        train_autoencoder(pool, out, perceptual=False, max_steps=2, batch_size=4, resume=True)
+        train_autoencoder(
+            pool, out, perceptual=False, max_steps=2, batch_size=4, resume=True, fingerprint="sha256"
+        )
+    with pytest.raises(HistosynthError, match="other settings \\(fingerprint\\)"):
+        train_autoencoder(pool, out, perceptual=False, max_steps=2, resume=True)  # names, not sha256
     assert read_model_info(out)["steps"] == 1
     shutil.rmtree(out / "checkpoints")
     with pytest.raises(HistosynthError, match="holds a model but no checkpoint"):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from histosynth.errors import HistosynthError
 from histosynth.pools import read_pool
-from trainer.classifier import train_classifier
+from trainer.classifier import ClassifierSettings, train_classifier
 from trainer.classifier_arms import arm_data, arm_sources, parse_arms, parse_caps, read_sources
 from trainer.classifier_learner import (
     WEIGHT_FILES,
@@ -43,11 +43,12 @@ def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_til
     result = cli(
         "train", "classifier", "--train", f"real={real}", "--train", f"KLF8-DM={synthetic}",
         "--test", test, "--out", out, "--preset", "tiny", "--pretrained", "none", "--seeds", "2",
-        "--cap", "KLF8-DM=5",
+        "--cap", "KLF8-DM=5", "--resume", "--max-steps", "2", "--checkpoint-every", "1",
+        "--keep-checkpoints", "1", "--fingerprint", "sha256",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    assert {path.name for path in out.iterdir()} == set(OWNED) | {"models"}
+    assert {path.name for path in out.iterdir()} == set(OWNED) | {"models", "checkpoints"}
 
     accuracy = pd.read_csv(out / "classifier_accuracy.csv")
     assert list(accuracy.columns) == ["arm", "seed", "class", "accuracy", "n"]
@@ -92,6 +93,8 @@ def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_til
     info = json.loads((folder / "histosynth.json").read_text())
     assert info["kind"] == "classifier" and info["classes"] == ["ADI", "TUM"] and info["seed"] == 1
     assert set(info["data_fingerprint"]) == {"real", "KLF8-DM"} and info["settings"]["preset"] == "tiny"
+    assert set(info["data_fingerprint"]["real"]) == {"files", "contents_sha256"}  # --fingerprint sha256
+    assert [path.name for path in (out / "checkpoints" / "combined-seed1").iterdir()] == ["step-2"]  # kept 1
     assert (folder / "stain_reference.png").read_bytes() == default_reference().read_bytes()
     assert (
         json.loads((folder / "stain.json").read_text())["reference_sha256"]
@@ -159,11 +162,13 @@ def test_a_test_class_the_training_pools_lack_is_refused_before_training(
 ) -> None:
     test = make_tiles("test", classes=("ADI", "MUC", "TUM"), per_class=2)
     with pytest.raises(HistosynthError, match=r"class MUC has no training tiles in arm 'real'"):
-        train_classifier(sources, test, tmp_path / "out", pretrained="none")
+        train_classifier(sources, test, tmp_path / "out", ClassifierSettings(pretrained="none"))
     assert not (tmp_path / "out").exists()
     extra = make_tiles("extra", classes=("ADI", "STR", "TUM"), per_class=2)
     with pytest.raises(HistosynthError, match=r"--train extra=.*class STR is not in the test pool"):
-        train_classifier({"extra": extra}, make_tiles("test2"), tmp_path / "out", pretrained="none")
+        train_classifier(
+            {"extra": extra}, make_tiles("test2"), tmp_path / "out", ClassifierSettings(pretrained="none")
+        )
 
 
 def test_missing_imagenet_weights_name_the_file_and_where_it_goes(make_tiles, sources, cli, tmp_path) -> None:
