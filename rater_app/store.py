@@ -204,7 +204,7 @@ class StudySettings:
     """The rating settings stored with a study (the `settings` JSON column)."""
 
     block_by_class: bool
-    confidence: str  # "none" or "six-point"
+    confidence: str  # one of histosynth.study_config.CONFIDENCE_SCALES: "none" or "6-point"
     allow_changes: bool
     repeats: int
     images_per_cell: int | None = None  # absent in studies created before it was stored
