@@ -244,7 +244,8 @@ HEAD_JS = f"""
 """
 
 # Colours are chosen for WCAG AA (4.5:1 for text) against their backgrounds; focus is a thick
-# outline that every control shows when reached by keyboard.
+# outline that every control shows when reached by keyboard. The view tools switch colours
+# without a transition: a toggle's state shows at once, and never passes through low contrast.
 CSS = f"""
 #tile-frame {{ display: flex; justify-content: center; }}
 #tile-view {{ width: {TILE_DISPLAY_PX}px; height: {TILE_DISPLAY_PX}px; overflow: hidden; position: relative;
@@ -260,7 +261,7 @@ CSS = f"""
 #controls {{ gap: 0.6rem; }}
 .view-tools {{ display: flex; gap: 0.5rem; flex-wrap: wrap; }}
 .view-tools button {{ padding: 0.35rem 0.75rem; border: 1px solid #4b5563; border-radius: 6px;
-  background: #ffffff; color: #111827; }}
+  background: #ffffff; color: #111827; transition: none; }}
 #pixel-zoom[aria-pressed="true"] {{ background: #111827; border-color: #111827; color: #ffffff; }}
 .bars {{ display: flex; gap: 1.5rem; justify-content: center; flex-wrap: wrap; font-size: 0.9rem; }}
 .bar {{ display: flex; align-items: center; gap: 0.5rem; }}
