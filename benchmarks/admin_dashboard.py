@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import random
 import secrets
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rater_app import store
 from rater_app.admin_ui import dashboard_html
 from rater_app.dashboard import dashboard
 from rater_app.store import connect, transaction
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_of  # noqa: E402
 
 CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
 SOURCES = ["real", "KLF8-DM", "VQF8-DM", "SD", "styleGAN2"]
@@ -74,16 +77,6 @@ def build_study(db_path: Path, n_raters: int, n_votes: int, seed: int = 0) -> in
                 }
                 store.insert_vote(db, vote)
     return study_id
-
-
-def best_of(function: Callable[[], object], repeats: int) -> float:
-    """Fastest of `repeats` runs (the least disturbed by other processes), in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

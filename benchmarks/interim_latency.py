@@ -23,41 +23,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from rater_app import store
-from rater_app.create import create_study
 from rater_app.interim import interim_results
-from rater_app.raters import add_raters
 from rater_app.voting import record_vote, tile_at
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rating_latency import make_study as rating_study  # noqa: E402
 
 CLASSES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
 
 
 def make_study(folder: Path, classes: int, sources: int, per_class: int, raters: int) -> tuple[Path, int]:
     """A study whose raters have all voted (at random); returns the database and the study id."""
-    rng = np.random.default_rng(0)
-    pools = {}
-    for source in ["real", *(f"gen-{i}" for i in range(1, sources))]:
-        pools[source] = folder / "pools" / source
-        for class_name in CLASSES[:classes]:
-            for index in range(per_class):
-                path = pools[source] / class_name / f"{index}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                small = rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
-                Image.fromarray(small).resize((64, 64), Image.Resampling.BILINEAR).save(path)
-    toml = folder / "study.toml"
-    lines = ["[study]", 'name = "bench"', "seed = 1", f"images_per_cell = {per_class}", "[sources]"]
-    lines += [f'"{name}" = "{path}"' for name, path in pools.items()]
-    toml.write_text("\n".join(lines) + "\n")
-    db = folder / "study.db"
-    create_study(toml, db)
-    names = [f"rater{i:02d}" for i in range(raters)]
-    add_raters(str(db), "bench", names)
+    source_names = ["real", *(f"gen-{i}" for i in range(1, sources))]
+    db, secrets = rating_study(folder, per_class, raters, source_names, CLASSES[:classes], side=64)
     with store.connect(db) as conn:
         study_id = store.find_study(conn, "bench").id
-        ids = [store.rater_id(conn, study_id, name) for name in names]
+        ids = [store.rater_id(conn, study_id, name) for name in secrets]
     choice = random.Random(0)
     for rater in ids:
         for position in range(1, classes * sources * per_class + 1):

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,17 +39,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rater_ap
 from simulated_rater import simulated_rater  # noqa: E402
 
 
-def make_study(folder: Path, per_class: int, raters: int) -> tuple[Path, dict[str, str]]:
+def make_study(
+    folder: Path,
+    per_class: int,
+    raters: int,
+    source_names: Sequence[str] = ("real", "gen-a", "gen-b"),
+    classes: Sequence[str] = ("ADI", "DEB", "TUM"),
+    side: int = 224,
+) -> tuple[Path, dict[str, str]]:
+    """A study of smooth random tiles with its raters added; the database and each rater's secret.
+
+    Shared by the benchmarks that need a study on disk (tile paint, interim results)."""
     rng = np.random.default_rng(0)
     sources = {}
-    for source in ("real", "gen-a", "gen-b"):
+    for source in source_names:
         sources[source] = folder / "pools" / source
-        for class_name in ("ADI", "DEB", "TUM"):
+        for class_name in classes:
             for index in range(per_class):
                 path = sources[source] / class_name / f"{index}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                small = rng.integers(0, 255, size=(28, 28, 3), dtype=np.uint8)
-                Image.fromarray(small).resize((224, 224), Image.Resampling.BILINEAR).save(path)
+                small = rng.integers(0, 255, size=(side // 8, side // 8, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((side, side), Image.Resampling.BILINEAR).save(path)
     toml = folder / "study.toml"
     lines = ["[study]", 'name = "bench"', "seed = 1", f"images_per_cell = {per_class}", "[sources]"]
     lines += [f'"{name}" = "{path}"' for name, path in sources.items()]

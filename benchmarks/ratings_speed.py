@@ -11,9 +11,8 @@ pandas groupby and statsmodels' fleiss_kappa. Run: `.venv/bin/python benchmarks/
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,9 @@ import pandas as pd
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
 from evaluator.ratings.report import RatingSettings, compute_ratings, write_ratings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_of  # noqa: E402
 
 CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
 SOURCES = ["real", "KLF8-DM", "VQF8-DM", "SD", "styleGAN2"]
@@ -64,16 +66,6 @@ def baseline_paper_numbers(votes: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         table = pd.crosstab(cell["item"], cell["vote"]).to_numpy()
         kappas[(source, klass)] = statsmodels_fleiss_kappa(table, method="fleiss")
     return summary, kappas
-
-
-def best_of(function: Callable[[], object], repeats: int) -> float:
-    """Fastest of `repeats` runs (the least disturbed by other processes), in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
