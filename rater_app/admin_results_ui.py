@@ -20,7 +20,14 @@ from datetime import datetime, timezone
 import gradio as gr
 import pandas as pd
 
-from rater_app.interim import EvaluationFailed, InterimResults, interim_results, result_looks, vote_count
+from rater_app.interim import (
+    DOWNLOAD_ACTION,
+    EvaluationFailed,
+    InterimResults,
+    interim_results,
+    result_looks,
+    vote_count,
+)
 from rater_app.raters import ADMIN_NAME
 from rater_app.store import AdminAction
 
@@ -131,7 +138,7 @@ def looks_text(looks: list[AdminAction]) -> str:
     """The record of peeking in one sentence: how many looks, and when (UTC)."""
     if not looks:
         return "Interim results have not been looked at before."
-    times = ", ".join(_utc(look.at) for look in looks)
+    times = ", ".join(_utc(look.at) + (" (ZIP)" if look.action == DOWNLOAD_ACTION else "") for look in looks)
     plural = "s" if len(looks) > 1 else ""
     return f"Interim results have been looked at {len(looks)} time{plural} (UTC): {times}."
 

@@ -35,7 +35,7 @@ from histosynth import __version__
 from histosynth.files import atomic_write_text
 from rater_app import store
 from rater_app.interim import (
-    ACTOR,
+    DOWNLOAD_ACTION,
     EVALUATED_DIR,
     EVALUATOR_ARGS,
     EVALUATOR_TIMEOUT_S,
@@ -43,9 +43,9 @@ from rater_app.interim import (
     EvaluationFailed,
     evaluate_study,
 )
+from rater_app.raters import ADMIN_NAME
 from rater_app.store import AdminAction, Study, connect, transaction
 
-DOWNLOAD_ACTION = "bundle.download"
 STUDY_FILE = "study.toml"
 RECORD_FILE = "admin_actions.csv"
 MANIFEST_FILE = "manifest.json"
@@ -62,7 +62,7 @@ def build_bundle(db_path: str | Path, study_name: str, timeout: float = EVALUATO
     """
     with connect(db_path) as db:
         study = store.find_study(db, study_name)
-        n_items = len(store.study_items(db, study.id))
+        n_items = store.item_count(db, study.id)
     with tempfile.TemporaryDirectory(prefix="histosynth-bundle-") as temp:
         # The evaluator works in its own folder: what a failed or killed run leaves there
         # (its staging folder) never reaches the ZIP.
@@ -78,7 +78,7 @@ def build_bundle(db_path: str | Path, study_name: str, timeout: float = EVALUATO
         os.replace(work / VOTES_FILE, folder / VOTES_FILE)
         atomic_write_text(folder / STUDY_FILE, study_toml(study, n_items))
         with connect(db_path) as db, transaction(db):
-            store.record_admin_action(db, study.id, ACTOR, DOWNLOAD_ACTION)
+            store.record_admin_action(db, study.id, ADMIN_NAME, DOWNLOAD_ACTION)
             actions = store.admin_actions(db, study.id)
         atomic_write_text(folder / RECORD_FILE, admin_record_csv(actions))
         files = sorted(path for path in folder.rglob("*") if path.is_file())

@@ -8,12 +8,15 @@ reads the evaluator's CSV tables and figure back before the folder is removed. T
 come from one command.
 
 Looking at results before a study ends is peeking: every look that showed results is recorded
-in the admin's record (`results.view`), which the admin panel shows before the next look and
-the ZIP carries with the results.
+in the admin's record (`results.view`; a download of the study's ZIP, `bundle.download`, counts
+as a look too), which the admin panel shows before the next look and the ZIP carries with the
+results.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import subprocess
@@ -27,12 +30,15 @@ import pandas as pd
 from histosynth.errors import StudyError
 from rater_app import store
 from rater_app.export import export_votes
+from rater_app.raters import ADMIN_NAME
 from rater_app.store import AdminAction, connect, transaction
 
 log = logging.getLogger(__name__)
 
-ACTOR = "admin"  # actions from the admin page; the CLI records 'cli:<user>'
 VIEW_ACTION = "results.view"
+# The study's ZIP holds the votes with their sources and the evaluated results: a look too.
+DOWNLOAD_ACTION = "bundle.download"
+LOOK_ACTIONS = (VIEW_ACTION, DOWNLOAD_ACTION)
 # Interim looks include raters who are not done yet: mid-study, nobody may have finished.
 EVALUATOR_ARGS = ("evaluate", "ratings", "--include-unfinished")
 EVALUATOR_TIMEOUT_S = 300.0
@@ -88,9 +94,9 @@ def vote_count(db_path: str | Path, study_id: int) -> VoteCount:
 
 
 def result_looks(db_path: str | Path, study_id: int) -> list[AdminAction]:
-    """Every recorded look at interim results, oldest first."""
+    """Every recorded look at interim results (on the page or by the ZIP), oldest first."""
     with connect(db_path) as db:
-        return [action for action in store.admin_actions(db, study_id) if action.action == VIEW_ACTION]
+        return [action for action in store.admin_actions(db, study_id) if action.action in LOOK_ACTIONS]
 
 
 def evaluate_study(
@@ -107,7 +113,7 @@ def evaluate_study(
     text = export_votes(db_path, study, votes_csv)
     evaluated = folder / EVALUATED_DIR
     run_evaluator(votes_csv, evaluated, timeout)
-    return Evaluation(votes_csv, evaluated, n_votes=max(text.count("\n") - 1, 0))
+    return Evaluation(votes_csv, evaluated, n_votes=sum(1 for _ in csv.DictReader(io.StringIO(text))))
 
 
 def run_evaluator(votes_csv: Path, out: Path, timeout: float = EVALUATOR_TIMEOUT_S) -> None:
@@ -181,7 +187,7 @@ def interim_results(
         figure = evaluation.evaluated / "expert_scores.png"
         figure_png = figure.read_bytes() if figure.is_file() else None
     with connect(db_path) as db, transaction(db):
-        store.record_admin_action(db, study_id, ACTOR, VIEW_ACTION)
+        store.record_admin_action(db, study_id, ADMIN_NAME, VIEW_ACTION)
     return InterimResults(
         n_votes=evaluation.n_votes,
         expert_scores=scores,

@@ -112,7 +112,8 @@ def set_disabled(db_path: str, study: str, names: Sequence[str], disabled: bool,
 
     Their orders and votes stay, and the export keeps the votes: disabling stops a rater, it
     does not undo their work. Each change is recorded ("rater.disable" / "rater.enable") in
-    the same transaction; disabling a disabled rater keeps its first time.
+    the same transaction; disabling a disabled rater (or enabling an enabled one) changes and
+    records nothing, so a disabled rater keeps the first time.
 
     Raises:
         StudyError: no names, or a name is not a rater of the study; then nothing changes.
@@ -122,13 +123,13 @@ def set_disabled(db_path: str, study: str, names: Sequence[str], disabled: bool,
     action = "rater.disable" if disabled else "rater.enable"
     with connect(db_path) as db, transaction(db):
         study_id = store.find_study(db, study).id
-        progress = {entry.rater: entry for entry in store.progress(db, study_id)}
         for name in names:
-            if name not in progress:
+            found = store.rater_id(db, study_id, name)
+            if found is None:
                 raise StudyError(f"study {study!r} has no rater named {name!r}")
-            if progress[name].disabled != disabled:
+            if store.rater_disabled(db, found) != disabled:  # no change, no record
                 store.set_rater_disabled(db, study_id, name, time.time() if disabled else None)
-            _record(db, study_id, actor, action, name)
+                _record(db, study_id, actor, action, name)
 
 
 def admin_record(db_path: str, study: str) -> list[store.AdminAction]:

@@ -29,7 +29,6 @@ hold placeholders for the replayed steps; nothing here reads them.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -50,7 +49,7 @@ from trainer.checkpoints import (
     step_folders,
 )
 from trainer.classifier_learner import FitRecord
-from trainer.model_folder import CHECKPOINTS, INFO_NAME
+from trainer.model_folder import CHECKPOINTS, INFO_NAME, read_model_info
 from trainer.options import RESUMABLE_CHANGES, ClassifierOptions, changed_settings, from_record
 
 with warnings.catch_warnings():
@@ -315,10 +314,9 @@ def finished_fit(model: Path, checkpoint: Path | None, total: int) -> FitRecord 
     if checkpoint is None:
         return None
     step = int(read_run(checkpoint)["step"])
-    path = model / INFO_NAME
-    if step < total or not path.is_file():
+    if step < total or not (model / INFO_NAME).is_file():
         return None
-    info = json.loads(path.read_text(encoding="utf-8"))
+    info = read_model_info(model, kinds=("classifier",))
     if info.get("steps") != step:
         return None
     best = info["best_epoch"]

@@ -55,6 +55,7 @@ def test_disabled_rater_cannot_log_in_and_keeps_votes(study) -> None:
     assert [(r["rater"], r["vote"]) for r in rows] == [("ann", "real")]  # votes stay and export
 
     set_disabled(study, "pilot", ["ann"], False, actor="admin")
+    set_disabled(study, "pilot", ["ann"], False, actor="admin")  # no change: not recorded again
     assert identity_for(study, login(study, "pilot", "ann", secrets["ann"])).name == "ann"
     assert [(a.actor, a.action, a.target) for a in admin_record(study, "pilot")] == [
         ("admin", "rater.add", "ann"),

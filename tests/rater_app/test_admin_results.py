@@ -219,6 +219,8 @@ def test_zip_for_the_admin_404_for_raters(study, rating_server) -> None:
     check_manifest(files)
     assert files["votes.csv"] == admin.client.get("/admin/votes.csv").content
     assert actions(db) == ["bundle.download"]
+    # the ZIP holds the votes with their sources and the results: the next warning counts it
+    assert [look.action for look in result_looks(db, study_id(db))] == ["bundle.download"]
 
 
 @pytest.mark.browser
