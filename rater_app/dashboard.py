@@ -38,10 +38,6 @@ class RaterRow:
     def done(self) -> bool:
         return self.answered == self.total
 
-    @property
-    def fraction(self) -> float:
-        return self.answered / self.total if self.total else 1.0
-
 
 @dataclass(frozen=True)
 class StudyFacts:

@@ -63,9 +63,8 @@ class VoteCount:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Where one evaluation left its files, and how many votes went in."""
+    """Where one evaluation left its tables and figures, and how many votes went in."""
 
-    votes_csv: Path
     evaluated: Path
     n_votes: int
 
@@ -113,7 +112,7 @@ def evaluate_study(
     text = export_votes(db_path, study, votes_csv)
     evaluated = folder / EVALUATED_DIR
     run_evaluator(votes_csv, evaluated, timeout)
-    return Evaluation(votes_csv, evaluated, n_votes=sum(1 for _ in csv.DictReader(io.StringIO(text))))
+    return Evaluation(evaluated, n_votes=sum(1 for _ in csv.DictReader(io.StringIO(text))))
 
 
 def run_evaluator(votes_csv: Path, out: Path, timeout: float = EVALUATOR_TIMEOUT_S) -> None:
