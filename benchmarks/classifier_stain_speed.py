@@ -1,6 +1,6 @@
 """Throughput of the classifier's stain preparation: cold (Macenko) against warm (the tile cache).
 
-`trainer.stain.prepare_tiles` normalises each tile once and caches it; every later arm, seed or
+`trainer.classifier.stain.prepare_tiles` normalises each tile once and caches it; every later arm, seed or
 run reads the cache. This script cuts 224 x 224 tiles from the real H&E slide in ../shared/data
 (or makes smooth random ones where it is absent), then times, in the same run and on the same
 files:
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.stain import fit_normalizer, prepare_tiles
+from trainer.classifier.stain import fit_normalizer, prepare_tiles
 
 SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
 PAPER_TILES = 100_000 + 7_180

@@ -1,6 +1,6 @@
 """Speed of latent-diffusion sampling (and, on a GPU, training steps), against baselines in the same run.
 
-1. Sampling: `trainer.ldm.sample_latents` + `decode_images` in batches of `--batch-size` against a
+1. Sampling: `trainer.diffusion.ldm.sample_latents` + `decode_images` in batches of `--batch-size` against a
    one-image-at-a-time loop of the same model (no padding, one image per U-Net pass), as
    images per second and their ratio. The model is an untrained LDM of the chosen preset built
    from its configuration (random weights cost the same as trained ones): `tiny` for the CPU,
@@ -30,14 +30,16 @@ PAPER_SECONDS_PER_IMAGE = 0.7  # Niehues et al. 2024, two RTX A6000, 200 DDIM st
 
 def build_ldm_folder(folder: Path, preset: str) -> Path:
     """An untrained LDM model folder of `preset`, laid out exactly as `train ldm` writes one."""
-    from trainer.autoencoder import build_autoencoder
-    from trainer.ldm import ClassEmbedder, build_unet, training_scheduler
-    from trainer.model_folder import write_model_info
-    from trainer.options import AutoencoderOptions, LDMOptions, resolve, to_record
+    from trainer.autoencoder.model import build_autoencoder
+    from trainer.autoencoder.options import autoencoder_options
+    from trainer.core.model_folder import write_model_info
+    from trainer.core.options import to_record
+    from trainer.diffusion.ldm import ClassEmbedder, build_unet, training_scheduler
+    from trainer.diffusion.options import ldm_options
 
     torch.manual_seed(0)
-    autoencoder_options = resolve(AutoencoderOptions, preset, "kl")
-    options = resolve(LDMOptions, preset)
+    autoencoder_options = autoencoder_options("kl", preset)
+    options = ldm_options(preset)
     classes = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
     build_autoencoder(autoencoder_options).save_pretrained(folder / "vae")
     build_unet(options, 4, options.size // 8).save_pretrained(folder / "unet")
@@ -63,7 +65,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def images_per_second(model, count: int, batch: int, steps: int, pad_to: int) -> float:
-    from trainer.ldm import decode_images, sample_latents
+    from trainer.diffusion.ldm import decode_images, sample_latents
 
     synchronize(model.device)
     start = time.perf_counter()
@@ -77,7 +79,7 @@ def images_per_second(model, count: int, batch: int, steps: int, pad_to: int) ->
 
 
 def bench_sampling(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
-    from trainer.ldm import PAD_TO, load_ldm
+    from trainer.diffusion.ldm import PAD_TO, load_ldm
 
     with tempfile.TemporaryDirectory() as scratch:
         model = load_ldm(build_ldm_folder(Path(scratch), args.preset), device, dtype)
@@ -103,10 +105,10 @@ def bench_sampling(args: argparse.Namespace, device: torch.device, dtype: torch.
 
 def bench_ldm_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     """One LDM optimizer step at the paper's batch size (64), as in `train ldm`."""
-    from trainer.ldm import build_unet
-    from trainer.options import LDMOptions, resolve
+    from trainer.diffusion.ldm import build_unet
+    from trainer.diffusion.options import ldm_options
 
-    options = resolve(LDMOptions, args.preset)
+    options = ldm_options(args.preset)
     unet = build_unet(options, 4, options.size // 8).to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     latents = torch.randn(options.batch_size, 4, options.size // 8, options.size // 8, device=device)
@@ -129,11 +131,12 @@ def bench_autoencoder_training(args: argparse.Namespace, device: torch.device, d
     """One KL-f8 step at the paper's batch size: L1 + LPIPS (random VGG16, same cost) + discriminator."""
     import lpips
 
-    from trainer.autoencoder import Reconstruction, build_autoencoder
-    from trainer.discriminator import PatchDiscriminator, hinge_loss
-    from trainer.options import AutoencoderOptions, resolve
+    from trainer.autoencoder.discriminator import PatchDiscriminator, hinge_loss
+    from trainer.autoencoder.model import build_autoencoder
+    from trainer.autoencoder.options import autoencoder_options
+    from trainer.autoencoder.train import Reconstruction
 
-    ae_options = resolve(AutoencoderOptions, args.preset, "kl")
+    ae_options = autoencoder_options("kl", args.preset)
     model = Reconstruction(build_autoencoder(ae_options)).to(device)
     discriminator = PatchDiscriminator(3, ae_options.disc_channels, ae_options.disc_layers).to(device)
     perceptual = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).to(device).eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Speed of StyleGAN2 generation (`trainer.stylegan2_train.generate_images`), batched against
+"""Speed of StyleGAN2 generation (`trainer.stylegan2.train.generate_images`), batched against
 one image at a time in the same run.
 
 1. CPU, the tiny preset (32 px): images per second with batches of `--batch` against a loop of
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from histosynth.sampling import derive_seed
-from trainer.stylegan2_networks import StyleGAN2Generator
-from trainer.stylegan2_train import build_networks, generate_images, resolve_options
+from trainer.stylegan2.networks import StyleGAN2Generator
+from trainer.stylegan2.options import stylegan2_options
+from trainer.stylegan2.train import build_networks, generate_images
 
 
 def seeded(indices: range) -> list[torch.Generator]:
@@ -44,7 +45,7 @@ def images_per_second(
 
 def bench_cpu(images: int, batch: int) -> None:
     torch.manual_seed(0)
-    generator, _ = build_networks(resolve_options("tiny"), 2)
+    generator, _ = build_networks(stylegan2_options("tiny"), 2)
     generator.eval().requires_grad_(False)
     images_per_second(generator, 8, 8, 2)  # warm-up
     single, one_by_one = images_per_second(generator, images, 1, 2)

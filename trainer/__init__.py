@@ -1,10 +1,10 @@
-"""Training backend: the paper's autoencoders and latent diffusion model, and `generate` for pools.
+"""Training backend: the paper's generators and classifier, one package per model family.
 
-One module per model, as in diffusers: `autoencoder` (KL-f8 and VQ-f8, trained as the CompVis
-first stages), `ldm` (the class-conditional latent diffusion model), `generate` (pools from any
-trained model), `sd_finetune` (Stable Diffusion v1.4 fine-tuned on the tiles), `compvis_import`
-(the published CompVis checkpoints as model folders). Shared pieces are small: `options`
-(settings and presets), `data` (a pool as a dataset), `model_folder` (`histosynth.json`),
-`checkpoints` (resume), `loop` (the accelerate run). The trainer imports only the core
+`core/` holds what every family shares (the run's settings and presets, the accelerate loop,
+checkpoints, the pool as a dataset, the model folder's `histosynth.json`); `autoencoder/`,
+`diffusion/` (LDM and SD fine-tune), `stylegan2/` and `classifier/` each hold one family whole;
+`compvis/` imports the published CompVis checkpoints as model folders; `generate` writes a pool
+from any generator's folder. No family imports another except the two composers (`compvis`,
+`generate`), as `tests/trainer/test_layout.py` checks. The trainer imports only the core
 (`histosynth`), never the evaluator or the rating app.
 """

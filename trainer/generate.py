@@ -4,7 +4,7 @@ Image i of class c is a pure function of (model, seed, c, i): all of its noise (
 noise; a StyleGAN2's z and noise inputs) comes from a CPU generator seeded with
 `histosynth.sampling.derive_seed(seed, c, i)`, so the batch size, the number of processes and
 any interruption never change a file (given the same kernels: on CPU with the same thread count,
-batches padded as `trainer.ldm.PAD_TO` says; GPU kernels may round differently between batch
+batches padded as `trainer.diffusion.ldm.PAD_TO` says; GPU kernels may round differently between batch
 shapes). Each PNG is written under a temporary name, fsynced and
 renamed, so a visible file is complete; a rerun skips the files that exist and makes the rest.
 While a pool is being made, a hidden `.histosynth-generate.json` records its identity (model
@@ -30,7 +30,7 @@ from histosynth.files import atomic_write_bytes, atomic_write_text
 from histosynth.pools import MANIFEST_NAME, read_manifest, write_manifest
 from histosynth.progress import progress_bar
 from histosynth.sampling import derive_seed
-from trainer.model_folder import model_hash, read_model_info
+from trainer.core.model_folder import model_hash, read_model_info
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +149,11 @@ def generate_pool(
     todo = [(c, i) for c in wanted for i in range(per_class) if not (out / c / image_name(i)).exists()]
     mine = todo[state.process_index :: state.num_processes]
     if stylegan:
-        from trainer.stylegan2_train import generate_images, load_stylegan2
+        from trainer.stylegan2.train import generate_images, load_stylegan2
 
         loaded = load_stylegan2(model, target)
     else:
-        from trainer.ldm import decode_images, load_ldm, sample_latents
+        from trainer.diffusion.ldm import decode_images, load_ldm, sample_latents
 
         loaded = load_ldm(model, target, dtype)
     label_of = {c: index for index, c in enumerate(info["classes"])}
@@ -277,7 +277,7 @@ def _claim(out: Path, identity: dict[str, Any], model: Path) -> None:
 
 def _write_rows(model: Any, folder: Path, batch: list[tuple[str, int]], x0s: list[torch.Tensor]) -> None:
     """Decode each kept x0 prediction and write one row image per generated image."""
-    from trainer.ldm import decode_images
+    from trainer.diffusion.ldm import decode_images
 
     decoded = [decode_images(model, x0) for x0 in x0s]  # per step: (B, H, W, 3)
     for position, (c, i) in enumerate(batch):

@@ -34,7 +34,7 @@ def compvis(
     ] = False,
 ) -> None:
     """Convert a CompVis checkpoint (KLF8-DM, VQF8-DM or a first stage alone) for `histosynth generate`."""
-    from trainer.compvis_import import import_compvis
+    from trainer.compvis.importer import import_compvis
 
     names = [name for value in classes or [] for name in value.split(",") if name]
     folder = import_compvis(checkpoint, config, out, classes=names or None, unsafe_pickle=unsafe_pickle)

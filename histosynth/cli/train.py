@@ -80,8 +80,12 @@ def autoencoder(
     workers: WorkersOption = 0,
     classes: ClassesOption = None,
     perceptual: Annotated[
-        bool, typer.Option(help="LPIPS (VGG16) perceptual loss; --no-perceptual trains on L1 alone.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            help="LPIPS (VGG16) perceptual loss; --no-perceptual trains on L1 alone. Default: on in the "
+            "paper preset; off in tiny (offline) unless --perceptual-weights is given."
+        ),
+    ] = None,
     perceptual_weights: Annotated[
         Path | None,
         typer.Option(help="torchvision's vgg16-397923af.pth (default: $TORCH_HOME/hub/checkpoints/)."),
@@ -93,17 +97,12 @@ def autoencoder(
     progress: ProgressOption = None,
 ) -> None:
     """Train a KL-f8 or VQ-f8 autoencoder (CompVis losses: L1 + LPIPS + PatchGAN, KL or codebook)."""
-    from trainer.autoencoder import train_autoencoder
+    from trainer.autoencoder.options import autoencoder_options
+    from trainer.autoencoder.train import AutoencoderSettings, train_autoencoder
 
-    folder = train_autoencoder(
-        data,
-        out,
-        kind=kind,
-        preset=preset,
-        resume=resume,
-        perceptual_weights=perceptual_weights,
-        classes=classes or None,
-        progress=progress,
+    options = autoencoder_options(
+        kind,
+        preset,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -117,9 +116,17 @@ def autoencoder(
         mixed_precision=mixed_precision,
         num_workers=workers,
         fingerprint=fingerprint,
-        perceptual=perceptual,
+        perceptual=perceptual if perceptual is not None or perceptual_weights is None else True,
         disc_start=disc_start,
     )
+    settings = AutoencoderSettings(
+        options=options,
+        resume=resume,
+        perceptual_weights=perceptual_weights,
+        classes=tuple(classes) if classes else None,
+        progress=progress,
+    )
+    folder = train_autoencoder(data, out, settings)
     typer.echo(f"wrote {folder}", err=True)
 
 
@@ -153,16 +160,11 @@ def ldm(
     progress: ProgressOption = None,
 ) -> None:
     """Train a class-conditional latent diffusion model on an autoencoder's latents (KLF8-DM, VQF8-DM)."""
-    from trainer.ldm import train_ldm
+    from trainer.diffusion.ldm import LDMSettings, train_ldm
+    from trainer.diffusion.options import ldm_options
 
-    folder = train_ldm(
-        autoencoder,
-        data,
-        out,
-        preset=preset,
-        resume=resume,
-        classes=classes or None,
-        progress=progress,
+    options = ldm_options(
+        preset,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -178,6 +180,10 @@ def ldm(
         fingerprint=fingerprint,
         cond_drop=cond_drop,
     )
+    settings = LDMSettings(
+        options=options, resume=resume, classes=tuple(classes) if classes else None, progress=progress
+    )
+    folder = train_ldm(autoencoder, data, out, settings)
     typer.echo(f"wrote {folder}", err=True)
 
 
@@ -231,15 +237,11 @@ def stylegan2(
     progress: ProgressOption = None,
 ) -> None:
     """Train a class-conditional StyleGAN2 with ADA that rolls back on mode collapse."""
-    from trainer.stylegan2_train import train_stylegan2
+    from trainer.stylegan2.options import stylegan2_options
+    from trainer.stylegan2.train import StyleGAN2Settings, train_stylegan2
 
-    folder = train_stylegan2(
-        data,
-        out,
-        preset=preset,
-        resume=resume,
-        classes=classes or None,
-        progress=progress,
+    options = stylegan2_options(
+        preset,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -261,6 +263,10 @@ def stylegan2(
         max_gap=max_gap,
         max_rollbacks=max_rollbacks,
     )
+    settings = StyleGAN2Settings(
+        options=options, resume=resume, classes=tuple(classes) if classes else None, progress=progress
+    )
+    folder = train_stylegan2(data, out, settings)
     typer.echo(f"wrote {folder}", err=True)
 
 
@@ -334,13 +340,12 @@ def classifier(
 ) -> None:
     """Train a ResNet34 tissue classifier per arm and seed on real, synthetic or combined tiles (Table 3)."""
     from histosynth.cli.options import parse_named_dirs
-    from trainer.classifier import ClassifierSettings, train_classifier
-    from trainer.classifier_arms import parse_caps
-    from trainer.options import ClassifierOptions, resolve
+    from trainer.classifier.arms import parse_caps
+    from trainer.classifier.experiment import ClassifierSettings, train_classifier
+    from trainer.classifier.options import classifier_options
 
     sources = parse_named_dirs(train, "--train")
-    options = resolve(
-        ClassifierOptions,
+    options = classifier_options(
         preset,
         epochs=epochs,
         max_steps=max_steps,
@@ -408,16 +413,11 @@ def sd_finetune(
     progress: ProgressOption = None,
 ) -> None:
     """Fine-tune Stable Diffusion v1.4's U-Net on a pool, one prompt per class (VAE, text encoder frozen)."""
-    from trainer.sd_finetune import train_sd_finetune
+    from trainer.diffusion.options import sd_finetune_options
+    from trainer.diffusion.sd_finetune import SDFinetuneSettings, train_sd_finetune
 
-    folder = train_sd_finetune(
-        base,
-        data,
-        out,
-        preset=preset,
-        resume=resume,
-        classes=classes or None,
-        progress=progress,
+    options = sd_finetune_options(
+        preset,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
@@ -434,4 +434,8 @@ def sd_finetune(
         prompt_template=prompt_template,
         cond_drop=cond_drop,
     )
+    settings = SDFinetuneSettings(
+        options=options, resume=resume, classes=tuple(classes) if classes else None, progress=progress
+    )
+    folder = train_sd_finetune(base, data, out, settings)
     typer.echo(f"wrote {folder}", err=True)

@@ -83,15 +83,21 @@ class TinyModels:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory, tissue: np.ndarray) -> TinyModels:
-    from trainer.autoencoder import train_autoencoder
-    from trainer.ldm import train_ldm
+    from trainer.autoencoder.options import autoencoder_options
+    from trainer.autoencoder.train import AutoencoderSettings, train_autoencoder
+    from trainer.diffusion.ldm import LDMSettings, train_ldm
+    from trainer.diffusion.options import ldm_options
 
     root = tmp_path_factory.mktemp("tiny-models")
     pool = write_tiles(root / "pool", tissue)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HISTOSYNTH_CACHE_DIR", str(root / "cache"))
-        autoencoder = train_autoencoder(pool, root / "kl", kind="kl", perceptual=False, max_steps=3)
-        ldm = train_ldm(autoencoder, pool, root / "ldm", max_steps=4)
+        autoencoder = train_autoencoder(
+            pool,
+            root / "kl",
+            AutoencoderSettings(autoencoder_options("kl", "tiny", perceptual=False, max_steps=3)),
+        )
+        ldm = train_ldm(autoencoder, pool, root / "ldm", LDMSettings(ldm_options("tiny", max_steps=4)))
     return TinyModels(pool=pool, autoencoder=autoencoder, ldm=ldm)
 
 

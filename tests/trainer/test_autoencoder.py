@@ -14,14 +14,19 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from histosynth.errors import HistosynthError, PoolError
-from trainer.autoencoder import train_autoencoder
-from trainer.model_folder import read_model_info
-from trainer.perceptual import VGG16_FILE, load_lpips
+from trainer.autoencoder.options import autoencoder_options
+from trainer.autoencoder.perceptual import VGG16_FILE, load_lpips
+from trainer.autoencoder.train import AutoencoderSettings, train_autoencoder
+from trainer.core.model_folder import read_model_info
 
 
 def test_kl_autoencoder_trains_and_saves_a_diffusers_folder(make_tiles, tmp_path: Path) -> None:
     pool = make_tiles()
-    out = train_autoencoder(pool, tmp_path / "kl", kind="kl", preset="tiny", perceptual=False, max_steps=3)
+    out = train_autoencoder(
+        pool,
+        tmp_path / "kl",
+        AutoencoderSettings(autoencoder_options("kl", "tiny", perceptual=False, max_steps=3)),
+    )
     model = AutoencoderKL.from_pretrained(out)
     assert model.config.block_out_channels == [8, 16, 16, 16] and model.config.latent_channels == 4
     info = read_model_info(out, ["kl-autoencoder"])
@@ -61,12 +66,27 @@ def test_vq_autoencoder_trains_from_the_cli_with_attention(make_tiles, tmp_path:
 def test_lpips_without_vgg_weights_names_the_file_and_writes_nothing(make_tiles, tmp_path: Path, cli) -> None:
     pool = make_tiles()
     out = tmp_path / "kl"
-    result = cli("train", "autoencoder", "--preset", "tiny", "--data", pool, "--out", out, "--max-steps", "1")
+    args = ("train", "autoencoder", "--preset", "tiny", "--data", pool, "--out", out, "--max-steps", "1")
+    result = cli(*args, "--perceptual")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and VGG16_FILE in lines[0] and "--no-perceptual" in lines[0]
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / VGG16_FILE) in lines[0]
     assert not out.exists()
+    offline = cli(*args)  # the tiny preset runs offline: no perceptual term unless asked for
+    assert offline.returncode == 0, offline.stderr
+    assert read_model_info(out)["settings"]["perceptual"] is False
+
+
+def test_perceptual_weights_turn_on_the_perceptual_term_of_the_tiny_preset(
+    vgg_file: Path, make_tiles, tmp_path: Path, cli
+) -> None:
+    out = tmp_path / "kl"
+    common = ("--preset", "tiny", "--data", make_tiles(), "--out", out, "--max-steps", "1")
+    result = cli("train", "autoencoder", *common, "--perceptual-weights", vgg_file)
+    assert result.returncode == 0, result.stderr
+    info = read_model_info(out)
+    assert info["settings"]["perceptual"] is True and info["perceptual_weights"] == str(vgg_file)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +108,13 @@ def test_lpips_reads_the_backbone_from_a_local_file(vgg_file: Path, make_tiles, 
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert lpips_model(images, images).abs().max() < 1e-6
     assert (lpips_model(images, images.flip(0)) > 0).all()
-    out = train_autoencoder(make_tiles(), tmp_path / "kl", perceptual_weights=vgg_file, max_steps=1)
+    out = train_autoencoder(
+        make_tiles(),
+        tmp_path / "kl",
+        AutoencoderSettings(
+            autoencoder_options("kl", "tiny", max_steps=1, perceptual=True), perceptual_weights=vgg_file
+        ),
+    )
     assert read_model_info(out)["settings"]["perceptual"] is True
 
 
@@ -107,11 +133,23 @@ def test_resume_equals_an_uninterrupted_run(make_tiles, tmp_path: Path) -> None:
     """6 steps at once vs 3 + resume to 6: an epoch boundary (4 steps) and the discriminator's start
     (step 2) fall on either side of the interruption; every weight must be bit-identical."""
     pool = make_tiles()
-    settings = dict(kind="kl", preset="tiny", perceptual=False, epochs=2, checkpoint_every=100)
-    whole = train_autoencoder(pool, tmp_path / "whole", max_steps=6, **settings)
-    part = train_autoencoder(pool, tmp_path / "part", max_steps=3, **settings)
+    settings = dict(perceptual=False, epochs=2, checkpoint_every=100)
+    whole = train_autoencoder(
+        pool,
+        tmp_path / "whole",
+        AutoencoderSettings(autoencoder_options("kl", "tiny", max_steps=6, **settings)),
+    )
+    part = train_autoencoder(
+        pool,
+        tmp_path / "part",
+        AutoencoderSettings(autoencoder_options("kl", "tiny", max_steps=3, **settings)),
+    )
     assert read_model_info(part)["steps"] == 3
-    resumed = train_autoencoder(pool, part, max_steps=6, resume=True, **settings)
+    resumed = train_autoencoder(
+        pool,
+        part,
+        AutoencoderSettings(autoencoder_options("kl", "tiny", max_steps=6, **settings), resume=True),
+    )
     assert read_model_info(resumed)["steps"] == 6
     first, second = weights(whole), weights(resumed)
     assert first.keys() == second.keys()
@@ -126,20 +164,47 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_old_one(
     make_tiles, tmp_path: Path
 ) -> None:
     pool = make_tiles()
-    out = train_autoencoder(pool, tmp_path / "kl", perceptual=False, max_steps=1, fingerprint="sha256")
+    out = train_autoencoder(
+        pool,
+        tmp_path / "kl",
+        AutoencoderSettings(
+            autoencoder_options("kl", "tiny", perceptual=False, max_steps=1, fingerprint="sha256")
+        ),
+    )
     assert set(read_model_info(out)["data_fingerprint"]) == {"files", "contents_sha256"}
     with pytest.raises(HistosynthError, match="holds another run; pass --resume"):
-        train_autoencoder(pool, out, perceptual=False, max_steps=1)
+        train_autoencoder(
+            pool, out, AutoencoderSettings(autoencoder_options("kl", "tiny", perceptual=False, max_steps=1))
+        )
     with pytest.raises(HistosynthError, match="other settings \\(batch_size\\)"):
         train_autoencoder(
-            pool, out, perceptual=False, max_steps=2, batch_size=4, resume=True, fingerprint="sha256"
+            pool,
+            out,
+            AutoencoderSettings(
+                autoencoder_options(
+                    "kl", "tiny", perceptual=False, max_steps=2, batch_size=4, fingerprint="sha256"
+                ),
+                resume=True,
+            ),
         )
     with pytest.raises(HistosynthError, match="other settings \\(fingerprint\\)"):
-        train_autoencoder(pool, out, perceptual=False, max_steps=2, resume=True)  # names, not sha256
+        train_autoencoder(
+            pool,
+            out,
+            AutoencoderSettings(
+                autoencoder_options("kl", "tiny", perceptual=False, max_steps=2), resume=True
+            ),
+        )  # names, not sha256
     assert read_model_info(out)["steps"] == 1
     shutil.rmtree(out / "checkpoints")
     with pytest.raises(HistosynthError, match="holds a model but no checkpoint"):
-        train_autoencoder(pool, out, perceptual=False, max_steps=2, resume=True)
+        train_autoencoder(
+            pool,
+            out,
+            AutoencoderSettings(
+                autoencoder_options("kl", "tiny", perceptual=False, max_steps=2), resume=True
+            ),
+        )
 
 
 def test_bad_pools_are_refused_in_one_line_with_nothing_written(make_tiles, tmp_path: Path, cli) -> None:
@@ -155,13 +220,21 @@ def test_bad_pools_are_refused_in_one_line_with_nothing_written(make_tiles, tmp_
     assert len(result.stderr.strip().splitlines()) == 1 and "30x30 px, but" in result.stderr, result.stderr
     for pool, message in {single: "only one class", not_a_pool: "no class folders"}.items():
         with pytest.raises(PoolError, match=message):
-            train_autoencoder(pool, out, perceptual=False)
+            train_autoencoder(
+                pool, out, AutoencoderSettings(autoencoder_options("kl", "tiny", perceptual=False))
+            )
     assert not out.exists()
 
 
 def test_run_record_in_each_checkpoint(make_tiles, tmp_path: Path) -> None:
     out = train_autoencoder(
-        make_tiles(), tmp_path / "kl", perceptual=False, max_steps=3, checkpoint_every=1, keep_checkpoints=2
+        make_tiles(),
+        tmp_path / "kl",
+        AutoencoderSettings(
+            autoencoder_options(
+                "kl", "tiny", perceptual=False, max_steps=3, checkpoint_every=1, keep_checkpoints=2
+            )
+        ),
     )
     steps = sorted(path.name for path in (out / "checkpoints").iterdir())
     assert steps == ["step-2", "step-3"]  # rotated: the newest two

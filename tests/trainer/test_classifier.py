@@ -18,9 +18,9 @@ from PIL import Image
 
 from histosynth.errors import HistosynthError
 from histosynth.pools import read_pool
-from trainer.classifier import ClassifierSettings, train_classifier
-from trainer.classifier_arms import arm_data, arm_sources, parse_arms, parse_caps, read_sources
-from trainer.classifier_learner import (
+from trainer.classifier.arms import arm_data, arm_sources, parse_arms, parse_caps, read_sources
+from trainer.classifier.experiment import ClassifierSettings, train_classifier
+from trainer.classifier.learner import (
     WEIGHT_FILES,
     build_learner,
     build_model,
@@ -30,9 +30,9 @@ from trainer.classifier_learner import (
     predict,
     pretrained_weights,
 )
-from trainer.classifier_report import OWNED
-from trainer.options import ClassifierOptions, resolve
-from trainer.stain import default_reference, fit_normalizer, prepare_tiles
+from trainer.classifier.options import classifier_options
+from trainer.classifier.report import OWNED
+from trainer.classifier.stain import default_reference, fit_normalizer, prepare_tiles
 
 
 def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_tiles, cli, tmp_path) -> None:
@@ -131,7 +131,7 @@ def test_the_checkpoint_with_the_lowest_validation_loss_is_the_one_kept(make_til
     pools = read_sources({"real": make_tiles("real", per_class=6)}, ["ADI", "TUM"])
     design = arm_data("real", 0, ["real"], pools, ["ADI", "TUM"], {}, 0.34)
     prepared = prepare_tiles([path for path, _ in design.train + design.valid], fit_normalizer(), 32)
-    options = resolve(ClassifierOptions, "tiny", epochs=3, batch_size=4)
+    options = classifier_options("tiny", epochs=3, batch_size=4)
     learn = build_learner(
         [(prepared.arrays[path], label) for path, label in design.train],
         [(prepared.arrays[path], label) for path, label in design.valid],

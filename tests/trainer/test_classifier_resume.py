@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from histosynth.errors import HistosynthError
-from trainer.classifier import ClassifierSettings, train_classifier
-from trainer.data import read_training_pool
-from trainer.options import ClassifierOptions, resolve
+from trainer.classifier.experiment import ClassifierSettings, train_classifier
+from trainer.classifier.options import classifier_options
+from trainer.core.data import read_training_pool
 
 RUN = dict(epochs=2, batch_size=2, checkpoint_every=2)
 
@@ -28,7 +28,7 @@ def settings(
     resume: bool = False, caps: dict[str, int] | None = None, **options: object
 ) -> ClassifierSettings:
     """The arm `real` from scratch with the tiny preset and these options."""
-    tiny = resolve(ClassifierOptions, "tiny", **options)
+    tiny = classifier_options("tiny", **options)
     return ClassifierSettings(options=tiny, arms="real", pretrained="none", resume=resume, caps=caps or {})
 
 
@@ -132,4 +132,4 @@ def test_a_same_size_pixel_edit_changes_only_the_sha256_fingerprint(make_tiles) 
     assert read_training_pool(pool).fingerprint == names
     assert read_training_pool(pool, fingerprint="sha256", progress=False).fingerprint != contents
     with pytest.raises(HistosynthError, match=r"--fingerprint 'md5': expected one of names, sha256"):
-        resolve(ClassifierOptions, "tiny", fingerprint="md5")
+        classifier_options("tiny", fingerprint="md5")

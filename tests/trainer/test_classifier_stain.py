@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-import trainer.stain as stain
+import trainer.classifier.stain as stain
 from histosynth.errors import HistosynthError
 from histosynth.images import load_rgb
-from trainer.stain import MIN_TISSUE_FRACTION, default_reference, fit_normalizer, prepare_tiles
+from trainer.classifier.stain import MIN_TISSUE_FRACTION, default_reference, fit_normalizer, prepare_tiles
 
 SHEET = Path(__file__).resolve().parents[2] / "rater_app" / "demo_tiles" / "cmu_tiles.jpg"
 

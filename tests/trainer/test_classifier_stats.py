@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import recall_score
 
-from trainer.classifier_stats import compare_arms, run_scores, sign_flip_test
+from trainer.classifier.stats import compare_arms, run_scores, sign_flip_test
 
 
 def test_run_scores_match_scikit_learn_and_a_hand_count() -> None:

@@ -16,10 +16,10 @@ from PIL import Image
 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
-from trainer.compvis_import import import_compvis
+from trainer.compvis.importer import import_compvis
+from trainer.core.model_folder import read_model_info
+from trainer.diffusion.ldm import load_ldm, sample_latents
 from trainer.generate import generate_pool, image_name
-from trainer.ldm import load_ldm, sample_latents
-from trainer.model_folder import read_model_info
 
 LEVELS_UNET = (32, 64)
 LAYERS = 1

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from histosynth.pools import read_manifest
+from trainer.core.model_folder import read_model_info
 from trainer.generate import generate_pool
-from trainer.model_folder import read_model_info
-from trainer.stylegan2_train import LOG_NAME
+from trainer.stylegan2.train import LOG_NAME
 
 
 def torchrun(*args: object) -> subprocess.CompletedProcess:

@@ -14,10 +14,20 @@ from safetensors.torch import load_file
 
 from histosynth.errors import HistosynthError
 from histosynth.images import load_rgb
-from trainer.autoencoder import train_autoencoder
-from trainer.data import to_model_input
-from trainer.ldm import ClassEmbedder, ddim_scheduler, load_ldm, sample_latents, train_ldm, training_scheduler
-from trainer.model_folder import read_model_info
+from trainer.autoencoder.options import autoencoder_options
+from trainer.autoencoder.train import AutoencoderSettings, train_autoencoder
+from trainer.core.data import to_model_input
+from trainer.core.model_folder import read_model_info
+from trainer.diffusion.ldm import (
+    ClassEmbedder,
+    LDMSettings,
+    ddim_scheduler,
+    load_ldm,
+    sample_latents,
+    train_ldm,
+    training_scheduler,
+)
+from trainer.diffusion.options import ldm_options
 
 COMPVIS = {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0195}
 
@@ -128,9 +138,24 @@ def test_tiny_ldm_folder_and_scaling_factor(tiny_models) -> None:
 
 def test_ldm_resume_equals_an_uninterrupted_run(tiny_models, tmp_path: Path) -> None:
     settings = dict(epochs=2, checkpoint_every=100)
-    whole = train_ldm(tiny_models.autoencoder, tiny_models.pool, tmp_path / "whole", max_steps=6, **settings)
-    part = train_ldm(tiny_models.autoencoder, tiny_models.pool, tmp_path / "part", max_steps=3, **settings)
-    train_ldm(tiny_models.autoencoder, tiny_models.pool, part, max_steps=6, resume=True, **settings)
+    whole = train_ldm(
+        tiny_models.autoencoder,
+        tiny_models.pool,
+        tmp_path / "whole",
+        LDMSettings(ldm_options("tiny", max_steps=6, **settings)),
+    )
+    part = train_ldm(
+        tiny_models.autoencoder,
+        tiny_models.pool,
+        tmp_path / "part",
+        LDMSettings(ldm_options("tiny", max_steps=3, **settings)),
+    )
+    train_ldm(
+        tiny_models.autoencoder,
+        tiny_models.pool,
+        part,
+        LDMSettings(ldm_options("tiny", max_steps=6, **settings), resume=True),
+    )
     for component in ("unet", "class_embedder"):
         first = load_file(whole / component / "diffusion_pytorch_model.safetensors")
         second = load_file(part / component / "diffusion_pytorch_model.safetensors")
@@ -144,7 +169,11 @@ def test_ldm_resume_equals_an_uninterrupted_run(tiny_models, tmp_path: Path) -> 
 
 def test_ldm_on_a_vq_autoencoder_from_the_cli(make_tiles, tmp_path: Path, cli) -> None:
     pool = make_tiles()
-    vq = train_autoencoder(pool, tmp_path / "vq", kind="vq", perceptual=False, max_steps=2)
+    vq = train_autoencoder(
+        pool,
+        tmp_path / "vq",
+        AutoencoderSettings(autoencoder_options("vq", "tiny", perceptual=False, max_steps=2)),
+    )
     out = tmp_path / "vqf8-dm"
     result = cli(
         "train",
@@ -169,7 +198,7 @@ def test_ldm_on_a_vq_autoencoder_from_the_cli(make_tiles, tmp_path: Path, cli) -
 
 def test_ldm_refuses_folders_that_are_not_autoencoders(tiny_models, tmp_path: Path, cli) -> None:
     with pytest.raises(HistosynthError, match="of kind ldm, expected kl-autoencoder or vq-autoencoder"):
-        train_ldm(tiny_models.ldm, tiny_models.pool, tmp_path / "x")
+        train_ldm(tiny_models.ldm, tiny_models.pool, tmp_path / "x", LDMSettings(ldm_options()))
     bare = tmp_path / "bare"
     AutoencoderKL(block_out_channels=(8,), norm_num_groups=4).save_pretrained(bare)
     result = cli(

@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 from histosynth.errors import HistosynthError
 from histosynth.pools import read_manifest
+from trainer.core.model_folder import read_model_info
+from trainer.diffusion.options import sd_finetune_options
+from trainer.diffusion.prompt_embedder import PromptEmbedder
+from trainer.diffusion.sd_finetune import SDFinetuneSettings, check_base
 from trainer.generate import generate_pool
-from trainer.model_folder import read_model_info
-from trainer.prompt_embedder import PromptEmbedder
-from trainer.sd_finetune import check_base
 
 transformers = pytest.importorskip("transformers", reason="the sd extra (transformers) is not installed")
 
@@ -146,17 +147,19 @@ def test_finetune_through_the_cli_then_generate(sd_base: Path, make_tiles, cli, 
 
 
 def test_a_missing_or_incomplete_base_lists_what_is_absent(sd_base: Path, make_tiles, tmp_path: Path) -> None:
-    from trainer.sd_finetune import train_sd_finetune
+    from trainer.diffusion.sd_finetune import train_sd_finetune
 
     pool = make_tiles()
     with pytest.raises(HistosynthError, match="not a folder"):
-        train_sd_finetune(tmp_path / "nowhere", pool, tmp_path / "out")
+        train_sd_finetune(
+            tmp_path / "nowhere", pool, tmp_path / "out", SDFinetuneSettings(sd_finetune_options())
+        )
     partial = tmp_path / "partial"
     shutil.copytree(sd_base / "unet", partial / "unet")
     (partial / "tokenizer").mkdir()
     (partial / "scheduler").mkdir()
     with pytest.raises(HistosynthError) as error:
-        train_sd_finetune(partial, pool, tmp_path / "out")
+        train_sd_finetune(partial, pool, tmp_path / "out", SDFinetuneSettings(sd_finetune_options()))
     assert (
         "absent: vae/, text_encoder/, tokenizer/vocab.json or tokenizer.json, scheduler/scheduler_config.json"
         in (str(error.value))
@@ -168,10 +171,11 @@ def test_without_transformers_everything_imports_and_training_sd_names_the_extra
     """diffusers imports transformers when it is installed, so it is hidden here (as if not installed)."""
     code = (
         "import sys; sys.modules['transformers'] = None\n"
-        "import histosynth.cli, trainer.generate, trainer.ldm, trainer.autoencoder, trainer.compvis_import\n"
+        "import histosynth.cli, trainer.generate, trainer.diffusion.ldm\n"
+        "import trainer.autoencoder.train, trainer.compvis.importer\n"
         "from pathlib import Path\n"
         "from histosynth.errors import HistosynthError\n"
-        "from trainer.sd_finetune import embed_prompts\n"
+        "from trainer.diffusion.sd_finetune import embed_prompts\n"
         "try:\n    embed_prompts(Path('.'), ['x'])\n"
         "except HistosynthError as error:\n    print(error)\n"
     )

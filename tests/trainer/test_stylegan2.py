@@ -9,22 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.data import read_training_pool
-from trainer.stylegan2_augment import AdaptiveAugment, RandomLumaFlip
-from trainer.stylegan2_monitor import CollapseMonitor
-from trainer.stylegan2_networks import ModulatedConv2d, StyleGAN2Discriminator, StyleGAN2Generator
-from trainer.stylegan2_train import (
+from trainer.core.data import read_training_pool
+from trainer.stylegan2.augment import AdaptiveAugment, RandomLumaFlip
+from trainer.stylegan2.monitor import CollapseMonitor
+from trainer.stylegan2.networks import ModulatedConv2d, StyleGAN2Discriminator, StyleGAN2Generator
+from trainer.stylegan2.options import stylegan2_options
+from trainer.stylegan2.train import (
     PathLengthMean,
     build_networks,
     path_length_penalty,
     r1_penalty,
-    resolve_options,
 )
 
 
 def tiny_networks(num_classes: int = 2) -> tuple[StyleGAN2Generator, StyleGAN2Discriminator]:
     torch.manual_seed(0)
-    return build_networks(resolve_options("tiny"), num_classes)
+    return build_networks(stylegan2_options("tiny"), num_classes)
 
 
 def no_noise(generator: StyleGAN2Generator, batch: int) -> list[torch.Tensor]:
@@ -52,7 +52,7 @@ def test_shapes_and_a_folder_that_rebuilds_itself(tmp_path: Path) -> None:
 
 
 def test_paper_preset_builds_the_papers_networks() -> None:
-    options = resolve_options("paper")
+    options = stylegan2_options("paper")
     assert (options.z_dim, options.w_dim, options.size, options.batch_size) == (512, 512, 256, 64)
     assert (options.r1_gamma, options.pl_weight, options.style_mixing, options.learning_rate) == (
         0.5,

@@ -15,12 +15,13 @@ from safetensors.torch import load_file
 
 from histosynth.errors import HistosynthError
 from histosynth.pools import read_manifest, sha256_file
-from trainer.checkpoints import checkpoint_folders
+from trainer.core.checkpoints import checkpoint_folders
+from trainer.core.model_folder import read_model_info
 from trainer.generate import generate_pool
-from trainer.model_folder import read_model_info
-from trainer.stylegan2_monitor import CollapseMonitor
-from trainer.stylegan2_networks import StyleGAN2Generator
-from trainer.stylegan2_train import LOG_NAME, train_stylegan2
+from trainer.stylegan2.monitor import CollapseMonitor
+from trainer.stylegan2.networks import StyleGAN2Generator
+from trainer.stylegan2.options import stylegan2_options
+from trainer.stylegan2.train import LOG_NAME, StyleGAN2Settings, train_stylegan2
 
 RUN = dict(epochs=10, checkpoint_every=2)
 
@@ -40,7 +41,11 @@ def pool(tmp_path_factory: pytest.TempPathFactory, tissue: np.ndarray) -> Path:
 @pytest.fixture(scope="module")
 def model(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny StyleGAN2 trained for 4 steps without interruption (checks and checkpoints at 2 and 4)."""
-    return train_stylegan2(pool, tmp_path_factory.mktemp("stylegan2") / "model", max_steps=4, **RUN)
+    return train_stylegan2(
+        pool,
+        tmp_path_factory.mktemp("stylegan2") / "model",
+        StyleGAN2Settings(stylegan2_options("tiny", max_steps=4, **RUN)),
+    )
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -59,8 +64,10 @@ def test_a_resumed_run_equals_the_uninterrupted_one(model: Path, pool: Path, tmp
     assert all("augment_p" in event for event in log_events(model))
 
     split = tmp_path / "split"
-    train_stylegan2(pool, split, max_steps=2, **RUN)
-    train_stylegan2(pool, split, max_steps=4, resume=True, **RUN)
+    train_stylegan2(pool, split, StyleGAN2Settings(stylegan2_options("tiny", max_steps=2, **RUN)))
+    train_stylegan2(
+        pool, split, StyleGAN2Settings(stylegan2_options("tiny", max_steps=4, **RUN), resume=True)
+    )
     for part in ("generator", "discriminator"):
         first, second = weights(model / part), weights(split / part)
         assert first.keys() == second.keys()
@@ -108,7 +115,9 @@ def test_a_planted_collapse_rolls_back_with_a_lower_rate_and_a_higher_gamma(
         return [0.0 for _ in values] if len(calls) == 1 else values
 
     monkeypatch.setattr(CollapseMonitor, "fake_diversity", forced)
-    out = train_stylegan2(pool, tmp_path / "run", max_steps=4, **RUN)
+    out = train_stylegan2(
+        pool, tmp_path / "run", StyleGAN2Settings(stylegan2_options("tiny", max_steps=4, **RUN))
+    )
     info = read_model_info(out)
     assert info["steps"] == 4 and len(info["rollbacks"]) == 1
     event = info["rollbacks"][0]
@@ -132,7 +141,9 @@ def test_a_generator_that_ignores_z_makes_the_run_give_up(
     monkeypatch.setattr(StyleGAN2Generator, "map", ignore_z)
     out = tmp_path / "run"
     with pytest.raises(HistosynthError) as raised:
-        train_stylegan2(pool, out, max_steps=4, max_rollbacks=1, **RUN)
+        train_stylegan2(
+            pool, out, StyleGAN2Settings(stylegan2_options("tiny", max_steps=4, max_rollbacks=1, **RUN))
+        )
     message = str(raised.value)
     assert "mode collapse at step 2 (ADI diversity 0.000 < 0.05; TUM diversity 0.000 < 0.05)" in message
     assert "persisted after 1 rollback(s)" in message and "no model was written" in message
@@ -141,7 +152,11 @@ def test_a_generator_that_ignores_z_makes_the_run_give_up(
     assert [item["event"] for item in log_events(out)] == ["check", "rollback", "check", "give-up"]
 
     monkeypatch.undo()  # a cured generator: more rollbacks may be allowed on resume
-    resumed = train_stylegan2(pool, out, max_steps=2, max_rollbacks=2, resume=True, **RUN)
+    resumed = train_stylegan2(
+        pool,
+        out,
+        StyleGAN2Settings(stylegan2_options("tiny", max_steps=2, max_rollbacks=2, **RUN), resume=True),
+    )
     assert read_model_info(resumed)["steps"] == 2
 
 
@@ -174,5 +189,5 @@ def test_bad_settings_are_refused_before_anything_is_written(
     pool: Path, tmp_path: Path, settings: dict, message: str
 ) -> None:
     with pytest.raises(HistosynthError, match=message):
-        train_stylegan2(pool, tmp_path / "run", **settings)
+        train_stylegan2(pool, tmp_path / "run", StyleGAN2Settings(stylegan2_options("tiny", **settings)))
     assert not (tmp_path / "run").exists()

@@ -22,7 +22,7 @@ from histosynth.images import load_rgb
 from histosynth.pools import read_pool, sha256_file
 from histosynth.progress import progress_bar
 from histosynth.sampling import scoped_rng
-from trainer.options import FINGERPRINTS
+from trainer.core.options import FINGERPRINTS
 
 
 @dataclass(frozen=True)

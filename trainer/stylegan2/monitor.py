@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from histosynth.images import load_rgb
 from histosynth.sampling import derive_seed, sample_files
-from trainer.data import TrainingPool, to_model_input
+from trainer.core.data import TrainingPool, to_model_input
 
 FEATURE_SIZE = 16
 

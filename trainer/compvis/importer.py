@@ -15,7 +15,7 @@ model folder `histosynth train` writes, so `histosynth generate` samples it unch
   attention inside VQ-f8's blocks (`encoder.down.N.attn.J`, `decoder.up.N.attn.J`) nor the
   codebook (`quantize.embedding.weight`): those are mapped here with diffusers' attention rule;
 - the class embedder (`cond_stage_model.embedding.weight`, CompVis `ClassEmbedder`) becomes
-  `trainer.ldm.ClassEmbedder`, whose extra null row is zero and untrained (`cond_drop` 0 is
+  `trainer.diffusion.ldm.ClassEmbedder`, whose extra null row is zero and untrained (`cond_drop` 0 is
   recorded, so `generate` refuses guidance);
 - the schedule's buffers are checked against the config's `linear_start`, `linear_end` and
   `timesteps`, and `scale_factor` (the checkpoint's buffer under `scale_by_std`, else the
@@ -46,11 +46,11 @@ from diffusers.loaders.single_file_utils import (
 
 from histosynth.errors import HistosynthError
 from histosynth.pools import sha256_file
-from trainer.autoencoder import build_autoencoder
-from trainer.ldm import KIND as LDM_KIND
-from trainer.ldm import ClassEmbedder, training_scheduler
-from trainer.model_folder import model_hash, publish_model, write_model_info
-from trainer.options import AutoencoderOptions
+from trainer.autoencoder.model import build_autoencoder
+from trainer.autoencoder.options import AutoencoderOptions
+from trainer.core.model_folder import model_hash, publish_model, write_model_info
+from trainer.diffusion.ldm import KIND as LDM_KIND
+from trainer.diffusion.ldm import ClassEmbedder, training_scheduler
 
 logger = logging.getLogger(__name__)
 

@@ -51,8 +51,8 @@ def write_model_info(
         folder: the model folder, holding its components already.
         kind: one of `KINDS`.
         classes: class names in label order (label i is `classes[i]`).
-        settings: every setting of the run (`trainer.options.to_record`), preset included.
-        fingerprint: the training pool's fingerprint (`trainer.data.pool_fingerprint`).
+        settings: every setting of the run (`trainer.core.options.to_record`), preset included.
+        fingerprint: the training pool's fingerprint (`trainer.core.data.pool_fingerprint`).
         steps: optimizer steps done.
         extra: kind-specific facts (an LDM's scaling factor, the autoencoder it was trained on).
     """

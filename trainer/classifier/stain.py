@@ -4,7 +4,7 @@ The classifier sees every tile, training and test, in the stain of one reference
 paper's classifier saw Macenko-normalised tiles. torchstain's numpy Macenko normaliser is fit
 once to the reference; its stain matrix and maximal concentrations are stored with each model.
 
-The default reference (`DEFAULT_REFERENCE`, `trainer/assets/stain_reference.png`) is a real H&E
+The default reference (`DEFAULT_REFERENCE`, `trainer/classifier/assets/stain_reference.png`) is a real H&E
 tile: the 224 x 224 crop at row 1, column 0 of the demo's sheet of CMU-1-Small-Region at 20x
 (OpenSlide test data), nuclei and stroma with no background. `--stain-reference PATH` takes any
 other tile.
@@ -50,7 +50,7 @@ CACHE_VERSION = 1  # bump when the normalisation or the cache layout changes
 
 def default_reference() -> Path:
     """The stain reference that ships with histosynth (see the module docstring)."""
-    return Path(str(resources.files("trainer") / "assets" / "stain_reference.png"))
+    return Path(str(resources.files("trainer.classifier") / "assets" / "stain_reference.png"))
 
 
 @dataclass(frozen=True)

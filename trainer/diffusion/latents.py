@@ -33,8 +33,8 @@ from histosynth.cache import cache_dir
 from histosynth.files import atomic_write_text, fsync_folder
 from histosynth.images import load_rgb
 from histosynth.progress import progress_bar
-from trainer.data import TrainingPool, rotation, to_model_input
-from trainer.model_folder import model_hash, read_model_info
+from trainer.core.data import TrainingPool, rotation, to_model_input
+from trainer.core.model_folder import model_hash, read_model_info
 
 AUTOENCODER_KINDS = {"kl-autoencoder": AutoencoderKL, "vq-autoencoder": VQModel}
 CACHE_VERSION = 1

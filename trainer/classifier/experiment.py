@@ -1,15 +1,15 @@
 """`histosynth train classifier`: does synthetic data improve a tissue classifier? (the paper's Table 3)
 
 The experiment in one call. The `--train NAME=POOL` sources are grouped by role into the arms
-(`trainer.classifier_arms`: `real`, `synthetic`, `combined`); every arm is trained once per seed
-with the same seeds (`trainer.classifier_learner`: fastai ResNet34, one-cycle, the checkpoint
-with the lowest validation loss), on Macenko-normalised tiles (`trainer.stain`), and tested on
+(`trainer.classifier.arms`: `real`, `synthetic`, `combined`); every arm is trained once per seed
+with the same seeds (`trainer.classifier.learner`: fastai ResNet34, one-cycle, the checkpoint
+with the lowest validation loss), on Macenko-normalised tiles (`trainer.classifier.stain`), and tested on
 the `--test` pool; the scores, Table 3 and the paired comparison of arms are written by
-`trainer.classifier_report`. Each run's model is saved as `<out>/models/<arm>-seed<S>/`:
+`trainer.classifier.report`. Each run's model is saved as `<out>/models/<arm>-seed<S>/`:
 `model.safetensors` and `config.json` (fastai's ResNet with its head; `load_classifier`
 rebuilds it), the stain reference tile and `stain.json`, sealed by a `histosynth.json` of kind
 `classifier`. Each fit is checkpointed in `<out>/checkpoints/<arm>-seed<S>/step-N/`, so
-`resume` continues an interrupted experiment with the same result (`trainer.classifier_resume`).
+`resume` continues an interrupted experiment with the same result (`trainer.classifier.resume`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from histosynth.errors import HistosynthError
 from histosynth.files import atomic_write_text
 from histosynth.pools import read_pool
 from histosynth.tables import ALL_CLASSES
-from trainer.classifier_arms import arm_data, arm_sources, check_coverage, parse_arms, read_sources
-from trainer.classifier_learner import (
+from trainer.classifier.arms import arm_data, arm_sources, check_coverage, parse_arms, read_sources
+from trainer.classifier.learner import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FitRecord,
@@ -46,20 +46,21 @@ from trainer.classifier_learner import (
     pretrained_weights,
     save_classifier,
 )
-from trainer.classifier_report import write_report
-from trainer.classifier_resume import (
+from trainer.classifier.options import ClassifierOptions, classifier_options
+from trainer.classifier.report import write_report
+from trainer.classifier.resume import (
     MODELS,
     Checkpoints,
     check_experiment_folder,
     finished_fit,
     resume_checkpoint,
 )
-from trainer.classifier_stats import compare_arms, run_scores
-from trainer.data import pool_fingerprint
-from trainer.loop import total_steps
-from trainer.model_folder import CHECKPOINTS, publish_model, write_model_info
-from trainer.options import ClassifierOptions, check_options, resolve, to_record
-from trainer.stain import fit_normalizer, prepare_tiles
+from trainer.classifier.stain import fit_normalizer, prepare_tiles
+from trainer.classifier.stats import compare_arms, run_scores
+from trainer.core.data import pool_fingerprint
+from trainer.core.loop import total_steps
+from trainer.core.model_folder import CHECKPOINTS, publish_model, write_model_info
+from trainer.core.options import to_record
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class ClassifierSettings:
     """How `train_classifier` runs the experiment; each field is the CLI option of that name.
 
     Attributes:
-        options: the settings of every fit (`trainer.options.ClassifierOptions`, made from a
-            preset by `trainer.options.resolve`, e.g. `resolve(ClassifierOptions, "paper",
+        options: the settings of every fit (`trainer.core.options.ClassifierOptions`, made from a
+            preset by `trainer.core.options.resolve`, e.g. `classifier_options("paper",
             max_steps=5)`); default: the `tiny` preset (CPU smoke runs).
         arms: which of `real`, `synthetic`, `combined` to train, comma-separated or a list.
         seeds: repeats of every arm, seeds `seed`, `seed + 1`, ...; mean ± std is over them.
@@ -96,7 +97,7 @@ class ClassifierSettings:
         progress: show progress bars (None: when stderr is a terminal).
     """
 
-    options: ClassifierOptions = dataclasses.field(default_factory=lambda: resolve(ClassifierOptions, "tiny"))
+    options: ClassifierOptions = dataclasses.field(default_factory=lambda: classifier_options("tiny"))
     arms: str | Sequence[str] = "real,synthetic,combined"
     seeds: int = 1
     caps: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -132,7 +133,6 @@ def train_classifier(
     """
     settings = settings or ClassifierSettings()
     options, seeds, resume, progress = settings.options, settings.seeds, settings.resume, settings.progress
-    check_options(options)
     if seeds < 1:
         raise HistosynthError(f"--seeds {seeds}: must be at least 1")
     out = Path(out).expanduser()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,19 @@ from torch import nn
 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
-from trainer.data import read_training_pool
-from trainer.latents import (
+from trainer.core.data import read_training_pool
+from trainer.core.loop import make_accelerator, resume_step, run_steps
+from trainer.core.model_folder import model_hash, publish_model, read_model_info, write_model_info
+from trainer.core.options import RunSettings, effective_learning_rate, to_record
+from trainer.diffusion.latents import (
     AUTOENCODER_KINDS,
     LatentDataset,
     draw_latents,
     latent_cache,
     load_autoencoder,
 )
-from trainer.loop import make_accelerator, resume_step, run_steps
-from trainer.model_folder import model_hash, publish_model, read_model_info, write_model_info
-from trainer.options import LDMOptions, effective_learning_rate, resolve, to_record
-from trainer.prompt_embedder import PromptEmbedder
+from trainer.diffusion.options import LDMOptions, ldm_options
+from trainer.diffusion.prompt_embedder import PromptEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -175,16 +176,20 @@ def noise_prediction_loss(
     return torch.nn.functional.mse_loss(prediction.float(), noise.float())
 
 
+@dataclass(frozen=True)
+class LDMSettings(RunSettings):
+    """How `train_ldm` runs; each field is the CLI option of that name.
+
+    Attributes:
+        options: what is trained (`ldm_options`, e.g. `ldm_options("paper", max_steps=100)`);
+            default: the tiny preset.
+    """
+
+    options: LDMOptions = field(default_factory=ldm_options)
+
+
 def train_ldm(
-    autoencoder: str | Path,
-    data: str | Path,
-    out: str | Path,
-    preset: str = "tiny",
-    *,
-    resume: bool = False,
-    classes: list[str] | None = None,
-    progress: bool | None = None,
-    **settings: Any,
+    autoencoder: str | Path, data: str | Path, out: str | Path, settings: LDMSettings | None = None
 ) -> Path:
     """Train a class-conditional latent diffusion model on a pool and save it as a model folder.
 
@@ -194,11 +199,7 @@ def train_ldm(
         data: the training pool `<pool>/<CLASS>/<image>`; its classes become the labels.
         out: the model folder (`unet/` with EMA weights, `class_embedder/`, `vae/`,
             `scheduler/`, `histosynth.json`, `checkpoints/`).
-        preset: `paper` (CompVis cin-ldm-vq-f8, the paper's 30 epochs, batch 64) or `tiny`.
-        resume: continue the run in `out` from its newest checkpoint.
-        classes: the classes to train on (default: all), in label order.
-        progress: show progress bars (None: when stderr is a terminal).
-        settings: overrides of the preset by field name (`trainer.options.LDMOptions`).
+        settings: the run (`LDMSettings`; default: the tiny preset).
 
     Returns:
         The model folder.
@@ -206,7 +207,13 @@ def train_ldm(
     Raises:
         HistosynthError: bad pool, settings, autoencoder folder, out folder or resume.
     """
-    options = resolve(LDMOptions, preset, **settings)
+    settings = settings or LDMSettings()
+    options, progress, classes, resume = (
+        settings.options,
+        settings.progress,
+        settings.classes,
+        settings.resume,
+    )
     out = Path(out).expanduser()
     autoencoder = Path(autoencoder).expanduser()
     vae, vae_info = load_autoencoder(autoencoder)
@@ -332,7 +339,7 @@ class LatentDiffusionModel:
     """A trained LDM loaded for sampling: EMA U-Net, class embedder, decoder, schedule, classes.
 
     The embedder maps labels to the U-Net's context: `ClassEmbedder` for kind `ldm`,
-    `trainer.prompt_embedder.PromptEmbedder` (fixed prompt embeddings) for kind `sd-finetune`.
+    `trainer.diffusion.prompt_embedder.PromptEmbedder` (fixed prompt embeddings) for kind `sd-finetune`.
     """
 
     folder: Path
@@ -364,7 +371,7 @@ class LatentDiffusionModel:
 # The label -> context module of each kind `load_ldm` samples, and its subfolder.
 EMBEDDERS: dict[str, tuple[type[ModelMixin], str]] = {
     KIND: (ClassEmbedder, "class_embedder"),
-    "sd-finetune": (PromptEmbedder, "prompt_embeddings"),  # trainer.sd_finetune
+    "sd-finetune": (PromptEmbedder, "prompt_embeddings"),  # trainer.diffusion.sd_finetune
 }
 
 

@@ -21,9 +21,9 @@ from accelerate import Accelerator
 
 from histosynth.errors import HistosynthError
 from histosynth.progress import progress_bar, progress_enabled
-from trainer.checkpoints import check_resumable, load_checkpoint, prepare_out_folder, save_checkpoint
-from trainer.data import TileDataset, epoch_batches, steps_per_epoch
-from trainer.options import TrainOptions, changed_settings, from_record
+from trainer.core.checkpoints import check_resumable, load_checkpoint, prepare_out_folder, save_checkpoint
+from trainer.core.data import TileDataset, epoch_batches, steps_per_epoch
+from trainer.core.options import TrainOptions, changed_settings, from_record
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def resume_step(
         out: the run's folder.
         resume: `--resume`.
         options: this invocation's settings; they must equal the checkpoint's, except for
-            those a resume may change (`trainer.options.RESUMABLE_CHANGES`).
+            those a resume may change (`trainer.core.options.RESUMABLE_CHANGES`).
         run: this run's record (`settings`, `classes`, `data_fingerprint`).
 
     Returns:
@@ -104,7 +104,7 @@ def run_steps(
 
     Args:
         accelerator: the run's accelerator (devices, processes, state saving).
-        dataset: indexed by (epoch, index) pairs, as `trainer.data.TileDataset`.
+        dataset: indexed by (epoch, index) pairs, as `trainer.core.data.TileDataset`.
         options: batch size, seed, epochs, max steps, checkpoint cadence.
         out: the run's folder (checkpoints go to `out/checkpoints/`).
         start: steps already done (from `resume_step`).

@@ -17,7 +17,7 @@ own `random.Random`, from which fastai draws each epoch's shuffle. A checkpoint 
 
 A checkpoint is taken where nothing is half done: before a batch (every `every` steps) or
 before an epoch, so the epoch before it is validated and recorded. It is written into a hidden
-folder and renamed when complete (`trainer.checkpoints`), and older ones are rotated.
+folder and renamed when complete (`trainer.core.checkpoints`), and older ones are rotated.
 
 Resuming replays the fit up to the saved position without computing anything: finished epochs
 are cancelled with their recorded rows put back (so the recorder and the tracker see what they
@@ -40,7 +40,9 @@ import numpy as np
 import torch
 
 from histosynth.errors import HistosynthError
-from trainer.checkpoints import (
+from trainer.classifier.learner import FitRecord
+from trainer.classifier.options import ClassifierOptions
+from trainer.core.checkpoints import (
     check_resumable,
     open_checkpoint,
     partial_folder,
@@ -48,9 +50,8 @@ from trainer.checkpoints import (
     seal_checkpoint,
     step_folders,
 )
-from trainer.classifier_learner import FitRecord
-from trainer.model_folder import CHECKPOINTS, INFO_NAME, read_model_info
-from trainer.options import RESUMABLE_CHANGES, ClassifierOptions, changed_settings, from_record
+from trainer.core.model_folder import CHECKPOINTS, INFO_NAME, read_model_info
+from trainer.core.options import RESUMABLE_CHANGES, changed_settings, from_record
 
 with warnings.catch_warnings():
     # fastai.layers compiles two activations with torch.jit.script at import, which torch deprecates.
@@ -89,7 +90,7 @@ class Checkpoints(Callback):
         resume: the checkpoint to continue from, or None for a fresh fit.
 
     Set `best_path` to the file `SaveModelCallback` keeps the best weights in
-    (`trainer.classifier_learner.best_weights_path`) once the learner exists.
+    (`trainer.classifier.learner.best_weights_path`) once the learner exists.
     """
 
     # Before TrainEvalCallback (-10) and MixedPrecision (10): a replayed batch is cancelled

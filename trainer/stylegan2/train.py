@@ -9,7 +9,7 @@ Each optimizer step runs StyleGAN2's phases (Karras et al. 2020a, appendix B):
 - D main: softplus(D(A(G(z, c)), c)) + softplus(-D(A(x), c));
 - D regularisation, every `r1_interval` steps: R1, gamma / 2 x |grad_x D(A(x), c)|^2 x interval.
 
-A is adaptive discriminator augmentation (`trainer.stylegan2_augment`), its p steered by the
+A is adaptive discriminator augmentation (`trainer.stylegan2.augment`), its p steered by the
 signs of D's real logits. The regularisation phases are their own Adam steps (lazy
 regularisation), so both optimizers take the rate and betas times interval / (interval + 1).
 Fake images take the labels of the real batch (the class frequencies of the data). After each
@@ -21,7 +21,7 @@ Every random draw of step i comes from torch's generators seeded with
 both optimizers, the EMA generator, ADA's p and r_t, the path-length mean) is in the
 checkpoint, so a resumed run equals an uninterrupted one.
 
-The collapse guard (`trainer.stylegan2_monitor`) runs before every checkpoint, so every saved
+The collapse guard (`trainer.stylegan2.monitor`) runs before every checkpoint, so every saved
 checkpoint passed it (and a fresh run saves step 0 first). When a check fails, the run rolls
 back to the newest checkpoint, multiplies the learning rate by `rollback_lr_factor` and R1's
 gamma by `rollback_gamma_factor` (the cures the paper's authors applied by hand), draws fresh
@@ -38,7 +38,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,115 +50,22 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from histosynth.errors import HistosynthError
-from histosynth.images import PAPER_SIZE
 from histosynth.sampling import derive_seed
-from trainer.checkpoints import checkpoint_folders, load_checkpoint, read_run, save_checkpoint
-from trainer.data import TileDataset, read_training_pool
-from trainer.loop import make_accelerator, resume_step, run_steps, total_steps
-from trainer.model_folder import publish_model, read_model_info, write_model_info
-from trainer.options import TrainOptions, resolve, to_record
-from trainer.stylegan2_augment import AdaptiveAugment
-from trainer.stylegan2_monitor import CollapseMonitor, MonitorCheck, summary
-from trainer.stylegan2_networks import StyleGAN2Discriminator, StyleGAN2Generator
+from trainer.core.checkpoints import checkpoint_folders, load_checkpoint, read_run, save_checkpoint
+from trainer.core.data import TileDataset, read_training_pool
+from trainer.core.loop import make_accelerator, resume_step, run_steps, total_steps
+from trainer.core.model_folder import publish_model, read_model_info, write_model_info
+from trainer.core.options import RunSettings, to_record
+from trainer.stylegan2.augment import AdaptiveAugment
+from trainer.stylegan2.monitor import CollapseMonitor, MonitorCheck, summary
+from trainer.stylegan2.networks import StyleGAN2Discriminator, StyleGAN2Generator
+from trainer.stylegan2.options import StyleGAN2Options, stylegan2_options
 
 logger = logging.getLogger(__name__)
 
 KIND = "stylegan2"
 LOG_NAME = "train-log.jsonl"
 PAD_TO = 8
-
-
-@dataclass(frozen=True)
-class StyleGAN2Options(TrainOptions):
-    """A class-conditional StyleGAN2 with ADA (the paper's fourth generator).
-
-    Attributes:
-        z_dim, w_dim, embed_dim: latent, intermediate latent and class-embedding sizes (512).
-        mapping_layers: layers of the mapping network (8).
-        channel_base, channel_max: feature maps channel_base / resolution, at most channel_max.
-        mbstd_group: minibatch-standard-deviation group size (4).
-        r1_gamma: R1 weight gamma (0.5 in the paper).
-        r1_interval: D steps per R1 step (16).
-        pl_weight: path-length weight (2).
-        pl_interval: G steps per path-length step (4).
-        pl_decay: the running mean's update rate (0.01).
-        pl_batch_shrink: the path-length batch is the batch divided by this (2).
-        style_mixing: probability of style mixing per batch (0.9).
-        beta1, beta2, adam_eps: Adam's settings (0, 0.99, 1e-8).
-        ema_half_life: images over which the EMA generator's weight of the past halves (10,000).
-        augment: use ADA.
-        ada_target: r_t that ADA steers toward (0.6).
-        ada_interval: steps between updates of p (4).
-        ada_speed: images over which p can go from 0 to 1 (500,000).
-        monitor_samples: generated and real images per class the collapse guard compares.
-        min_diversity: collapse when a class's diversity ratio falls below this.
-        max_gap: collapse when D's real-minus-fake mean logit exceeds this.
-        monitor_start: checks before this step never fail.
-        max_rollbacks: rollbacks before the run gives up.
-        rollback_lr_factor: learning-rate factor per rollback.
-        rollback_gamma_factor: R1 gamma factor per rollback.
-    """
-
-    scale_lr: bool = False
-    mixed_precision: str = "no"
-    learning_rate: float = 0.002
-    batch_size: int = 4
-    z_dim: int = 32
-    w_dim: int = 32
-    embed_dim: int = 32
-    mapping_layers: int = 2
-    channel_base: int = 512
-    channel_max: int = 32
-    mbstd_group: int = 4
-    r1_gamma: float = 0.5
-    r1_interval: int = 16
-    pl_weight: float = 2.0
-    pl_interval: int = 4
-    pl_decay: float = 0.01
-    pl_batch_shrink: int = 2
-    style_mixing: float = 0.9
-    beta1: float = 0.0
-    beta2: float = 0.99
-    adam_eps: float = 1e-8
-    ema_half_life: int = 40
-    augment: bool = True
-    ada_target: float = 0.6
-    ada_interval: int = 4
-    ada_speed: int = 2000
-    monitor_samples: int = 4
-    min_diversity: float = 0.05
-    max_gap: float = 20.0
-    monitor_start: int = 0
-    max_rollbacks: int = 3
-    rollback_lr_factor: float = 0.5
-    rollback_gamma_factor: float = 2.0
-
-
-STYLEGAN2_PRESETS: dict[str, dict[str, Any]] = {
-    # Niehues et al. 2024: z and w 512-d, R1 gamma 0.5, style mixing 0.9, path length 2,
-    # Adam(0, 0.99, 1e-8), lr 0.001 for G and D, batch 64, 16 epochs; StyleGAN2 config F's
-    # mapping (8 layers) and EMA (10k images); ADA's p-speed (500k images) and target (0.6).
-    "paper": dict(
-        epochs=16,
-        batch_size=64,
-        learning_rate=0.001,
-        size=PAPER_SIZE,
-        checkpoint_every=1000,
-        z_dim=512,
-        w_dim=512,
-        embed_dim=512,
-        mapping_layers=8,
-        channel_base=16384,
-        channel_max=512,
-        ema_half_life=10_000,
-        ada_speed=500_000,
-        monitor_samples=16,
-        min_diversity=0.2,
-        max_gap=10.0,
-        monitor_start=2000,
-    ),
-    "tiny": dict(),
-}
 
 
 class PathLengthMean(torch.nn.Module):
@@ -175,40 +82,6 @@ class CollapseDetected(Exception):
     def __init__(self, check: MonitorCheck) -> None:
         super().__init__(summary(check))
         self.check = check
-
-
-def resolve_options(preset: str, **settings: Any) -> StyleGAN2Options:
-    """The run's settings from a preset and overrides, checked.
-
-    Raises:
-        HistosynthError: an unknown preset or setting, or a value out of range (named).
-    """
-    options = resolve(StyleGAN2Options, preset, presets=STYLEGAN2_PRESETS, **settings)
-    if options.size < 8 or options.size & (options.size - 1):
-        raise HistosynthError(f"--size {options.size}: StyleGAN2 needs a power of two of at least 8")
-    if options.mixed_precision in ("fp16", "auto"):
-        raise HistosynthError(
-            f"--mixed-precision {options.mixed_precision}: R1 and the path-length penalty take gradients "
-            "of gradients, which fp16 loss scaling does not cover; use no or bf16"
-        )
-    for name in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "ada_speed"):
-        if getattr(options, name) < 1:
-            raise HistosynthError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
-    if options.monitor_samples < 2:
-        raise HistosynthError(f"--monitor-samples {options.monitor_samples}: must be at least 2")
-    if options.max_rollbacks < 0:
-        raise HistosynthError(f"--max-rollbacks {options.max_rollbacks}: must not be negative")
-    if not 0.0 <= options.style_mixing <= 1.0:
-        raise HistosynthError(f"--style-mixing {options.style_mixing}: must lie in [0, 1]")
-    for name in ("r1_gamma", "pl_weight", "ema_half_life"):
-        if getattr(options, name) < 0:
-            raise HistosynthError(
-                f"--{name.replace('_', '-')} {getattr(options, name)}: must not be negative"
-            )
-    for name in ("rollback_lr_factor", "rollback_gamma_factor"):
-        if getattr(options, name) <= 0:
-            raise HistosynthError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be positive")
-    return options
 
 
 def build_networks(
@@ -285,27 +158,26 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> Non
         target.copy_(source)
 
 
-def train_stylegan2(
-    data: str | Path,
-    out: str | Path,
-    preset: str = "tiny",
-    *,
-    resume: bool = False,
-    classes: list[str] | None = None,
-    progress: bool | None = None,
-    **settings: Any,
-) -> Path:
+@dataclass(frozen=True)
+class StyleGAN2Settings(RunSettings):
+    """How `train_stylegan2` runs; each field is the CLI option of that name.
+
+    Attributes:
+        options: what is trained (`stylegan2_options`, e.g. `stylegan2_options("paper", max_steps=100)`);
+            default: the tiny preset.
+    """
+
+    options: StyleGAN2Options = field(default_factory=stylegan2_options)
+
+
+def train_stylegan2(data: str | Path, out: str | Path, settings: StyleGAN2Settings | None = None) -> Path:
     """Train a class-conditional StyleGAN2 (ADA, collapse guard) on a pool; save a model folder.
 
     Args:
         data: the training pool `<pool>/<CLASS>/<image>`; its classes become the labels.
         out: the model folder (`generator/` with the EMA weights, `discriminator/`,
             `histosynth.json`, `train-log.jsonl`, `checkpoints/`).
-        preset: `paper` (the paper's settings, 256 px) or `tiny` (CPU tests).
-        resume: continue the run in `out` from its newest checkpoint.
-        classes: the classes to train on (default: all), in label order.
-        progress: show the progress bar (None: when stderr is a terminal).
-        settings: overrides of the preset by field name (`StyleGAN2Options`).
+        settings: the run (`StyleGAN2Settings`; default: the tiny preset).
 
     Returns:
         The model folder.
@@ -314,7 +186,13 @@ def train_stylegan2(
         HistosynthError: bad pool, settings, out folder or resume; or mode collapse that
             `max_rollbacks` rollbacks did not cure (checkpoints stay; no model is written).
     """
-    options = resolve_options(preset, **settings)
+    settings = settings or StyleGAN2Settings()
+    options, progress, classes, resume = (
+        settings.options,
+        settings.progress,
+        settings.classes,
+        settings.resume,
+    )
     out = Path(out).expanduser()
     pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
     accelerator = make_accelerator(options)

@@ -6,8 +6,8 @@ downloaded. The autoencoder and the CLIP text encoder stay frozen; only the U-Ne
 class is one prompt, a template with the class name (stored in `histosynth.json`). Because the
 text encoder is frozen, the prompts' embeddings are computed once, before training, together
 with the empty prompt's, which SD uses as its unconditional input: they are saved as the model's
-`prompt_embeddings/` (`trainer.prompt_embedder.PromptEmbedder`), so sampling needs neither
-transformers nor the text encoder, and `trainer.ldm`'s sampler (DDIM with the CompVis step
+`prompt_embeddings/` (`trainer.diffusion.prompt_embedder.PromptEmbedder`), so sampling needs neither
+transformers nor the text encoder, and `trainer.diffusion.ldm`'s sampler (DDIM with the CompVis step
 placement) serves both models: `generate` treats label i as prompt i and the null class as the
 empty prompt. The saved U-Net's
 `sample_size` is the training size / 8, so `generate` makes tiles of the size it was tuned on
@@ -16,7 +16,7 @@ empty prompt. The saved U-Net's
 Training is the base's own DDPM (SD v1: T = 1000, betas linear in sqrt space from 0.00085 to
 0.012, epsilon prediction, as CompVis' v1 configs), the plain MSE loss on the noise, latents
 scaled by the VAE's `scaling_factor` (0.18215), the frozen encoder's posterior cached once per
-rotation (`trainer.latents`). With probability `cond_drop` a prompt is replaced by the empty one,
+rotation (`trainer.diffusion.latents`). With probability `cond_drop` a prompt is replaced by the empty one,
 as SD was trained, so classifier-free guidance stays meaningful. Like CompVis' SD v1 configs
 (`use_ema: False`), no EMA is kept. The learning rate follows the other `train` commands: base x
 batch x GPUs unless `--no-scale-lr`.
@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,42 +38,21 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 
 from histosynth.errors import HistosynthError
-from histosynth.images import PAPER_SIZE
 from histosynth.sampling import derive_seed
-from trainer.data import read_training_pool
-from trainer.latents import LatentDataset, draw_latents, latent_cache
-from trainer.ldm import Denoiser, noise_prediction_loss, training_scheduler
-from trainer.loop import make_accelerator, resume_step, run_steps
-from trainer.model_folder import model_hash, publish_model, write_model_info
-from trainer.options import TrainOptions, effective_learning_rate, resolve, to_record
-from trainer.prompt_embedder import PromptEmbedder
+from trainer.core.data import read_training_pool
+from trainer.core.loop import make_accelerator, resume_step, run_steps
+from trainer.core.model_folder import model_hash, publish_model, write_model_info
+from trainer.core.options import RunSettings, effective_learning_rate, to_record
+from trainer.diffusion.latents import LatentDataset, draw_latents, latent_cache
+from trainer.diffusion.ldm import Denoiser, noise_prediction_loss, training_scheduler
+from trainer.diffusion.options import SDFinetuneOptions, sd_finetune_options
+from trainer.diffusion.prompt_embedder import PromptEmbedder
 
 logger = logging.getLogger(__name__)
 
 KIND = "sd-finetune"
 EXTRA = "sd"
 COPIED = ("vae", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass(frozen=True)
-class SDFinetuneOptions(TrainOptions):
-    """Fine-tuning the U-Net of Stable Diffusion v1.4 on a pool, one prompt per class.
-
-    Attributes:
-        prompt_template: the prompt of a class; `{class_name}` is replaced by its folder name.
-        cond_drop: probability that an example gets the empty prompt (SD v1 was trained with
-            0.1); keeps the unconditional branch that classifier-free guidance uses.
-    """
-
-    prompt_template: str = "an H&E stained histology image of {class_name} tissue"
-    cond_drop: float = 0.1
-
-
-SD_PRESETS: dict[str, dict[str, Any]] = {
-    # The paper: 20 epochs, batch 16, lr 1e-6, tiles 224 -> 256 (32 x 32 latents).
-    "paper": dict(epochs=20, batch_size=16, learning_rate=1e-6, size=PAPER_SIZE, checkpoint_every=5000),
-    "tiny": dict(),
-}
 
 
 def check_base(base: str | Path) -> Path:
@@ -117,7 +96,7 @@ def check_base(base: str | Path) -> Path:
 
 
 def base_schedule(base: Path) -> dict[str, Any]:
-    """The base's training schedule, as `trainer.ldm.training_scheduler` takes it.
+    """The base's training schedule, as `trainer.diffusion.ldm.training_scheduler` takes it.
 
     Raises:
         HistosynthError: a schedule other than SD's (scaled_linear betas, epsilon prediction).
@@ -173,16 +152,20 @@ def class_prompts(template: str, classes: list[str]) -> list[str]:
     return [template.replace("{class_name}", name) for name in classes]
 
 
+@dataclass(frozen=True)
+class SDFinetuneSettings(RunSettings):
+    """How `train_sd_finetune` runs; each field is the CLI option of that name.
+
+    Attributes:
+        options: what is trained (`sd_finetune_options`, e.g. `sd_finetune_options("paper", max_steps=100)`);
+            default: the tiny preset.
+    """
+
+    options: SDFinetuneOptions = field(default_factory=sd_finetune_options)
+
+
 def train_sd_finetune(
-    base: str | Path,
-    data: str | Path,
-    out: str | Path,
-    preset: str = "tiny",
-    *,
-    resume: bool = False,
-    classes: list[str] | None = None,
-    progress: bool | None = None,
-    **settings: Any,
+    base: str | Path, data: str | Path, out: str | Path, settings: SDFinetuneSettings | None = None
 ) -> Path:
     """Fine-tune the U-Net of a local Stable Diffusion v1.4 folder on a pool, one prompt per class.
 
@@ -193,12 +176,7 @@ def train_sd_finetune(
         out: the model folder: the fine-tuned `unet/`, `prompt_embeddings/`, copies of the
             base's `vae/`, `text_encoder/`, `tokenizer/` and `scheduler/`, `histosynth.json`,
             `checkpoints/`.
-        preset: `paper` (20 epochs, batch 16, lr 1e-6, 256 px) or `tiny`.
-        resume: continue the run in `out` from its newest checkpoint.
-        classes: the classes to train on (default: all), in label order.
-        progress: show progress bars (None: when stderr is a terminal).
-        settings: overrides of the preset by field name (`SDFinetuneOptions`), e.g.
-            `prompt_template`, `max_steps`.
+        settings: the run (`SDFinetuneSettings`; default: the tiny preset).
 
     Returns:
         The model folder.
@@ -207,9 +185,13 @@ def train_sd_finetune(
         HistosynthError: `base` missing or incomplete (everything absent is listed), bad pool,
             settings, out folder or resume, or transformers not installed.
     """
-    options = resolve(SDFinetuneOptions, preset, presets=SD_PRESETS, **settings)
-    if not 0.0 <= options.cond_drop < 1.0:
-        raise HistosynthError(f"--cond-drop {options.cond_drop}: must lie in [0, 1)")
+    settings = settings or SDFinetuneSettings()
+    options, progress, classes, resume = (
+        settings.options,
+        settings.progress,
+        settings.classes,
+        settings.resume,
+    )
     base = check_base(base)
     out = Path(out).expanduser()
     pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)

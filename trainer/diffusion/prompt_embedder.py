@@ -1,7 +1,7 @@
 """Fixed text-encoder outputs as a label -> context module, so a fine-tuned SD samples like an LDM.
 
-`trainer.sd_finetune` fills it once from the frozen CLIP text encoder (one row per class prompt,
-the empty prompt last) and saves it beside the U-Net; `trainer.ldm.load_ldm` loads it in place
+`trainer.diffusion.sd_finetune` fills it once from the frozen CLIP text encoder (one row per class prompt,
+the empty prompt last) and saves it beside the U-Net; `trainer.diffusion.ldm.load_ldm` loads it in place
 of the LDM's learned `ClassEmbedder`, so sampling needs neither transformers nor the encoder.
 """
 

@@ -1,8 +1,8 @@
 """One classifier run: fastai `vision_learner` (ResNet34), one-cycle, the best validation loss kept.
 
-The learner trains on stain-normalised tiles (`trainer.stain`, read from the cache), scaled by
+The learner trains on stain-normalised tiles (`trainer.classifier.stain`, read from the cache), scaled by
 ImageNet's mean and standard deviation, with random 90-degree rotations as the only
-augmentation (drawn per (seed, epoch, position) by `trainer.data.rotation`, the generators'
+augmentation (drawn per (seed, epoch, position) by `trainer.core.data.rotation`, the generators'
 rule). fastai's `fit_one_cycle` runs Adam (fastai's, with its decoupled weight decay of 0.01)
 at the preset's maximal rate; fastai's `SaveModelCallback(monitor="valid_loss")` saves the
 weights whenever the validation loss improves and loads the best at the end, so those are the
@@ -34,9 +34,9 @@ from histosynth.errors import HistosynthError
 from histosynth.files import atomic_write_text
 from histosynth.progress import progress_bar, progress_enabled
 from histosynth.sampling import derive_seed
-from trainer.data import rotation
-from trainer.options import ClassifierOptions
-from trainer.stain import load_prepared
+from trainer.classifier.options import ClassifierOptions
+from trainer.classifier.stain import load_prepared
+from trainer.core.data import rotation
 
 with warnings.catch_warnings():
     # fastai.layers compiles two activations with torch.jit.script at import, which torch deprecates.
@@ -231,7 +231,7 @@ def fit_best(
         options: epochs and the maximal learning rate.
         description: the progress bar's label.
         progress: show a progress bar (None: when stderr is a terminal).
-        cbs: callbacks of this fit only, such as `trainer.classifier_resume.Checkpoints`.
+        cbs: callbacks of this fit only, such as `trainer.classifier.resume.Checkpoints`.
 
     Returns:
         Losses per epoch and the epoch (0-based) whose weights the learner now holds.

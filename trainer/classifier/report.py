@@ -7,7 +7,7 @@ reading) inside one staged output folder, so a failed run leaves the folder as i
   the accuracy and the test tiles; its `.md` and `.tex` show the paper's Table 3 (a row per arm,
   a column per class and `ALL`) with mean ± std over seeds, plus balanced accuracy and macro F1;
 - `classifier_metrics`: per run, accuracy, balanced accuracy, macro F1 and the epoch kept;
-- `classifier_comparison`: the paired sign-flip test of every two arms (`trainer.classifier_stats`);
+- `classifier_comparison`: the paired sign-flip test of every two arms (`trainer.classifier.stats`);
 - `classifier_confusion.csv` (arm, seed, true, predicted, count) and, per arm, the confusion
   matrix summed over seeds as `classifier_confusion_<arm>.png` and `.pdf`;
 - `classifier.json`: the settings, sources, arms, seeds, stain reference and pass-through count.
@@ -24,7 +24,7 @@ import pandas as pd
 
 from histosynth.files import staged_output
 from histosynth.tables import ALL_CLASSES, format_estimate, write_table
-from trainer.classifier_arms import ARMS
+from trainer.classifier.arms import ARMS
 
 TABLE_STEMS = ("classifier_accuracy", "classifier_metrics", "classifier_comparison")
 OWNED = (
@@ -50,7 +50,7 @@ def write_report(
         out: the output folder (model folders under `out/models/` are left alone).
         accuracy: long rows (arm, seed, class, accuracy, n), `ALL` included.
         metrics: one row per run (arm, seed, accuracy, balanced_accuracy, macro_f1, ...).
-        comparison: `trainer.classifier_stats.compare_arms`.
+        comparison: `trainer.classifier.stats.compare_arms`.
         confusion: the confusion matrix (rows true) of each (arm, seed).
         classes: label order.
         arm_labels: the row label of each arm in Table 3 (e.g. "combined (real + KLF8-DM)").

@@ -3,7 +3,7 @@
 A checkpoint is accelerate's `save_state` (model weights, optimizers, learning-rate schedulers,
 the registered EMA, gradient scaler and every process's RNG states) plus `run.json`: the step,
 the settings, the classes and the pool fingerprint. The data order needs no state of its own:
-epoch order and rotations are pure functions of (seed, epoch, index) (`trainer.data`), so the
+epoch order and rotations are pure functions of (seed, epoch, index) (`trainer.core.data`), so the
 step count says where the data stands. A checkpoint is saved into a hidden temporary folder and
 renamed to `step-N` only when complete, so a run killed while saving resumes from the previous
 one. `--resume` takes the newest and refuses one whose settings or pool differ from the run's.
@@ -22,7 +22,7 @@ from accelerate import Accelerator
 
 from histosynth.errors import HistosynthError
 from histosynth.files import atomic_write_text, fsync_folder
-from trainer.model_folder import CHECKPOINTS, INFO_NAME
+from trainer.core.model_folder import CHECKPOINTS, INFO_NAME
 
 RUN_NAME = "run.json"
 _STEP = re.compile(r"^step-(\d+)$")

@@ -18,8 +18,8 @@ discriminator is not run at all, which changes nothing the autoencoder learns.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, VQModel
@@ -27,45 +27,18 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 
 from histosynth.sampling import derive_seed
-from trainer.data import TileDataset, read_training_pool
-from trainer.discriminator import PatchDiscriminator, adaptive_weight, hinge_loss
-from trainer.loop import make_accelerator, resume_step, run_steps
-from trainer.model_folder import publish_model, write_model_info
-from trainer.options import AutoencoderOptions, effective_learning_rate, resolve, to_record
-from trainer.perceptual import load_lpips
+from trainer.autoencoder.discriminator import PatchDiscriminator, adaptive_weight, hinge_loss
+from trainer.autoencoder.model import build_autoencoder
+from trainer.autoencoder.options import AutoencoderOptions, autoencoder_options
+from trainer.autoencoder.perceptual import load_lpips
+from trainer.core.data import TileDataset, read_training_pool
+from trainer.core.loop import make_accelerator, resume_step, run_steps
+from trainer.core.model_folder import publish_model, write_model_info
+from trainer.core.options import RunSettings, effective_learning_rate, to_record
 
 logger = logging.getLogger(__name__)
 
 KINDS = {"kl": "kl-autoencoder", "vq": "vq-autoencoder"}
-
-
-def build_autoencoder(options: AutoencoderOptions) -> AutoencoderKL | VQModel:
-    """A fresh diffusers autoencoder of the options' kind and architecture."""
-    levels = len(options.block_out_channels)
-    down = tuple(
-        "AttnDownEncoderBlock2D" if level in options.attention_levels else "DownEncoderBlock2D"
-        for level in range(levels)
-    )
-    up = tuple(
-        "AttnUpDecoderBlock2D" if levels - 1 - index in options.attention_levels else "UpDecoderBlock2D"
-        for index in range(levels)
-    )
-    common: dict[str, Any] = dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=down,
-        up_block_types=up,
-        block_out_channels=tuple(options.block_out_channels),
-        layers_per_block=options.layers_per_block,
-        latent_channels=options.latent_channels,
-        norm_num_groups=options.norm_num_groups,
-        sample_size=options.size,
-    )
-    if options.kind == "kl":
-        return AutoencoderKL(**common)
-    return VQModel(
-        **common, num_vq_embeddings=options.num_vq_embeddings, vq_embed_dim=options.latent_channels
-    )
 
 
 class Reconstruction(nn.Module):
@@ -91,33 +64,29 @@ class Reconstruction(nn.Module):
         return decoded.sample, decoded.commit_loss.mean()
 
 
-def train_autoencoder(
-    data: str | Path,
-    out: str | Path,
-    kind: str = "kl",
-    preset: str = "tiny",
-    *,
-    resume: bool = False,
-    perceptual_weights: str | Path | None = None,
-    classes: list[str] | None = None,
-    progress: bool | None = None,
-    **settings: Any,
-) -> Path:
+@dataclass(frozen=True)
+class AutoencoderSettings(RunSettings):
+    """How `train_autoencoder` runs; each field is the CLI option of that name.
+
+    Attributes:
+        options: what is trained (`trainer.autoencoder.options.autoencoder_options`, e.g.
+            `autoencoder_options("vq", "paper", max_steps=100)`); default: the tiny KL-f8.
+        perceptual_weights: torchvision's VGG16 state dict for LPIPS (default: torch's hub
+            cache); not read when `options.perceptual` is off.
+    """
+
+    options: AutoencoderOptions = field(default_factory=lambda: autoencoder_options("kl"))
+    perceptual_weights: str | Path | None = None
+
+
+def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSettings | None = None) -> Path:
     """Train a KL-f8 or VQ-f8 autoencoder on a pool and save it as a model folder.
 
     Args:
         data: the training pool `<pool>/<CLASS>/<image>`.
         out: the model folder (diffusers `config.json` + weights, `histosynth.json`,
             `checkpoints/`).
-        kind: `kl` or `vq`.
-        preset: `paper` (CompVis kl-f8 / vq-f8, the paper's epochs and batch) or `tiny`.
-        resume: continue the run in `out` from its newest checkpoint.
-        perceptual_weights: torchvision's VGG16 state dict for LPIPS (default: torch's hub
-            cache); not read with `perceptual=False`.
-        classes: the classes to train on (default: all); recorded in label order.
-        progress: show the progress bar (None: when stderr is a terminal).
-        settings: overrides of the preset by field name (`trainer.options.AutoencoderOptions`),
-            e.g. `max_steps=100`, `batch_size=4`, `perceptual=False`.
+        settings: the run (`AutoencoderSettings`; default: the tiny KL-f8 preset).
 
     Returns:
         The model folder.
@@ -126,9 +95,11 @@ def train_autoencoder(
         HistosynthError: bad pool, settings, out folder or resume (one line naming the cause);
             missing VGG16 weights when the perceptual loss is on.
     """
-    options = resolve(AutoencoderOptions, preset, kind, **settings)
+    settings = settings or AutoencoderSettings()
+    options, progress = settings.options, settings.progress
+    kind, perceptual_weights = options.kind, settings.perceptual_weights
     out = Path(out).expanduser()
-    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
+    pool = read_training_pool(data, settings.classes, fingerprint=options.fingerprint, progress=progress)
     lpips_model = load_lpips(perceptual_weights) if options.perceptual else None
     accelerator = make_accelerator(options)
     torch.manual_seed(derive_seed(options.seed, "autoencoder-init"))
@@ -149,7 +120,7 @@ def train_autoencoder(
         lpips_model.to(accelerator.device)
     run = {"kind": KINDS[kind], "settings": to_record(options), "classes": pool.classes}
     run["data_fingerprint"] = pool.fingerprint
-    start = resume_step(accelerator, out, resume, options, run)
+    start = resume_step(accelerator, out, settings.resume, options, run)
     last_layer = accelerator.unwrap_model(model).autoencoder.decoder.conv_out.weight
 
     def step(images: torch.Tensor, labels: torch.Tensor, index: int) -> float:

@@ -1,0 +1,1 @@
+"""The downstream classifier (Table 3): arms, learner, resumable fits, stain, statistics."""
