@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   builds the venv, the demo data and study, and serves the rating app
 #   make test   builds the venv and runs the whole test suite (browser tests need Debian's chromium)
+# make test-fast is the inner loop: no browser, no other process, no training (under 2 minutes).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install chromium docs
+.PHONY: demo test test-fast lint install chromium docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +20,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/histosynth demo
 
+# The whole suite, one worker per core (pytest-xdist); a test file stays on one worker, so its
+# module fixtures are built once.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not browser and not processes and not training"
 
 docs: $(STAMP)
 	$(BIN)/python -m histosynth.cli.reference > docs/cli.md

@@ -6,6 +6,8 @@ app's own fixtures (study files, a live server, a browser) are in tests/rater_ap
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 import sys
 import zlib
@@ -52,3 +54,32 @@ def histosynth(*args: str, cwd: Path | None = None, check: bool = False) -> subp
     """Run the installed CLI exactly as a user would."""
     command = [sys.executable, "-m", "histosynth", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=check, timeout=300)
+
+
+# `make test-fast` (README, Development) leaves out what makes a test slow: a real browser, another
+# process (the CLI as a user runs it, a live server, torchrun) and training a model. Each test is
+# sorted here, once, from the fixtures it uses and the calls in its source (and, for training, in
+# its module: trained module fixtures count), so a new test is classified without anyone
+# remembering to mark it; `make test` runs them all.
+BROWSER_FIXTURES = {"browser"}
+PROCESS_FIXTURES = {"rating_server", "cli"}
+PROCESS_CALLS = re.compile(r"\bhistosynth\(|\bsubprocess\.|\bPopen\(|\btorchrun\b")
+TRAINING_FIXTURES = {"tiny_models"}
+TRAINING_CALLS = re.compile(r"\btrain_(autoencoder|ldm|stylegan2|sd_finetune|classifier)\(")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    module_sources: dict[Path, str] = {}
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        path = Path(str(item.fspath))
+        if path not in module_sources:
+            module_sources[path] = path.read_text(encoding="utf-8")
+        if fixtures & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+        if fixtures & PROCESS_FIXTURES or PROCESS_CALLS.search(source):
+            item.add_marker(pytest.mark.processes)
+        if fixtures & TRAINING_FIXTURES or TRAINING_CALLS.search(module_sources[path]):
+            item.add_marker(pytest.mark.training)

@@ -122,9 +122,9 @@ def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
                 process.wait()
 
 
-@pytest.fixture
-def browser():
-    """A headless Debian Chromium driven by Playwright; skips where Chromium is not installed."""
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Debian Chromium for the session, driven by Playwright (a launch costs a second)."""
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -133,6 +133,15 @@ def browser():
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The session's Chromium; every page a test opens gets its own context (cookies, storage),
+    and every context is closed when the test ends, so no test sees another's session."""
+    yield chromium
+    for context in list(chromium.contexts):
+        context.close()
 
 
 def wait_for_tile(page, position: int) -> None:
