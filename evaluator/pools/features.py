@@ -249,7 +249,8 @@ def state_dict_digest(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # flattened first: a 0-dim tensor (BatchNorm's `num_batches_tracked`) has no byte view
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 

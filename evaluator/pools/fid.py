@@ -312,7 +312,7 @@ def render_fid_tables(table: pd.DataFrame) -> dict[str, str]:
             pivot_cells(table, "fid", "fid_boot_std", digits=1, **common),
         ),
         (
-            "KID x 10^3 per class (± std over subsets)",
+            "KID x 10^3 per class (± std over subsets, or over bootstraps when both sets fit in one)",
             pivot_cells(table, "kid_mean", "kid_std", digits=2, scale=1e3, **common),
         ),
         ("Images per class: generated / reference", pivot_cells(counts, "n", None, digits=None, **common)),

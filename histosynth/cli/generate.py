@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from histosynth.cli.options import DeviceOption
+from histosynth.cli.options import DeviceOption, report
 
 
 def generate(
@@ -64,4 +64,4 @@ def generate(
         intermediate_steps=intermediate_steps,
         progress=progress,
     )
-    typer.echo(f"wrote {pool}", err=True)
+    report(f"wrote {pool}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -56,3 +57,10 @@ def parse_named_dirs(values: list[str], option: str) -> dict[str, Path]:
             raise HistosynthError(f"{option}: name {name!r} given twice")
         named[name] = Path(folder)
     return named
+
+
+def report(message: str) -> None:
+    """Print a command's closing line on stderr, once: under torchrun or `accelerate launch` only
+    the main process (RANK 0) reports, so a two-process run does not say everything twice."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(message, err=True)

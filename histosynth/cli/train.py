@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from histosynth.cli.options import report
+
 app = typer.Typer(help="Train the paper's generators (see README, Training).", no_args_is_help=True)
 logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
 
@@ -127,7 +129,7 @@ def autoencoder(
         progress=progress,
     )
     folder = train_autoencoder(data, out, settings)
-    typer.echo(f"wrote {folder}", err=True)
+    report(f"wrote {folder}")
 
 
 @app.command("ldm")
@@ -184,7 +186,7 @@ def ldm(
         options=options, resume=resume, classes=tuple(classes) if classes else None, progress=progress
     )
     folder = train_ldm(autoencoder, data, out, settings)
-    typer.echo(f"wrote {folder}", err=True)
+    report(f"wrote {folder}")
 
 
 @app.command("stylegan2")
@@ -267,7 +269,7 @@ def stylegan2(
         options=options, resume=resume, classes=tuple(classes) if classes else None, progress=progress
     )
     folder = train_stylegan2(data, out, settings)
-    typer.echo(f"wrote {folder}", err=True)
+    report(f"wrote {folder}")
 
 
 @app.command("classifier")
@@ -374,7 +376,7 @@ def classifier(
         progress=progress,
     )
     result = train_classifier(sources, test, out, settings)
-    typer.echo(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}", err=True)
+    report(f"wrote {len(result.files)} files and {len(result.models)} models to {result.out}")
 
 
 @app.command("sd-finetune")
@@ -438,4 +440,4 @@ def sd_finetune(
         options=options, resume=resume, classes=tuple(classes) if classes else None, progress=progress
     )
     folder = train_sd_finetune(base, data, out, settings)
-    typer.echo(f"wrote {folder}", err=True)
+    report(f"wrote {folder}")

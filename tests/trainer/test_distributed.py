@@ -50,6 +50,7 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
         *("--max-steps", "18", "--checkpoint-every", "9", "--no-progress"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count(f"wrote {out}") == 1  # the main process reports
     info = read_model_info(out, ["stylegan2"])
     assert info["steps"] == 18
     checks = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
@@ -60,5 +61,6 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
         "generate", "--model", out, "--out", tmp_path / "two", "--per-class", "3", "--no-progress"
     )
     assert shared.returncode == 0, shared.stderr[-3000:]
+    assert (shared.stdout + shared.stderr).count("wrote ") == 1
     alone = generate_pool(out, tmp_path / "one", per_class=3, progress=False)
     assert read_manifest(tmp_path / "two")["files"] == read_manifest(alone)["files"]

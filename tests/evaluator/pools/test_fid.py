@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from evaluator.pools.features import Extractor, load_extractor
+from evaluator.pools.features import Extractor, load_extractor, state_dict_digest
 from evaluator.pools.fid import (
     FID_COLUMNS,
     FidSettings,
@@ -398,3 +398,59 @@ def test_tables_go_through_the_core_table_writer() -> None:
     tex = files["fid.tex"]
     assert tex.count(r"\begin{table}") == 3 and r"\caption{FID per class ($\pm$" in tex
     assert r"KLF8\_DM & 12.3 $\pm$ 1.0 & 20.0 \\" in tex  # names escaped once, not twice
+
+
+RESNET_EXTRACTOR = '''
+import torch
+import torchvision
+
+
+class ResNetFeatures(torch.nn.Module):
+    """torchvision's ResNet18 (random, seeded weights; BatchNorm buffers included) as a 512-d extractor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torchvision.models.resnet18(weights=None)
+        self.body.fc = torch.nn.Identity()
+
+    def forward(self, x):  # (N, 3, H, W) floats in [0, 255] -> (N, 512)
+        return self.body(x / 255.0)
+
+
+def build():
+    return ResNetFeatures()
+'''
+
+
+def test_a_torchvision_resnet_is_an_extractor_from_the_cli(
+    pools: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network with BatchNorm (a 0-dim `num_batches_tracked` buffer) keys the cache and runs."""
+    from histosynth.cli import main
+
+    (tmp_path / "resnet_extractor.py").write_text(RESNET_EXTRACTOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "resnet_extractor", raising=False)
+    first = load_extractor("resnet_extractor:build", device="cpu")
+    again = load_extractor("resnet_extractor:build", device="cpu")
+    assert first.identity == again.identity  # the digest is a function of the weights
+    with torch.no_grad():
+        first.model.body.layer1[0].bn1.num_batches_tracked.add_(1)
+    assert state_dict_digest(first.model) != again.identity.rsplit(":", 1)[1]
+    out = tmp_path / "resnet"
+    command = [
+        "evaluate",
+        "fid",
+        "--reference",
+        str(pools["reference"]),
+        "--pool",
+        f"shifted={pools['shifted']}",
+    ]
+    options = ["--out", str(out), "--extractor", "resnet_extractor:build", "--kid-subsets", "3"]
+    monkeypatch.setattr(sys, "argv", ["histosynth", *command, *options, "--n-bootstrap", "2"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    table = pd.read_csv(out / "fid.csv")
+    assert set(table["class"]) >= {"ADI", "TUM"} and (table["fid"] > 0).all()
