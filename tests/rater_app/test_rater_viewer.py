@@ -52,7 +52,15 @@ def open_page(browser, base: str, secret: str, instructions: bool = False, **con
 
 
 def wait_for_position(page, position: int) -> None:
-    page.wait_for_selector(f"#tile-img[data-position='{position}']", timeout=30_000)
+    """Wait for tile `position`; on a timeout, say what the page shows instead (a refusal, another tile)."""
+    try:
+        page.wait_for_selector(f"#tile-img[data-position='{position}']", timeout=30_000)
+    except Exception as error:
+        shown = page.evaluate(
+            "() => [document.querySelector('#tile-img')?.dataset.position,"
+            " document.querySelector('#message')?.innerText]"
+        )
+        raise AssertionError(f"tile {position} not shown; the page shows tile {shown[0]}, note {shown[1]!r}") from error
     page.wait_for_function("() => document.querySelector('#tile-img').complete")
 
 
@@ -211,7 +219,9 @@ def test_every_control_is_reached_by_keyboard_with_visible_focus(scale_study, ra
     tab_to(page, "vote-real")
     page.keyboard.press("Shift+Tab")  # the last confidence choice, 6
     page.keyboard.press("Space")
+    page.wait_for_selector("#confidence input[value='6']:checked", timeout=10_000)
     page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "vote-real"
     page.keyboard.press("Enter")  # Real, with confidence 6, all by keyboard
     wait_for_position(page, 2)
     with sqlite3.connect(db) as conn:
