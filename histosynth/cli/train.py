@@ -335,6 +335,14 @@ def classifier(
             help="Continue every arm and seed from its newest checkpoint; finished ones are reused.",
         ),
     ] = False,
+    keep_finished_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--keep-finished-checkpoints",
+            help="Keep a fit's checkpoints after its last epoch (default: removed; they only serve "
+            "--resume of an unfinished fit; a ResNet34 fit keeps 84 MB, with its checkpoints 670 MB).",
+        ),
+    ] = False,
     mixed_precision: PrecisionOption = "auto",
     workers: WorkersOption = 0,
     fingerprint: FingerprintOption = "names",
@@ -373,6 +381,7 @@ def classifier(
         pretrained=pretrained,
         stain_reference=stain_reference,
         resume=resume,
+        keep_finished_checkpoints=keep_finished_checkpoints,
         progress=progress,
     )
     result = train_classifier(sources, test, out, settings)

@@ -44,7 +44,7 @@ def test_three_arms_and_two_seeds_write_every_table_and_a_model_per_run(make_til
         "train", "classifier", "--train", f"real={real}", "--train", f"KLF8-DM={synthetic}",
         "--test", test, "--out", out, "--preset", "tiny", "--pretrained", "none", "--seeds", "2",
         "--cap", "KLF8-DM=5", "--resume", "--max-steps", "2", "--checkpoint-every", "1",
-        "--keep-checkpoints", "1", "--fingerprint", "sha256",
+        "--keep-checkpoints", "1", "--keep-finished-checkpoints", "--fingerprint", "sha256",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""

@@ -25,11 +25,18 @@ RUN = dict(epochs=2, batch_size=2, checkpoint_every=2)
 
 
 def settings(
-    resume: bool = False, caps: dict[str, int] | None = None, **options: object
+    resume: bool = False, caps: dict[str, int] | None = None, keep: bool = True, **options: object
 ) -> ClassifierSettings:
-    """The arm `real` from scratch with the tiny preset and these options."""
+    """The arm `real` from scratch with the tiny preset and these options (`keep`: finished checkpoints)."""
     tiny = classifier_options("tiny", **options)
-    return ClassifierSettings(options=tiny, arms="real", pretrained="none", resume=resume, caps=caps or {})
+    return ClassifierSettings(
+        options=tiny,
+        arms="real",
+        pretrained="none",
+        resume=resume,
+        caps=caps or {},
+        keep_finished_checkpoints=keep,
+    )
 
 
 def checkpoints(out: Path) -> list[str]:
@@ -80,6 +87,26 @@ def test_a_fit_stopped_by_max_steps_and_resumed_equals_an_uninterrupted_one(make
     again = train_classifier({"real": real}, test, out, settings(resume=True, **RUN))
     assert (final.stat().st_mtime_ns, published.stat().st_mtime_ns) == written
     pd.testing.assert_frame_equal(again.metrics, whole.metrics)
+
+
+def test_a_finished_fit_removes_its_checkpoints_and_resume_reuses_its_model(make_tiles, tmp_path) -> None:
+    real, test = make_tiles("real", per_class=3), make_tiles("test", per_class=2)
+    out = tmp_path / "out"
+    stopped = train_classifier({"real": real}, test, out, settings(keep=False, max_steps=3, **RUN))
+    assert stopped.metrics.loc[0, "steps"] == 3
+    assert checkpoints(out) == ["step-2", "step-3"]  # stopped by --max-steps: kept, to go on
+    done = train_classifier({"real": real}, test, out, settings(resume=True, keep=False, **RUN))
+    assert done.metrics.loc[0, "steps"] == 4
+    assert not (out / "checkpoints").exists()  # the whole schedule ran: nothing left to resume
+    published = out / "models" / "real-seed0" / "histosynth.json"
+    written = published.stat().st_mtime_ns
+    again = train_classifier({"real": real}, test, out, settings(resume=True, keep=False, **RUN))
+    assert published.stat().st_mtime_ns == written  # reused, not trained again
+    pd.testing.assert_frame_equal(again.metrics, done.metrics)
+    with pytest.raises(HistosynthError, match=r"real-seed0: the run used other settings \(learning_rate\)"):
+        train_classifier({"real": real}, test, out, settings(resume=True, learning_rate=0.01, **RUN))
+    with pytest.raises(HistosynthError, match=r"real-seed0: the run used other settings \(--cap\)"):
+        train_classifier({"real": real}, test, out, settings(resume=True, caps={"real": 2}, **RUN))
 
 
 def test_resume_refuses_changed_settings_and_pools_and_a_fresh_run_refuses_an_experiment(

@@ -9,7 +9,8 @@ the `--test` pool; the scores, Table 3 and the paired comparison of arms are wri
 `model.safetensors` and `config.json` (fastai's ResNet with its head; `load_classifier`
 rebuilds it), the stain reference tile and `stain.json`, sealed by a `histosynth.json` of kind
 `classifier`. Each fit is checkpointed in `<out>/checkpoints/<arm>-seed<S>/step-N/`, so
-`resume` continues an interrupted experiment with the same result (`trainer.classifier.resume`).
+`resume` continues an interrupted experiment with the same result (`trainer.classifier.resume`);
+a fit that has run its whole schedule removes its checkpoints, and `resume` reuses its model.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from trainer.classifier.resume import (
     Checkpoints,
     check_experiment_folder,
     finished_fit,
+    remove_checkpoints,
     resume_checkpoint,
 )
 from trainer.classifier.stain import fit_normalizer, prepare_tiles
@@ -94,6 +96,10 @@ class ClassifierSettings:
         resume: continue every (arm, seed) from its newest checkpoint in
             `out/checkpoints/<arm>-seed<S>/`, reusing those already finished; the result
             equals an uninterrupted run's.
+        keep_finished_checkpoints: keep a fit's checkpoints once it has run its whole schedule
+            (by default they are removed: they exist to resume an unfinished fit, and two of
+            them take 7 times the model's size, 584 MB for a ResNet34; a fit stopped by
+            `max_steps` keeps them to go on).
         progress: show progress bars (None: when stderr is a terminal).
     """
 
@@ -104,6 +110,7 @@ class ClassifierSettings:
     pretrained: str | Path | None = None
     stain_reference: str | Path | None = None
     resume: bool = False
+    keep_finished_checkpoints: bool = False
     progress: bool | None = None
 
 
@@ -171,6 +178,8 @@ def train_classifier(
     }
     # each fit's length; refuses an arm smaller than one batch before any training
     totals = {key: total_steps(options, len(design.train), 1) for key, design in designs.items()}
+    whole = dataclasses.replace(options, max_steps=None)  # the schedule's length, all epochs
+    schedules = {key: total_steps(whole, len(design.train), 1) for key, design in designs.items()}
 
     runs = {}  # every resume is checked before any run trains
     for (arm, seed), design in designs.items():
@@ -178,7 +187,7 @@ def train_classifier(
         name = f"{arm}-seed{seed}"
         record = _run_record(design, run_options, classes, fingerprints, caps, weights, normalizer)
         checkpoint = resume_checkpoint(
-            out / CHECKPOINTS / name, out / MODELS / name, record, run_options, resume
+            out / CHECKPOINTS / name, out / MODELS / name, record, run_options, resume, totals[(arm, seed)]
         )
         runs[(arm, seed)] = (run_options, name, record, checkpoint)
 
@@ -210,6 +219,8 @@ def train_classifier(
             model, fit = _fit(design, cached, len(classes), run_options, weights, saver, progress)
             if rank_distrib() == 0:  # under `accelerate launch`, the main process writes
                 _save_model(folder, model, run_options, classes, fit, normalizer, record)
+                if fit.steps >= schedules[(arm, seed)] and not settings.keep_finished_checkpoints:
+                    remove_checkpoints(out / CHECKPOINTS / name)
         predicted = predict(model, [cached[path] for path in test_files], run_options.batch_size)
         scores = run_scores(truth, predicted, classes)
         confusion[(arm, seed)] = scores["confusion"]
@@ -345,5 +356,7 @@ def _save_model(folder, model, options, classes, fit, normalizer, record) -> Non
             "valid_losses": fit.valid_losses,
             "train_losses": fit.train_losses,
             "pretrained": record["pretrained"],
+            "caps": record["caps"],  # with the above, what `--resume` checks once the checkpoints are gone
+            "stain": record["stain"],
         },
     )

@@ -29,6 +29,7 @@ hold placeholders for the replayed steps; nothing here reads them.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import time
@@ -268,9 +269,12 @@ def check_experiment_folder(out: Path, resume: bool) -> None:
 
 
 def resume_checkpoint(
-    root: Path, model: Path, record: dict[str, Any], options: ClassifierOptions, resume: bool
+    root: Path, model: Path, record: dict[str, Any], options: ClassifierOptions, resume: bool, total: int
 ) -> Path | None:
     """The newest checkpoint of one (arm, seed) run to continue from, checked against this run.
+
+    A run that finished its whole schedule has no checkpoints left (they are removed unless kept,
+    `remove_checkpoints`); its model folder, which records the same facts, is checked instead.
 
     Args:
         root: the run's checkpoint folder.
@@ -278,47 +282,56 @@ def resume_checkpoint(
         record: this invocation's record of the run (`run_record`).
         options: this invocation's settings of the run.
         resume: `--resume`; without it the run starts afresh.
+        total: the steps this invocation's run needs.
 
     Raises:
-        HistosynthError: the run holds a model but no checkpoint; or its checkpoint was made
-            with other settings (named), caps, ImageNet weights or stain reference, on other
-            classes or on pools whose fingerprint differs.
+        HistosynthError: the run holds a model but no checkpoint, and is not finished; or its
+            checkpoint (model) was made with other settings (named), caps, ImageNet weights or
+            stain reference, on other classes or on pools whose fingerprint differs.
     """
     if not resume:
         return None
     found = step_folders(root)
-    if not found:
-        if (model / INFO_NAME).exists():
+    if found:
+        checkpoint = found[-1][1]
+        _check_same_run(read_run(checkpoint), checkpoint, record, options)
+        return checkpoint
+    if (model / INFO_NAME).exists():
+        info = read_model_info(model, kinds=("classifier",))
+        if "caps" not in info or info["steps"] < total:  # stopped early, or from before this check
             raise HistosynthError(
                 f"{model}: holds a model but no checkpoint to resume from; choose another --out"
             )
-        return None
-    checkpoint = found[-1][1]
-    stored = read_run(checkpoint)
+        _check_same_run(info, model, record, options)
+    return None
+
+
+def _check_same_run(
+    stored: dict[str, Any], where: Path, record: dict[str, Any], options: ClassifierOptions
+) -> None:
+    """Refuse to continue (or reuse) a run made with other settings, caps, weights, pools or classes."""
     changed = changed_settings(from_record(ClassifierOptions, stored["settings"]), options, RESUMABLE)
     changed += [flag for key, flag in RECORDED_FLAGS.items() if stored.get(key) != record[key]]
     if changed:
         raise HistosynthError(
-            f"{checkpoint}: the run used other settings ({', '.join(changed)}); "
+            f"{where}: the run used other settings ({', '.join(changed)}); "
             "resume with the options it was started with"
         )
-    check_resumable(stored, checkpoint, fingerprint=record["data_fingerprint"], classes=record["classes"])
-    return checkpoint
+    check_resumable(stored, where, fingerprint=record["data_fingerprint"], classes=record["classes"])
 
 
 def finished_fit(model: Path, checkpoint: Path | None, total: int) -> FitRecord | None:
     """The saved fit of a run that needs no more steps, or None when it must (still) train.
 
-    A run is finished when its newest checkpoint has done `total` steps (or more, under an
-    earlier, larger `--max-steps`) and its model folder was published from that checkpoint.
+    A run is finished when its model folder was published after `total` steps (or more, under an
+    earlier, larger `--max-steps`) and, where its checkpoints are kept, from the newest of them.
+    Call it after `resume_checkpoint`, which checks that the model is this run's.
     """
-    if checkpoint is None:
-        return None
-    step = int(read_run(checkpoint)["step"])
-    if step < total or not (model / INFO_NAME).is_file():
+    if not (model / INFO_NAME).is_file():
         return None
     info = read_model_info(model, kinds=("classifier",))
-    if info.get("steps") != step:
+    step = info.get("steps") if checkpoint is None else int(read_run(checkpoint)["step"])
+    if step < total or info.get("steps") != step:
         return None
     best = info["best_epoch"]
     return FitRecord(
@@ -327,3 +340,14 @@ def finished_fit(model: Path, checkpoint: Path | None, total: int) -> FitRecord 
         best_epoch=None if best is None else best - 1,
         steps=info["steps"],
     )
+
+
+def remove_checkpoints(root: Path) -> None:
+    """Delete a finished run's checkpoints, and the checkpoints folder once it is empty.
+
+    They exist to continue an unfinished fit; a finished one is reused from its model folder,
+    which holds everything `--resume` checks.
+    """
+    shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.parent.rmdir()
