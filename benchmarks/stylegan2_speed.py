@@ -1,4 +1,4 @@
-"""Speed of StyleGAN2 generation (`trainer.stylegan2.train.generate_images`), batched against
+"""Speed of StyleGAN2 generation (`trainer.stylegan2.sampling.generate_images`), batched against
 one image at a time in the same run.
 
 1. CPU, the tiny preset (32 px): images per second with batches of `--batch` against a loop of
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from histosynth.sampling import derive_seed
-from trainer.stylegan2.networks import StyleGAN2Generator
+from trainer.stylegan2.networks import StyleGAN2Generator, build_networks
 from trainer.stylegan2.options import stylegan2_options
-from trainer.stylegan2.train import build_networks, generate_images
+from trainer.stylegan2.sampling import generate_images
 
 
 def seeded(indices: range) -> list[torch.Generator]:

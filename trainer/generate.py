@@ -149,7 +149,7 @@ def generate_pool(
     todo = [(c, i) for c in wanted for i in range(per_class) if not (out / c / image_name(i)).exists()]
     mine = todo[state.process_index :: state.num_processes]
     if stylegan:
-        from trainer.stylegan2.train import generate_images, load_stylegan2
+        from trainer.stylegan2.sampling import generate_images, load_stylegan2
 
         loaded = load_stylegan2(model, target)
     else:

@@ -51,6 +51,8 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (result.stdout + result.stderr).count(f"wrote {out}") == 1  # the main process reports
+    assert result.stderr.count("lowest diversity") == 2  # a line per check, from the main process
+    assert "Grad strides do not match" not in result.stderr  # gradients in their buckets' layout
     info = read_model_info(out, ["stylegan2"])
     assert info["steps"] == 18
     checks = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]

@@ -27,7 +27,7 @@ COMPOSERS = {
         "trainer.diffusion.ldm",
         "trainer.diffusion.options",
     },
-    "generate": {"trainer.diffusion.ldm", "trainer.stylegan2.train"},
+    "generate": {"trainer.diffusion.ldm", "trainer.stylegan2.sampling"},
 }
 
 

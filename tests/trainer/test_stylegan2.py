@@ -11,15 +11,15 @@ import torch.nn.functional as F
 
 from trainer.core.data import read_training_pool
 from trainer.stylegan2.augment import AdaptiveAugment, RandomLumaFlip
+from trainer.stylegan2.losses import PathLengthMean, keep_gradient_layout, path_length_penalty, r1_penalty
 from trainer.stylegan2.monitor import CollapseMonitor
-from trainer.stylegan2.networks import ModulatedConv2d, StyleGAN2Discriminator, StyleGAN2Generator
-from trainer.stylegan2.options import stylegan2_options
-from trainer.stylegan2.train import (
-    PathLengthMean,
+from trainer.stylegan2.networks import (
+    ModulatedConv2d,
+    StyleGAN2Discriminator,
+    StyleGAN2Generator,
     build_networks,
-    path_length_penalty,
-    r1_penalty,
 )
+from trainer.stylegan2.options import stylegan2_options
 
 
 def tiny_networks(num_classes: int = 2) -> tuple[StyleGAN2Generator, StyleGAN2Discriminator]:
@@ -127,6 +127,33 @@ def test_r1_matches_finite_differences_and_reaches_the_discriminator() -> None:
     assert float(penalty.detach()) == pytest.approx(
         float(gradient.square().sum(dim=(1, 2, 3)).mean()), rel=1e-9
     )
+
+
+def test_every_gradient_of_the_penalties_has_its_parameters_layout() -> None:
+    """DDP compares each gradient's strides with its bucket's (the parameter's) and warns otherwise."""
+    generator, discriminator = tiny_networks()
+    off = AdaptiveAugment(enabled=False)
+    real, labels = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 0, 1])
+
+    def mismatched() -> list[str]:
+        discriminator.zero_grad(set_to_none=True)
+        r1_penalty(discriminator, off, real, labels).backward()
+        generator.zero_grad(set_to_none=True)
+        path_length_penalty(generator, torch.randn(2, 32), labels[:2], PathLengthMean(), 0.01).backward()
+        return [
+            name
+            for network in (generator, discriminator)
+            for name, parameter in network.named_parameters()
+            if parameter.grad is not None and parameter.grad.stride() != parameter.stride()
+        ]
+
+    assert mismatched() == ["out.weight"]  # the (1, 32) last layer, as autograd hands it over
+    for network in (generator, discriminator):
+        keep_gradient_layout(network)
+    before = {name: p.grad.clone() for name, p in discriminator.named_parameters() if p.grad is not None}
+    assert mismatched() == []
+    after = {name: p.grad for name, p in discriminator.named_parameters() if p.grad is not None}
+    assert all(torch.equal(before[name], after[name]) for name in before)  # the same numbers
 
 
 def test_path_length_penalty_has_gradients_and_tracks_its_mean() -> None:

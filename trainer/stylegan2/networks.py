@@ -31,6 +31,8 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from trainer.stylegan2.options import StyleGAN2Options
+
 SQRT2 = math.sqrt(2.0)
 
 
@@ -351,3 +353,27 @@ class StyleGAN2Discriminator(ModelMixin, ConfigMixin):
         features = self.fc(x.flatten(1))
         projection = (features * self.embed(labels)).sum(dim=1) / math.sqrt(features.shape[1])
         return self.out(features).squeeze(1) + projection
+
+
+def build_networks(
+    options: StyleGAN2Options, num_classes: int
+) -> tuple[StyleGAN2Generator, StyleGAN2Discriminator]:
+    """Fresh generator and discriminator of the options' sizes."""
+    generator = StyleGAN2Generator(
+        num_classes=num_classes,
+        resolution=options.size,
+        z_dim=options.z_dim,
+        w_dim=options.w_dim,
+        embed_dim=options.embed_dim,
+        mapping_layers=options.mapping_layers,
+        channel_base=options.channel_base,
+        channel_max=options.channel_max,
+    )
+    discriminator = StyleGAN2Discriminator(
+        num_classes=num_classes,
+        resolution=options.size,
+        channel_base=options.channel_base,
+        channel_max=options.channel_max,
+        mbstd_group=options.mbstd_group,
+    )
+    return generator, discriminator

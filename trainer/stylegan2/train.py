@@ -1,4 +1,4 @@
-"""Training a class-conditional StyleGAN2 with ADA and a mode-collapse guard; loading it to sample.
+"""Training a class-conditional StyleGAN2 with ADA and a mode-collapse guard.
 
 Each optimizer step runs StyleGAN2's phases (Karras et al. 2020a, appendix B):
 
@@ -36,44 +36,39 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
 from trainer.core.checkpoints import checkpoint_folders, load_checkpoint, read_run, save_checkpoint
-from trainer.core.data import TileDataset, read_training_pool
+from trainer.core.data import TileDataset, TrainingPool, read_training_pool
 from trainer.core.loop import make_accelerator, resume_step, run_steps, total_steps
-from trainer.core.model_folder import publish_model, read_model_info, write_model_info
+from trainer.core.model_folder import publish_model, write_model_info
 from trainer.core.options import RunSettings, to_record
 from trainer.stylegan2.augment import AdaptiveAugment
+from trainer.stylegan2.losses import (
+    PathLengthMean,
+    keep_gradient_layout,
+    lazy_adam,
+    path_length_penalty,
+    r1_penalty,
+    update_ema,
+)
 from trainer.stylegan2.monitor import CollapseMonitor, MonitorCheck, summary
-from trainer.stylegan2.networks import StyleGAN2Discriminator, StyleGAN2Generator
+from trainer.stylegan2.networks import build_networks
 from trainer.stylegan2.options import StyleGAN2Options, stylegan2_options
+from trainer.stylegan2.sampling import KIND
 
 logger = logging.getLogger(__name__)
 
-KIND = "stylegan2"
 LOG_NAME = "train-log.jsonl"
-PAD_TO = 8
-
-
-class PathLengthMean(torch.nn.Module):
-    """The running mean a of the path lengths (a buffer, so checkpoints carry it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("value", torch.zeros(()))
 
 
 class CollapseDetected(Exception):
@@ -82,80 +77,6 @@ class CollapseDetected(Exception):
     def __init__(self, check: MonitorCheck) -> None:
         super().__init__(summary(check))
         self.check = check
-
-
-def build_networks(
-    options: StyleGAN2Options, num_classes: int
-) -> tuple[StyleGAN2Generator, StyleGAN2Discriminator]:
-    """Fresh generator and discriminator of the options' sizes."""
-    generator = StyleGAN2Generator(
-        num_classes=num_classes,
-        resolution=options.size,
-        z_dim=options.z_dim,
-        w_dim=options.w_dim,
-        embed_dim=options.embed_dim,
-        mapping_layers=options.mapping_layers,
-        channel_base=options.channel_base,
-        channel_max=options.channel_max,
-    )
-    discriminator = StyleGAN2Discriminator(
-        num_classes=num_classes,
-        resolution=options.size,
-        channel_base=options.channel_base,
-        channel_max=options.channel_max,
-        mbstd_group=options.mbstd_group,
-    )
-    return generator, discriminator
-
-
-def lazy_adam(parameters: Any, rate: float, interval: int, options: StyleGAN2Options) -> torch.optim.Adam:
-    """Adam with lazy regularisation's correction: rate x c and betas ** c, c = interval / (interval + 1)."""
-    c = interval / (interval + 1)
-    betas = (options.beta1**c, options.beta2**c)
-    return torch.optim.Adam(parameters, lr=rate * c, betas=betas, eps=options.adam_eps)
-
-
-def r1_penalty(
-    discriminator: torch.nn.Module, augment: AdaptiveAugment, real: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """Mean over images of |grad_x D(A(x), c)|^2 (R1 on the un-augmented reals, through A)."""
-    real = real.detach().requires_grad_(True)
-    logits = discriminator(augment(real), labels)
-    (gradient,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-    return gradient.square().sum(dim=(1, 2, 3)).mean() + every_parameter_used(logits)
-
-
-def path_length_penalty(
-    generator: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor, mean: PathLengthMean, decay: float
-) -> torch.Tensor:
-    """(|J_w^T y| - a)^2 averaged, y ~ N(0, I) / sqrt(H W); moves the running mean a by `decay`."""
-    images, ws = generator(z, labels, return_ws=True)
-    y = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
-    (gradient,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
-    lengths = gradient.square().sum(dim=2).mean(dim=1).sqrt()
-    mean.value.copy_(mean.value.lerp(lengths.mean().detach(), decay))
-    return (lengths - mean.value).square().mean() + every_parameter_used(images)
-
-
-def every_parameter_used(output: torch.Tensor) -> torch.Tensor:
-    """A zero that ties a penalty's backward to every parameter of the forward that made `output`.
-
-    R1 and the path-length penalty differentiate a gradient, so parameters that only shift the
-    output (the last biases) get no gradient from them. DistributedDataParallel waits for a
-    gradient of every parameter it saw in the forward and fails the next step ("Expected to
-    have finished reduction in the prior iteration"); adding 0 x output makes autograd send a
-    zero to each of them, which changes no value.
-    """
-    return output.flatten()[0] * 0.0
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, beta: float) -> None:
-    """ema = beta ema + (1 - beta) model for parameters; buffers (the w means) are copied."""
-    for target, source in zip(ema.parameters(), model.parameters(), strict=True):
-        target.lerp_(source.detach(), 1.0 - beta)
-    for target, source in zip(ema.buffers(), model.buffers(), strict=True):
-        target.copy_(source)
 
 
 @dataclass(frozen=True)
@@ -187,293 +108,299 @@ def train_stylegan2(data: str | Path, out: str | Path, settings: StyleGAN2Settin
             `max_rollbacks` rollbacks did not cure (checkpoints stay; no model is written).
     """
     settings = settings or StyleGAN2Settings()
-    options, progress, classes, resume = (
-        settings.options,
-        settings.progress,
-        settings.classes,
-        settings.resume,
-    )
+    options = settings.options
     out = Path(out).expanduser()
-    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
-    accelerator = make_accelerator(options)
-    device = accelerator.device
-    torch.manual_seed(derive_seed(options.seed, "stylegan2-init"))
-    generator, discriminator = build_networks(options, len(pool.classes))
-    ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    augment = AdaptiveAugment(
-        target=options.ada_target,
-        interval=options.ada_interval,
-        speed_images=options.ada_speed,
-        enabled=options.augment,
+    pool = read_training_pool(
+        data, settings.classes, fingerprint=options.fingerprint, progress=settings.progress
     )
-    pl_mean = PathLengthMean()
-    rate = options.learning_rate
-    g_optimizer = lazy_adam(generator.parameters(), rate, options.pl_interval, options)
-    d_optimizer = lazy_adam(discriminator.parameters(), rate, options.r1_interval, options)
-    generator, discriminator, g_optimizer, d_optimizer = accelerator.prepare(
-        generator, discriminator, g_optimizer, d_optimizer
-    )
-    for part in (ema, augment, pl_mean):
-        part.to(device)
-        accelerator.register_for_checkpointing(part)
-    run: dict[str, Any] = {"kind": KIND, "settings": to_record(options), "classes": pool.classes}
-    run["data_fingerprint"] = pool.fingerprint
-    start = resume_step(accelerator, out, resume, options, run)
-    folders = checkpoint_folders(out)
-    run["rollbacks"] = list(read_run(folders[-1][1]).get("rollbacks", [])) if folders else []
-    if not folders:
-        save_checkpoint(accelerator, out, 0, run, options.keep_checkpoints)
-    monitor = CollapseMonitor(
-        pool,
-        options.size,
-        options.z_dim,
-        samples=options.monitor_samples,
-        seed=options.seed,
-        min_diversity=options.min_diversity,
-        max_gap=options.max_gap,
-        start=options.monitor_start,
-    )
-    total = total_steps(options, len(pool.files), accelerator.num_processes)
-    images_per_step = options.batch_size * accelerator.num_processes
-    ema_beta = 0.5 ** (images_per_step / options.ema_half_life) if options.ema_half_life > 0 else 0.0
-    plain_generator = accelerator.unwrap_model(generator)
-    log_path = out / LOG_NAME
-
-    def current() -> tuple[float, float]:
-        """Learning rate and R1 gamma after the rollbacks so far."""
-        count = len(run["rollbacks"])
-        return (
-            rate * options.rollback_lr_factor**count,
-            options.r1_gamma * options.rollback_gamma_factor**count,
-        )
-
-    def apply_rates() -> None:
-        learning_rate, _ = current()
-        for optimizer, interval in ((g_optimizer, options.pl_interval), (d_optimizer, options.r1_interval)):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate * interval / (interval + 1)
-
-    def write_log(event: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            stamped = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event}
-            with log_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(stamped) + "\n")
-
-    def step(images: torch.Tensor, labels: torch.Tensor, index: int) -> float:
-        torch.manual_seed(
-            derive_seed(
-                options.seed, "stylegan2-step", index, len(run["rollbacks"]), accelerator.process_index
-            )
-        )
-        batch = images.shape[0]
-        _, gamma = current()
-        mix_cutoff = None
-        if torch.rand(()) < options.style_mixing:
-            mix_cutoff = int(torch.randint(1, plain_generator.num_ws, ()))
-
-        z = torch.randn(batch, options.z_dim, device=device)
-        mix = torch.randn(batch, options.z_dim, device=device) if mix_cutoff else None
-        fake = generator(z, labels, mix_z=mix, mix_cutoff=mix_cutoff)
-        g_loss = F.softplus(-discriminator(augment(fake), labels)).mean()
-        g_optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(g_loss)
-        g_optimizer.step()
-        if options.pl_weight > 0 and index % options.pl_interval == 0:
-            count = max(1, batch // options.pl_batch_shrink)
-            pl_z = torch.randn(count, options.z_dim, device=device)
-            penalty = path_length_penalty(generator, pl_z, labels[:count], pl_mean, options.pl_decay)
-            g_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(penalty * options.pl_weight * options.pl_interval)
-            g_optimizer.step()
-        plain_generator.update_w_avg(z, labels)
-
-        with torch.no_grad():
-            z = torch.randn(batch, options.z_dim, device=device)
-            mix = torch.randn(batch, options.z_dim, device=device) if mix_cutoff else None
-            fake = generator(z, labels, mix_z=mix, mix_cutoff=mix_cutoff)
-        real_logits = discriminator(augment(images), labels)
-        fake_logits = discriminator(augment(fake), labels)
-        d_loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-        d_optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(d_loss)
-        d_optimizer.step()
-        augment.accumulate(real_logits)
-        monitor.record_logits(real_logits, fake_logits)
-        if gamma > 0 and index % options.r1_interval == 0:
-            penalty = r1_penalty(discriminator, augment, images, labels)
-            d_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(penalty * (gamma / 2) * options.r1_interval)
-            d_optimizer.step()
-
-        update_ema(ema, plain_generator, ema_beta)
-        if (index + 1) % options.ada_interval == 0:
-            for total_of in (augment.sign_sum, augment.sign_count):  # r_t over every process's images
-                total_of.copy_(accelerator.reduce(total_of.clone(), "sum"))
-            augment.adjust(images_per_step)
-        done = index + 1
-        if done % options.checkpoint_every == 0 or done == total:
-            check = monitor.check(plain_generator, done, device)
-            check = broadcast_object_list([check])[0]  # all processes act on the main one's verdict
-            learning_rate, gamma = current()
-            write_log(
-                {
-                    "event": "check",
-                    **check.to_record(),
-                    "augment_p": float(augment.p),
-                    "learning_rate": learning_rate,
-                    "r1_gamma": gamma,
-                }
-            )
-            logger.info("%s; ADA p %.3f", summary(check), float(augment.p))
-            if check.collapsed:
-                raise CollapseDetected(check)
-        return float(g_loss.detach() + d_loss.detach())
-
-    apply_rates()
-    generator.train()
-    discriminator.train()
-    dataset = TileDataset(pool, options.size, options.seed)
-    while True:
-        try:
-            done = run_steps(
-                accelerator,
-                dataset,
-                options,
-                out=out,
-                start=start,
-                step=step,
-                run=run,
-                description="train stylegan2",
-                progress=progress,
-            )
-            break
-        except CollapseDetected as collapse:
-            start = roll_back(accelerator, out, options, run, collapse.check, write_log, current)
-            apply_rates()
-            monitor.reset_gap()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-
-        def write(staging: Path) -> None:
-            ema.save_pretrained(staging / "generator")
-            accelerator.unwrap_model(discriminator).save_pretrained(staging / "discriminator")
-
-        publish_model(out, write)
-        learning_rate, gamma = current()
-        write_model_info(
-            out,
-            kind=KIND,
-            classes=pool.classes,
-            settings={**to_record(options), "effective_learning_rate": rate},
-            fingerprint=pool.fingerprint,
-            steps=done,
-            extra={
-                "augment_p": float(augment.p),
-                "rollbacks": run["rollbacks"],
-                "final_learning_rate": learning_rate,
-                "final_r1_gamma": gamma,
-                "run_log": LOG_NAME,
-                "num_processes": accelerator.num_processes,
-                "generator": "EMA weights (half-life in images: ema_half_life)",
-            },
-        )
-    accelerator.wait_for_everyone()
+    run = StyleGAN2Run(pool, options, out)
+    start = run.resume_or_start(settings.resume)
+    done = run.train_from(start, settings.progress)
+    run.publish(done)
     return out
 
 
-def roll_back(
-    accelerator: Accelerator,
-    out: Path,
-    options: StyleGAN2Options,
-    run: dict[str, Any],
-    check: MonitorCheck,
-    write_log: Callable[[dict[str, Any]], None],
-    current: Callable[[], tuple[float, float]],
-) -> int:
-    """Restore the newest (good) checkpoint after a failed check and record the event.
+class StyleGAN2Run:
+    """One StyleGAN2 training run: its networks, optimizers and states, and the phases of a step.
 
-    Args:
-        accelerator: holds the prepared networks, optimizers and registered states.
-        out: the run's folder.
-        options: the run's settings (`max_rollbacks`, the factors).
-        run: the run's record; the event is appended to its `rollbacks`.
-        check: the failed check.
-        write_log: appends an event to the run log.
-        current: the learning rate and R1 gamma in force before this rollback.
-
-    Returns:
-        The step of the checkpoint restored.
-
-    Raises:
-        HistosynthError: the run already used its `max_rollbacks` rollbacks (giving up).
+    Built fresh from the options (seeded), then prepared by accelerate; the EMA generator, ADA
+    and the path-length mean are registered for checkpointing, so `resume_or_start` restores
+    them all. `record` is the run's record as checkpoints and `histosynth.json` hold it.
     """
-    step, folder = checkpoint_folders(out)[-1]
-    learning_rate, gamma = current()
-    if len(run["rollbacks"]) >= options.max_rollbacks:
-        write_log({"event": "give-up", **check.to_record(), "last_good_checkpoint": folder.name})
-        raise HistosynthError(
-            f"{out}: mode collapse at step {check.step} ({'; '.join(check.reasons)}) persisted after "
-            f"{len(run['rollbacks'])} rollback(s) (learning rate now {learning_rate:g}, R1 gamma {gamma:g}); "
-            f"no model was written; the last good checkpoint is {folder}: continue with --resume and a "
-            "higher --max-rollbacks, or start a new run with a lower --learning-rate or a higher --r1-gamma"
+
+    def __init__(self, pool: TrainingPool, options: StyleGAN2Options, out: Path) -> None:
+        self.pool, self.options, self.out = pool, options, out
+        self.accelerator = accelerator = make_accelerator(options)
+        self.device = accelerator.device
+        torch.manual_seed(derive_seed(options.seed, "stylegan2-init"))
+        generator, discriminator = build_networks(options, len(pool.classes))
+        for network in (generator, discriminator):
+            keep_gradient_layout(network)
+        self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.augment = AdaptiveAugment(
+            target=options.ada_target,
+            interval=options.ada_interval,
+            speed_images=options.ada_speed,
+            enabled=options.augment,
         )
-    load_checkpoint(accelerator, folder)
-    event = {
-        "detected_at": check.step,
-        "rolled_back_to": step,
-        "reasons": check.reasons,
-        "learning_rate": learning_rate * options.rollback_lr_factor,
-        "r1_gamma": gamma * options.rollback_gamma_factor,
-    }
-    run["rollbacks"].append(event)
-    write_log({"event": "rollback", **event})
-    logger.warning(
-        "mode collapse at step %d (%s): rolled back to step %d with learning rate %g and R1 gamma %g",
-        check.step,
-        "; ".join(check.reasons),
-        step,
-        event["learning_rate"],
-        event["r1_gamma"],
-    )
-    return step
+        self.pl_mean = PathLengthMean()
+        rate = options.learning_rate
+        g_optimizer = lazy_adam(generator.parameters(), rate, options.pl_interval, options)
+        d_optimizer = lazy_adam(discriminator.parameters(), rate, options.r1_interval, options)
+        self.generator, self.discriminator, self.g_optimizer, self.d_optimizer = accelerator.prepare(
+            generator, discriminator, g_optimizer, d_optimizer
+        )
+        for part in (self.ema, self.augment, self.pl_mean):
+            part.to(self.device)
+            accelerator.register_for_checkpointing(part)
+        self.plain_generator = accelerator.unwrap_model(self.generator)
+        self.monitor = CollapseMonitor(
+            pool,
+            options.size,
+            options.z_dim,
+            samples=options.monitor_samples,
+            seed=options.seed,
+            min_diversity=options.min_diversity,
+            max_gap=options.max_gap,
+            start=options.monitor_start,
+        )
+        self.total = total_steps(options, len(pool.files), accelerator.num_processes)
+        self.images_per_step = options.batch_size * accelerator.num_processes
+        half_life = options.ema_half_life
+        self.ema_beta = 0.5 ** (self.images_per_step / half_life) if half_life > 0 else 0.0
+        self.record: dict[str, Any] = {
+            "kind": KIND,
+            "settings": to_record(options),
+            "classes": pool.classes,
+            "data_fingerprint": pool.fingerprint,
+        }
 
+    def resume_or_start(self, resume: bool) -> int:
+        """The steps done: restored from the newest checkpoint, or 0 with step 0 saved first."""
+        options = self.options
+        start = resume_step(self.accelerator, self.out, resume, options, self.record)
+        folders = checkpoint_folders(self.out)
+        self.record["rollbacks"] = list(read_run(folders[-1][1]).get("rollbacks", [])) if folders else []
+        if not folders:
+            save_checkpoint(self.accelerator, self.out, 0, self.record, options.keep_checkpoints)
+        return start
 
-def load_stylegan2(folder: str | Path, device: torch.device) -> StyleGAN2Generator:
-    """The EMA generator of a StyleGAN2 model folder, on `device`, for sampling.
+    def train_from(self, start: int, progress: bool | None) -> int:
+        """Run the steps from `start` to the end, rolling back after each collapse; the steps done."""
+        self.apply_rates()
+        self.generator.train()
+        self.discriminator.train()
+        dataset = TileDataset(self.pool, self.options.size, self.options.seed)
+        while True:
+            try:
+                return run_steps(
+                    self.accelerator,
+                    dataset,
+                    self.options,
+                    out=self.out,
+                    start=start,
+                    step=self.step,
+                    run=self.record,
+                    description="train stylegan2",
+                    progress=progress,
+                )
+            except CollapseDetected as collapse:
+                start = self.roll_back(collapse.check)
+                self.apply_rates()
+                self.monitor.reset_gap()
 
-    Raises:
-        HistosynthError: no `histosynth.json`, another kind of model, or no `generator/`.
-    """
-    folder = Path(folder).expanduser()
-    read_model_info(folder, [KIND])
-    try:
-        generator = StyleGAN2Generator.from_pretrained(folder / "generator")
-    except OSError as error:
-        raise HistosynthError(f"{folder}: incomplete model folder ({error})") from error
-    return generator.to(device).eval().requires_grad_(False)
+    def rates(self) -> tuple[float, float]:
+        """Learning rate and R1 gamma after the rollbacks so far."""
+        count = len(self.record["rollbacks"])
+        return (
+            self.options.learning_rate * self.options.rollback_lr_factor**count,
+            self.options.r1_gamma * self.options.rollback_gamma_factor**count,
+        )
 
+    def apply_rates(self) -> None:
+        """Give both optimizers the current rate, with lazy regularisation's correction."""
+        learning_rate, _ = self.rates()
+        for optimizer, interval in (
+            (self.g_optimizer, self.options.pl_interval),
+            (self.d_optimizer, self.options.r1_interval),
+        ):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * interval / (interval + 1)
 
-@torch.no_grad()
-def generate_images(
-    generator: StyleGAN2Generator,
-    labels: list[int],
-    generators: list[torch.Generator],
-    truncation: float = 1.0,
-) -> np.ndarray:
-    """(B, H, W, 3) uint8 images; image b draws z, then each layer's noise, from `generators[b]` (CPU).
+    def step(self, images: torch.Tensor, labels: torch.Tensor, index: int) -> float:
+        """Optimizer step `index`: G's phases, D's phases, the EMA and ADA; a check where one is due."""
+        options = self.options
+        seed = derive_seed(
+            options.seed,
+            "stylegan2-step",
+            index,
+            len(self.record["rollbacks"]),
+            self.accelerator.process_index,
+        )
+        torch.manual_seed(seed)
+        mix_cutoff = None
+        if torch.rand(()) < options.style_mixing:
+            mix_cutoff = int(torch.randint(1, self.plain_generator.num_ws, ()))
+        g_loss = self.generator_phases(labels, index, mix_cutoff)
+        d_loss = self.discriminator_phases(images, labels, index, mix_cutoff)
+        update_ema(self.ema, self.plain_generator, self.ema_beta)
+        if (index + 1) % options.ada_interval == 0:
+            self.adjust_augmentation()
+        done = index + 1
+        if done % options.checkpoint_every == 0 or done == self.total:
+            self.check(done)
+        return float(g_loss.detach() + d_loss.detach())
 
-    Batches are padded to a multiple of `PAD_TO` with zero inputs, so on CPU an image's
-    arithmetic does not depend on its companions or the batch size.
-    """
-    device = generator.device
-    count = len(generators)
-    padding = -count % PAD_TO
-    z = [torch.randn(generator.config.z_dim, generator=g) for g in generators]
-    noise = [[torch.randn(shape, generator=g) for g in generators] for shape in generator.noise_shapes()]
-    z_batch = torch.stack(z + [torch.zeros(generator.config.z_dim)] * padding).to(device)
-    noise_batch = [torch.stack(layer + [torch.zeros_like(layer[0])] * padding).to(device) for layer in noise]
-    label_batch = torch.tensor(list(labels) + [0] * padding, device=device)
-    images = generator(z_batch, label_batch, truncation=truncation, noise=noise_batch)[:count]
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+    def fakes(self, labels: torch.Tensor, mix_cutoff: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images of the batch's classes from fresh z (and a second z to mix styles from), and z."""
+        z = torch.randn(labels.shape[0], self.options.z_dim, device=self.device)
+        mix = torch.randn(labels.shape[0], self.options.z_dim, device=self.device) if mix_cutoff else None
+        return self.generator(z, labels, mix_z=mix, mix_cutoff=mix_cutoff), z
+
+    def generator_phases(self, labels: torch.Tensor, index: int, mix_cutoff: int | None) -> torch.Tensor:
+        """G main (non-saturating loss), then the path-length penalty where due; the main loss."""
+        options = self.options
+        fake, z = self.fakes(labels, mix_cutoff)
+        g_loss = F.softplus(-self.discriminator(self.augment(fake), labels)).mean()
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(g_loss)
+        self.g_optimizer.step()
+        if options.pl_weight > 0 and index % options.pl_interval == 0:
+            count = max(1, labels.shape[0] // options.pl_batch_shrink)
+            pl_z = torch.randn(count, options.z_dim, device=self.device)
+            penalty = path_length_penalty(
+                self.generator, pl_z, labels[:count], self.pl_mean, options.pl_decay
+            )
+            self.g_optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(penalty * options.pl_weight * options.pl_interval)
+            self.g_optimizer.step()
+        self.plain_generator.update_w_avg(z, labels)
+        return g_loss
+
+    def discriminator_phases(
+        self, images: torch.Tensor, labels: torch.Tensor, index: int, mix_cutoff: int | None
+    ) -> torch.Tensor:
+        """D main (logistic loss on reals and fresh fakes), then R1 where due; the main loss."""
+        options = self.options
+        with torch.no_grad():
+            fake, _ = self.fakes(labels, mix_cutoff)
+        real_logits = self.discriminator(self.augment(images), labels)
+        fake_logits = self.discriminator(self.augment(fake), labels)
+        d_loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        self.d_optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(d_loss)
+        self.d_optimizer.step()
+        self.augment.accumulate(real_logits)
+        self.monitor.record_logits(real_logits, fake_logits)
+        _, gamma = self.rates()
+        if gamma > 0 and index % options.r1_interval == 0:
+            penalty = r1_penalty(self.discriminator, self.augment, images, labels)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(penalty * (gamma / 2) * options.r1_interval)
+            self.d_optimizer.step()
+        return d_loss
+
+    def adjust_augmentation(self) -> None:
+        """Move ADA's p by r_t summed over every process's images."""
+        for total_of in (self.augment.sign_sum, self.augment.sign_count):
+            total_of.copy_(self.accelerator.reduce(total_of.clone(), "sum"))
+        self.augment.adjust(self.images_per_step)
+
+    def check(self, done: int) -> None:
+        """The collapse guard before a checkpoint: logged, and raised as `CollapseDetected` on failure."""
+        check = self.monitor.check(self.plain_generator, done, self.device)
+        check = broadcast_object_list([check])[0]  # all processes act on the main one's verdict
+        learning_rate, gamma = self.rates()
+        augment_p = float(self.augment.p)
+        self.write_log(
+            {
+                "event": "check",
+                **check.to_record(),
+                "augment_p": augment_p,
+                "learning_rate": learning_rate,
+                "r1_gamma": gamma,
+            }
+        )
+        if self.accelerator.is_main_process:
+            logger.info("%s; ADA p %.3f", summary(check), augment_p)
+        if check.collapsed:
+            raise CollapseDetected(check)
+
+    def roll_back(self, check: MonitorCheck) -> int:
+        """Restore the newest (good) checkpoint after a failed check and record the event.
+
+        Returns:
+            The step of the checkpoint restored.
+
+        Raises:
+            HistosynthError: the run already used its `max_rollbacks` rollbacks (giving up).
+        """
+        options, rollbacks = self.options, self.record["rollbacks"]
+        step, folder = checkpoint_folders(self.out)[-1]
+        learning_rate, gamma = self.rates()
+        if len(rollbacks) >= options.max_rollbacks:
+            self.write_log({"event": "give-up", **check.to_record(), "last_good_checkpoint": folder.name})
+            raise HistosynthError(
+                f"{self.out}: mode collapse at step {check.step} ({'; '.join(check.reasons)}) persisted "
+                f"after {len(rollbacks)} rollback(s) (learning rate now {learning_rate:g}, R1 gamma "
+                f"{gamma:g}); no model was written; the last good checkpoint is {folder}: continue with "
+                "--resume and a higher --max-rollbacks, or start a new run with a lower --learning-rate "
+                "or a higher --r1-gamma"
+            )
+        load_checkpoint(self.accelerator, folder)
+        event = {
+            "detected_at": check.step,
+            "rolled_back_to": step,
+            "reasons": check.reasons,
+            "learning_rate": learning_rate * options.rollback_lr_factor,
+            "r1_gamma": gamma * options.rollback_gamma_factor,
+        }
+        rollbacks.append(event)
+        self.write_log({"event": "rollback", **event})
+        logger.warning(
+            "mode collapse at step %d (%s): rolled back to step %d with learning rate %g and R1 gamma %g",
+            check.step,
+            "; ".join(check.reasons),
+            step,
+            event["learning_rate"],
+            event["r1_gamma"],
+        )
+        return step
+
+    def write_log(self, event: dict[str, Any]) -> None:
+        """Append a time-stamped event to `<out>/train-log.jsonl` (the main process only)."""
+        if self.accelerator.is_main_process:
+            stamped = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **event}
+            with (self.out / LOG_NAME).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(stamped) + "\n")
+
+    def publish(self, done: int) -> None:
+        """Write the model folder (EMA generator, discriminator) sealed by its `histosynth.json`."""
+        accelerator, options = self.accelerator, self.options
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+
+            def write(staging: Path) -> None:
+                self.ema.save_pretrained(staging / "generator")
+                accelerator.unwrap_model(self.discriminator).save_pretrained(staging / "discriminator")
+
+            publish_model(self.out, write)
+            learning_rate, gamma = self.rates()
+            write_model_info(
+                self.out,
+                kind=KIND,
+                classes=self.pool.classes,
+                settings={**to_record(options), "effective_learning_rate": options.learning_rate},
+                fingerprint=self.pool.fingerprint,
+                steps=done,
+                extra={
+                    "augment_p": float(self.augment.p),
+                    "rollbacks": self.record["rollbacks"],
+                    "final_learning_rate": learning_rate,
+                    "final_r1_gamma": gamma,
+                    "run_log": LOG_NAME,
+                    "num_processes": accelerator.num_processes,
+                    "generator": "EMA weights (half-life in images: ema_half_life)",
+                },
+            )
+        accelerator.wait_for_everyone()
