@@ -34,7 +34,8 @@ def build_ldm_folder(folder: Path, preset: str) -> Path:
     from trainer.autoencoder.options import autoencoder_options
     from trainer.core.model_folder import write_model_info
     from trainer.core.options import to_record
-    from trainer.diffusion.ldm import ClassEmbedder, build_unet, training_scheduler
+    from trainer.diffusion.denoising import training_scheduler
+    from trainer.diffusion.ldm import ClassEmbedder, build_unet
     from trainer.diffusion.options import ldm_options
 
     torch.manual_seed(0)

@@ -24,6 +24,7 @@ COMPOSERS = {
     "compvis": {
         "trainer.autoencoder.model",
         "trainer.autoencoder.options",
+        "trainer.diffusion.denoising",
         "trainer.diffusion.ldm",
         "trainer.diffusion.options",
     },

@@ -18,6 +18,7 @@ from trainer.autoencoder.options import autoencoder_options
 from trainer.autoencoder.train import AutoencoderSettings, train_autoencoder
 from trainer.core.data import to_model_input
 from trainer.core.model_folder import read_model_info
+from trainer.diffusion.denoising import training_scheduler
 from trainer.diffusion.ldm import (
     ClassEmbedder,
     LDMSettings,
@@ -25,7 +26,6 @@ from trainer.diffusion.ldm import (
     load_ldm,
     sample_latents,
     train_ldm,
-    training_scheduler,
 )
 from trainer.diffusion.options import ldm_options
 

@@ -32,9 +32,8 @@ from trainer.autoencoder.model import build_autoencoder
 from trainer.autoencoder.options import AutoencoderOptions, autoencoder_options
 from trainer.autoencoder.perceptual import load_lpips
 from trainer.core.data import TileDataset, read_training_pool
-from trainer.core.loop import make_accelerator, resume_step, run_steps
-from trainer.core.model_folder import publish_model, write_model_info
-from trainer.core.options import RunSettings, effective_learning_rate, to_record
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_steps
+from trainer.core.options import RunSettings, effective_learning_rate, learning_rate_rule, to_record
 
 logger = logging.getLogger(__name__)
 
@@ -170,26 +169,21 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
         description=f"train {kind} autoencoder",
         progress=progress,
     )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        autoencoder = accelerator.unwrap_model(model).autoencoder
-        publish_model(out, autoencoder.save_pretrained)
-        write_model_info(
-            out,
-            kind=KINDS[kind],
-            classes=pool.classes,
-            settings={**to_record(options), "effective_learning_rate": rate},
-            fingerprint=pool.fingerprint,
-            steps=done,
-            extra={
-                "learning_rate_rule": "base x batch_size x processes (CompVis main.py)"
-                if options.scale_lr
-                else "as given",
-                "num_processes": accelerator.num_processes,
-                "perceptual_weights": str(perceptual_weights)
-                if perceptual_weights and options.perceptual
-                else None,
-            },
-        )
-    accelerator.wait_for_everyone()
+    publish_on_main_process(
+        accelerator,
+        out,
+        accelerator.unwrap_model(model).autoencoder.save_pretrained,
+        kind=KINDS[kind],
+        classes=pool.classes,
+        settings={**to_record(options), "effective_learning_rate": rate},
+        fingerprint=pool.fingerprint,
+        steps=done,
+        extra={
+            "learning_rate_rule": learning_rate_rule(options),
+            "num_processes": accelerator.num_processes,
+            "perceptual_weights": str(perceptual_weights)
+            if perceptual_weights and options.perceptual
+            else None,
+        },
+    )
     return out

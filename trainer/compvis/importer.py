@@ -49,8 +49,9 @@ from histosynth.pools import sha256_file
 from trainer.autoencoder.model import build_autoencoder
 from trainer.autoencoder.options import AutoencoderOptions
 from trainer.core.model_folder import model_hash, publish_model, write_model_info
+from trainer.diffusion.denoising import training_scheduler
 from trainer.diffusion.ldm import KIND as LDM_KIND
-from trainer.diffusion.ldm import ClassEmbedder, training_scheduler
+from trainer.diffusion.ldm import ClassEmbedder
 
 logger = logging.getLogger(__name__)
 

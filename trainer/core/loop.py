@@ -23,6 +23,7 @@ from histosynth.errors import HistosynthError
 from histosynth.progress import progress_bar, progress_enabled
 from trainer.core.checkpoints import check_resumable, load_checkpoint, prepare_out_folder, save_checkpoint
 from trainer.core.data import TileDataset, epoch_batches, steps_per_epoch
+from trainer.core.model_folder import publish_model, write_model_info
 from trainer.core.options import TrainOptions, changed_settings, from_record
 
 logger = logging.getLogger(__name__)
@@ -146,3 +147,19 @@ def run_steps(
     if done == start and start > 0:
         logger.info("%s: already trained for %d steps; nothing to do", out, done)
     return done
+
+
+def publish_on_main_process(
+    accelerator: Accelerator, out: Path, write: Callable[[Path], None], **info: Any
+) -> None:
+    """Publish the model folder from the main process once every process has finished training.
+
+    `write(staging)` writes the components (`trainer.core.model_folder.publish_model`), then
+    `histosynth.json` seals the folder (`write_model_info(out, **info)`); the other processes
+    wait, so none returns before the model exists.
+    """
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish_model(out, write)
+        write_model_info(out, **info)
+    accelerator.wait_for_everyone()

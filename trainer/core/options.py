@@ -155,6 +155,11 @@ def effective_learning_rate(options: TrainOptions, num_processes: int) -> float:
     return options.learning_rate * options.batch_size * num_processes
 
 
+def learning_rate_rule(options: TrainOptions) -> str:
+    """How `effective_learning_rate` made the optimizer's rate, in words for `histosynth.json`."""
+    return "base x batch_size x processes (CompVis main.py)" if options.scale_lr else "as given"
+
+
 def to_record(options: TrainOptions) -> dict[str, Any]:
     """The settings as JSON-ready values (tuples become lists)."""
     return {key: list(value) if isinstance(value, tuple) else value for key, value in _items(options)}

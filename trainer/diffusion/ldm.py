@@ -34,25 +34,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, ModelMixin, UNet2DConditionModel
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from torch import nn
 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
-from trainer.core.data import read_training_pool
-from trainer.core.loop import make_accelerator, resume_step, run_steps
-from trainer.core.model_folder import model_hash, publish_model, read_model_info, write_model_info
-from trainer.core.options import RunSettings, effective_learning_rate, to_record
-from trainer.diffusion.latents import (
-    AUTOENCODER_KINDS,
-    LatentDataset,
-    draw_latents,
-    latent_cache,
-    load_autoencoder,
-)
+from trainer.core.data import TrainingPool, read_training_pool
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step
+from trainer.core.model_folder import model_hash, read_model_info
+from trainer.core.options import RunSettings, learning_rate_rule, to_record
+from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
+from trainer.diffusion.latents import AUTOENCODER_KINDS, LatentCache, load_autoencoder
 from trainer.diffusion.options import LDMOptions, ldm_options
 from trainer.diffusion.prompt_embedder import PromptEmbedder
 
@@ -78,18 +72,6 @@ class ClassEmbedder(ModelMixin, ConfigMixin):
         return self.embedding(labels)[:, None, :]
 
 
-class Denoiser(nn.Module):
-    """U-Net and class embedder in one `forward`, so a DDP wrapper sees both: eps(x_t, t, label)."""
-
-    def __init__(self, unet: UNet2DConditionModel, embedder: ClassEmbedder) -> None:
-        super().__init__()
-        self.unet = unet
-        self.embedder = embedder
-
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, timesteps, encoder_hidden_states=self.embedder(labels)).sample
-
-
 def build_unet(options: LDMOptions, latent_channels: int, latent_size: int) -> UNet2DConditionModel:
     """The CompVis class-conditional U-Net as diffusers blocks: cross-attention at every level."""
     levels = len(options.block_out_channels)
@@ -107,18 +89,6 @@ def build_unet(options: LDMOptions, latent_channels: int, latent_size: int) -> U
     )
 
 
-def training_scheduler(num_train_timesteps: int, beta_start: float, beta_end: float) -> DDPMScheduler:
-    """DDPM with the CompVis betas: linspace(sqrt(start), sqrt(end), T) ** 2."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_schedule="scaled_linear",
-        beta_start=beta_start,
-        beta_end=beta_end,
-        prediction_type="epsilon",
-        clip_sample=False,
-    )
-
-
 def ddim_scheduler(train_config: dict[str, Any]) -> DDIMScheduler:
     """DDIM over the training schedule with CompVis' step placement (see the module docstring)."""
     return DDIMScheduler(
@@ -132,48 +102,6 @@ def ddim_scheduler(train_config: dict[str, Any]) -> DDIMScheduler:
         steps_offset=1,
         timestep_spacing="leading",
     )
-
-
-def noise_prediction_loss(
-    denoiser: nn.Module,
-    noise_schedule: DDPMScheduler,
-    latents: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    generator: torch.Generator,
-    cond_drop: float,
-    null_class: int,
-    autocast: Callable[[], Any],
-) -> torch.Tensor:
-    """The DDPM training loss of a conditional denoiser: MSE of the predicted noise (CompVis `eps`).
-
-    Shared by `train_ldm` and `train sd-finetune`. Every random draw comes from `generator` in a
-    fixed order (noise, timesteps, condition dropout), so a step is reproducible from its seed
-    and a resumed run equals an uninterrupted one.
-
-    Args:
-        denoiser: called as `denoiser(noisy, timesteps, labels)`; returns the predicted noise.
-        noise_schedule: the training scheduler whose `add_noise` makes the noisy latents.
-        latents: scaled latents of the batch.
-        labels: class (or prompt) indices; replaced by `null_class` with probability `cond_drop`,
-            which trains the unconditional branch of classifier-free guidance.
-        generator: the step's generator, on the latents' device.
-        cond_drop: probability of the null condition per example.
-        null_class: the index of the null condition.
-        autocast: the accelerator's autocast context factory (mixed precision on GPU).
-
-    Returns:
-        The scalar loss, in float32.
-    """
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    steps = noise_schedule.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
-    dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < cond_drop
-    labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
-    noisy = noise_schedule.add_noise(latents, noise, timesteps)
-    with autocast():
-        prediction = denoiser(noisy, timesteps, labels)
-    return torch.nn.functional.mse_loss(prediction.float(), noise.float())
 
 
 @dataclass(frozen=True)
@@ -208,130 +136,99 @@ def train_ldm(
         HistosynthError: bad pool, settings, autoencoder folder, out folder or resume.
     """
     settings = settings or LDMSettings()
-    options, progress, classes, resume = (
-        settings.options,
-        settings.progress,
-        settings.classes,
-        settings.resume,
-    )
+    options, progress = settings.options, settings.progress
     out = Path(out).expanduser()
     autoencoder = Path(autoencoder).expanduser()
     vae, vae_info = load_autoencoder(autoencoder)
-    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
+    pool = read_training_pool(data, settings.classes, fingerprint=options.fingerprint, progress=progress)
     accelerator = make_accelerator(options)
-    vae.to(accelerator.device)
-    with accelerator.main_process_first():
-        cache = latent_cache(
-            vae,
-            autoencoder,
-            vae_info["kind"],
-            pool,
-            options.size,
-            device=accelerator.device,
-            progress=progress,
-        )
-    vae.to("cpu")  # only its folder is needed from here on (copied into the model as vae/)
-    scaling_factor = 1.0 / cache.std
-    latent_size = options.size // 8
+    cache = encode_pool(accelerator, vae, autoencoder, vae_info["kind"], pool, options.size, progress)
+    training = _prepare_training(accelerator, cache, pool, options)
+    record = {
+        "kind": KIND,
+        "settings": to_record(options),
+        "classes": pool.classes,
+        "data_fingerprint": pool.fingerprint,
+        "autoencoder_sha256": model_hash(autoencoder),
+    }
+    start = resume_step(accelerator, out, settings.resume, options, record)
+    done = training.train(pool, out, start, record, "train latent diffusion", progress)
+    _publish(out, training, pool, autoencoder, vae_info, record, done)
+    return out
+
+
+def _prepare_training(
+    accelerator: Accelerator, cache: LatentCache, pool: TrainingPool, options: LDMOptions
+) -> DenoiserTraining:
+    """A fresh U-Net and class embedder (seeded), AdamW, warm-up and the U-Net's EMA, prepared."""
     torch.manual_seed(derive_seed(options.seed, "ldm-init"))
     denoiser = Denoiser(
-        build_unet(options, cache.latent_channels, latent_size),
+        build_unet(options, cache.latent_channels, options.size // 8),
         ClassEmbedder(len(pool.classes), options.class_embed_dim),
     )
-    noise_schedule = training_scheduler(options.num_train_timesteps, options.beta_start, options.beta_end)
-    rate = effective_learning_rate(options, accelerator.num_processes)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=rate)
-    lr_schedule = get_scheduler(
-        "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=options.lr_warmup_steps * accelerator.num_processes,
-    )
-    denoiser, optimizer, lr_schedule = accelerator.prepare(denoiser, optimizer, lr_schedule)
-    unet_parameters = list(accelerator.unwrap_model(denoiser).unet.parameters())
-    ema = EMAModel(unet_parameters, decay=options.ema_decay)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-    autoencoder_hash = model_hash(autoencoder)
-    run = {"kind": KIND, "settings": to_record(options), "classes": pool.classes}
-    run["data_fingerprint"] = pool.fingerprint
-    run["autoencoder_sha256"] = autoencoder_hash
-    start = resume_step(accelerator, out, resume, options, run)
-    null_class = len(pool.classes)
-
-    def step(moments: torch.Tensor, labels: torch.Tensor, index: int) -> float:
-        generator = torch.Generator(accelerator.device)
-        generator.manual_seed(derive_seed(options.seed, "ldm-step", index, accelerator.process_index))
-        loss = noise_prediction_loss(
-            denoiser,
-            noise_schedule,
-            draw_latents(moments, cache.kind, generator) * scaling_factor,
-            labels,
-            generator=generator,
-            cond_drop=options.cond_drop,
-            null_class=null_class,
-            autocast=accelerator.autocast,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        if accelerator.sync_gradients:
-            ema.step(unet_parameters)
-        return float(loss.detach())
-
-    denoiser.train()
-    done = run_steps(
+    return DenoiserTraining.prepare(
         accelerator,
-        LatentDataset(cache, pool.labels, options.seed),
-        options,
-        out=out,
-        start=start,
-        step=step,
-        run=run,
-        description="train latent diffusion",
-        progress=progress,
+        denoiser,
+        list(denoiser.parameters()),
+        training_scheduler(options.num_train_timesteps, options.beta_start, options.beta_end),
+        cache,
+        scaling_factor=1.0 / cache.std,
+        null_class=len(pool.classes),
+        seed_name="ldm-step",
+        options=options,
+        ema_decay=options.ema_decay,
     )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(denoiser)
 
-        def write(staging: Path) -> None:
-            ema.store(unet_parameters)
-            ema.copy_to(unet_parameters)
-            model.unet.save_pretrained(staging / "unet")
-            ema.restore(unet_parameters)
-            model.embedder.save_pretrained(staging / "class_embedder")
-            noise_schedule.save_pretrained(staging / "scheduler")
-            (staging / "vae").mkdir()
-            for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-                shutil.copy2(autoencoder / name, staging / "vae" / name)
 
-        publish_model(out, write)
-        write_model_info(
-            out,
-            kind=KIND,
-            classes=pool.classes,
-            settings={**to_record(options), "effective_learning_rate": rate},
-            fingerprint=pool.fingerprint,
-            steps=done,
-            extra={
-                "scaling_factor": scaling_factor,
-                "null_class": null_class,
-                "autoencoder": {
-                    "path": str(autoencoder),
-                    "kind": vae_info["kind"],
-                    "sha256": autoencoder_hash,
-                    "classes": vae_info["classes"],
-                },
-                "learning_rate_rule": "base x batch_size x processes (CompVis main.py)"
-                if options.scale_lr
-                else "as given",
-                "num_processes": accelerator.num_processes,
-                "latent_cache": str(cache.folder),
+def _publish(
+    out: Path,
+    training: DenoiserTraining,
+    pool: TrainingPool,
+    autoencoder: Path,
+    vae_info: dict[str, Any],
+    record: dict[str, Any],
+    done: int,
+) -> None:
+    """The model folder: the EMA U-Net (as CompVis samples it), the class embedder, the schedule
+    and a copy of the autoencoder, sealed by `histosynth.json`."""
+    accelerator, options, ema = training.accelerator, training.options, training.ema
+    model = accelerator.unwrap_model(training.denoiser)
+    unet_parameters = training.ema_parameters
+
+    def write(staging: Path) -> None:
+        ema.store(unet_parameters)
+        ema.copy_to(unet_parameters)
+        model.unet.save_pretrained(staging / "unet")
+        ema.restore(unet_parameters)
+        model.embedder.save_pretrained(staging / "class_embedder")
+        training.noise_schedule.save_pretrained(staging / "scheduler")
+        (staging / "vae").mkdir()
+        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+            shutil.copy2(autoencoder / name, staging / "vae" / name)
+
+    publish_on_main_process(
+        accelerator,
+        out,
+        write,
+        kind=KIND,
+        classes=pool.classes,
+        settings={**to_record(options), "effective_learning_rate": training.rate},
+        fingerprint=pool.fingerprint,
+        steps=done,
+        extra={
+            "scaling_factor": training.scaling_factor,
+            "null_class": training.null_class,
+            "autoencoder": {
+                "path": str(autoencoder),
+                "kind": vae_info["kind"],
+                "sha256": record["autoencoder_sha256"],
+                "classes": vae_info["classes"],
             },
-        )
-    accelerator.wait_for_everyone()
-    return out
+            "learning_rate_rule": learning_rate_rule(options),
+            "num_processes": accelerator.num_processes,
+            "latent_cache": str(training.cache.folder),
+        },
+    )
 
 
 @dataclass

@@ -35,16 +35,13 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.optimization import get_scheduler
 
 from histosynth.errors import HistosynthError
-from histosynth.sampling import derive_seed
 from trainer.core.data import read_training_pool
-from trainer.core.loop import make_accelerator, resume_step, run_steps
-from trainer.core.model_folder import model_hash, publish_model, write_model_info
-from trainer.core.options import RunSettings, effective_learning_rate, to_record
-from trainer.diffusion.latents import LatentDataset, draw_latents, latent_cache
-from trainer.diffusion.ldm import Denoiser, noise_prediction_loss, training_scheduler
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step
+from trainer.core.model_folder import model_hash
+from trainer.core.options import RunSettings, learning_rate_rule, to_record
+from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
 from trainer.diffusion.options import SDFinetuneOptions, sd_finetune_options
 from trainer.diffusion.prompt_embedder import PromptEmbedder
 
@@ -96,7 +93,7 @@ def check_base(base: str | Path) -> Path:
 
 
 def base_schedule(base: Path) -> dict[str, Any]:
-    """The base's training schedule, as `trainer.diffusion.ldm.training_scheduler` takes it.
+    """The base's training schedule, as `trainer.diffusion.denoising.training_scheduler` takes it.
 
     Raises:
         HistosynthError: a schedule other than SD's (scaled_linear betas, epsilon prediction).
@@ -186,113 +183,64 @@ def train_sd_finetune(
             settings, out folder or resume, or transformers not installed.
     """
     settings = settings or SDFinetuneSettings()
-    options, progress, classes, resume = (
-        settings.options,
-        settings.progress,
-        settings.classes,
-        settings.resume,
-    )
+    options, progress = settings.options, settings.progress
     base = check_base(base)
     out = Path(out).expanduser()
-    pool = read_training_pool(data, classes, fingerprint=options.fingerprint, progress=progress)
+    pool = read_training_pool(data, settings.classes, fingerprint=options.fingerprint, progress=progress)
     prompts = class_prompts(options.prompt_template, pool.classes)
     schedule = base_schedule(base)
     embedder = embed_prompts(base, prompts)
     vae = AutoencoderKL.from_pretrained(base / "vae").eval().requires_grad_(False)
     unet = UNet2DConditionModel.from_pretrained(base / "unet")
     accelerator = make_accelerator(options)
-    vae.to(accelerator.device)
-    with accelerator.main_process_first():
-        cache = latent_cache(
-            vae,
-            base / "vae",
-            "kl-autoencoder",
-            pool,
-            options.size,
-            device=accelerator.device,
-            progress=progress,
-        )
-    vae.to("cpu")
-    scaling_factor = float(vae.config.scaling_factor)
-    denoiser = Denoiser(unet, embedder)
-    noise_schedule = training_scheduler(**schedule)
-    rate = effective_learning_rate(options, accelerator.num_processes)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=rate)
-    lr_schedule = get_scheduler(
-        "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=options.lr_warmup_steps * accelerator.num_processes,
-    )
-    denoiser, optimizer, lr_schedule = accelerator.prepare(denoiser, optimizer, lr_schedule)
-    vae_hash = model_hash(base / "vae")
-    run = {"kind": KIND, "settings": to_record(options), "classes": pool.classes}
-    run["data_fingerprint"] = pool.fingerprint
-    run["base"] = {"path": str(base), "vae_sha256": vae_hash}
-    start = resume_step(accelerator, out, resume, options, run)
-    null_class = len(pool.classes)
-
-    def step(moments: torch.Tensor, labels: torch.Tensor, index: int) -> float:
-        generator = torch.Generator(accelerator.device)
-        generator.manual_seed(derive_seed(options.seed, "sd-step", index, accelerator.process_index))
-        loss = noise_prediction_loss(
-            denoiser,
-            noise_schedule,
-            draw_latents(moments, cache.kind, generator) * scaling_factor,
-            labels,
-            generator=generator,
-            cond_drop=options.cond_drop,
-            null_class=null_class,
-            autocast=accelerator.autocast,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        lr_schedule.step()
-        return float(loss.detach())
-
-    denoiser.train()
-    done = run_steps(
+    cache = encode_pool(accelerator, vae, base / "vae", "kl-autoencoder", pool, options.size, progress)
+    training = DenoiserTraining.prepare(
         accelerator,
-        LatentDataset(cache, pool.labels, options.seed),
-        options,
-        out=out,
-        start=start,
-        step=step,
-        run=run,
-        description="fine-tune stable diffusion",
-        progress=progress,
+        Denoiser(unet, embedder),
+        list(unet.parameters()),  # the prompt embeddings stay CLIP's
+        training_scheduler(**schedule),
+        cache,
+        scaling_factor=float(vae.config.scaling_factor),
+        null_class=len(pool.classes),
+        seed_name="sd-step",
+        options=options,
     )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(denoiser)
+    record = {
+        "kind": KIND,
+        "settings": to_record(options),
+        "classes": pool.classes,
+        "data_fingerprint": pool.fingerprint,
+        "base": {"path": str(base), "vae_sha256": model_hash(base / "vae")},
+    }
+    start = resume_step(accelerator, out, settings.resume, options, record)
+    done = training.train(pool, out, start, record, "fine-tune stable diffusion", progress)
+    model = accelerator.unwrap_model(training.denoiser)
 
-        def write(staging: Path) -> None:
-            model.unet.register_to_config(sample_size=options.size // 8)  # generate at the trained size
-            model.unet.save_pretrained(staging / "unet")
-            model.embedder.save_pretrained(staging / "prompt_embeddings")
-            for name in COPIED:
-                shutil.copytree(base / name, staging / name)
+    def write(staging: Path) -> None:
+        model.unet.register_to_config(sample_size=options.size // 8)  # generate at the trained size
+        model.unet.save_pretrained(staging / "unet")
+        model.embedder.save_pretrained(staging / "prompt_embeddings")
+        for name in COPIED:
+            shutil.copytree(base / name, staging / name)
 
-        publish_model(out, write)
-        write_model_info(
-            out,
-            kind=KIND,
-            classes=pool.classes,
-            settings={**to_record(options), **schedule, "effective_learning_rate": rate},
-            fingerprint=pool.fingerprint,
-            steps=done,
-            extra={
-                "prompts": dict(zip(pool.classes, prompts, strict=True)),
-                "scaling_factor": scaling_factor,
-                "null_class": null_class,
-                "autoencoder": {"kind": "kl-autoencoder", "sha256": vae_hash},
-                "base": str(base),
-                "learning_rate_rule": "base x batch_size x processes (CompVis main.py)"
-                if options.scale_lr
-                else "as given",
-                "num_processes": accelerator.num_processes,
-                "latent_cache": str(cache.folder),
-            },
-        )
-    accelerator.wait_for_everyone()
+    publish_on_main_process(
+        accelerator,
+        out,
+        write,
+        kind=KIND,
+        classes=pool.classes,
+        settings={**to_record(options), **schedule, "effective_learning_rate": training.rate},
+        fingerprint=pool.fingerprint,
+        steps=done,
+        extra={
+            "prompts": dict(zip(pool.classes, prompts, strict=True)),
+            "scaling_factor": training.scaling_factor,
+            "null_class": training.null_class,
+            "autoencoder": {"kind": "kl-autoencoder", "sha256": record["base"]["vae_sha256"]},
+            "base": str(base),
+            "learning_rate_rule": learning_rate_rule(options),
+            "num_processes": accelerator.num_processes,
+            "latent_cache": str(training.cache.folder),
+        },
+    )
     return out

@@ -49,8 +49,7 @@ from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
 from trainer.core.checkpoints import checkpoint_folders, load_checkpoint, read_run, save_checkpoint
 from trainer.core.data import TileDataset, TrainingPool, read_training_pool
-from trainer.core.loop import make_accelerator, resume_step, run_steps, total_steps
-from trainer.core.model_folder import publish_model, write_model_info
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_steps, total_steps
 from trainer.core.options import RunSettings, to_record
 from trainer.stylegan2.augment import AdaptiveAugment
 from trainer.stylegan2.losses import (
@@ -377,30 +376,28 @@ class StyleGAN2Run:
     def publish(self, done: int) -> None:
         """Write the model folder (EMA generator, discriminator) sealed by its `histosynth.json`."""
         accelerator, options = self.accelerator, self.options
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
 
-            def write(staging: Path) -> None:
-                self.ema.save_pretrained(staging / "generator")
-                accelerator.unwrap_model(self.discriminator).save_pretrained(staging / "discriminator")
+        def write(staging: Path) -> None:
+            self.ema.save_pretrained(staging / "generator")
+            accelerator.unwrap_model(self.discriminator).save_pretrained(staging / "discriminator")
 
-            publish_model(self.out, write)
-            learning_rate, gamma = self.rates()
-            write_model_info(
-                self.out,
-                kind=KIND,
-                classes=self.pool.classes,
-                settings={**to_record(options), "effective_learning_rate": options.learning_rate},
-                fingerprint=self.pool.fingerprint,
-                steps=done,
-                extra={
-                    "augment_p": float(self.augment.p),
-                    "rollbacks": self.record["rollbacks"],
-                    "final_learning_rate": learning_rate,
-                    "final_r1_gamma": gamma,
-                    "run_log": LOG_NAME,
-                    "num_processes": accelerator.num_processes,
-                    "generator": "EMA weights (half-life in images: ema_half_life)",
-                },
-            )
-        accelerator.wait_for_everyone()
+        learning_rate, gamma = self.rates()
+        publish_on_main_process(
+            accelerator,
+            self.out,
+            write,
+            kind=KIND,
+            classes=self.pool.classes,
+            settings={**to_record(options), "effective_learning_rate": options.learning_rate},
+            fingerprint=self.pool.fingerprint,
+            steps=done,
+            extra={
+                "augment_p": float(self.augment.p),
+                "rollbacks": self.record["rollbacks"],
+                "final_learning_rate": learning_rate,
+                "final_r1_gamma": gamma,
+                "run_log": LOG_NAME,
+                "num_processes": accelerator.num_processes,
+                "generator": "EMA weights (half-life in images: ema_half_life)",
+            },
+        )
