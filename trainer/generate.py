@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,40 +98,14 @@ def generate_pool(
             that cannot generate, an unknown class, guidance without a trained null class, an
             option of the other model kind, or an out folder holding another pool or other files.
     """
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    if per_class < 1:
-        raise HistosynthError(f"--per-class {per_class}: must be at least 1")
-    if steps < 1 or batch_size < 1:
-        raise HistosynthError("--steps and --batch-size must be at least 1")
-    if precision not in ("auto", *PRECISIONS):
-        raise HistosynthError(f"--precision {precision!r}: expected auto, fp32, fp16 or bf16")
     model = Path(model).expanduser()
     out = Path(out).expanduser()
     info = read_model_info(model, list(SAMPLERS))
-    wanted = list(classes or info["classes"])
-    unknown = [item for item in wanted if item not in info["classes"]]
-    if unknown:
-        raise HistosynthError(
-            f"--classes {', '.join(unknown)}: not a class of {model} ({', '.join(info['classes'])})"
-        )
+    wanted = _check_request(model, info, classes, per_class, steps, batch_size, precision)
+    _check_kind_options(info, model, eta, guidance, truncation, save_intermediates)
     stylegan = info["kind"] == "stylegan2"
-    _check_kind_options(info["kind"], eta, guidance, truncation, save_intermediates)
-    if not stylegan and guidance != 1.0 and float(info["settings"].get("cond_drop", 0.0)) == 0.0:
-        raise HistosynthError(
-            f"--guidance {guidance}: {model} was trained with cond_drop 0, so its null class is untrained; "
-            "use --guidance 1 or retrain with --cond-drop"
-        )
-    # accelerate's launcher sets ACCELERATE_USE_CPU for --cpu runs; PartialState, unlike
-    # Accelerator, does not read it, and would see one process of its own in each of them
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _process_state()
     target = torch.device(device) if device else state.device
-    dtype = (
-        PRECISIONS["fp16" if target.type == "cuda" else "fp32"]
-        if precision == "auto"
-        else PRECISIONS[precision]
-    )
     identity = {
         "generator": name or model.name,
         "checkpoint": model_hash(model),
@@ -147,65 +122,145 @@ def generate_pool(
             (out / c).mkdir(exist_ok=True)
     state.wait_for_everyone()
     todo = [(c, i) for c in wanted for i in range(per_class) if not (out / c / image_name(i)).exists()]
-    mine = todo[state.process_index :: state.num_processes]
+    mine = todo[state.process_index :: state.num_processes]  # each process draws its share
     if stylegan:
-        from trainer.stylegan2.sampling import generate_images, load_stylegan2
-
-        loaded = load_stylegan2(model, target)
+        draw = _stylegan2_drawer(model, info, target, truncation)
     else:
-        from trainer.diffusion.ldm import decode_images, load_ldm, sample_latents
-
-        loaded = load_ldm(model, target, dtype)
-    label_of = {c: index for index, c in enumerate(info["classes"])}
-    shown = intermediate_indices(steps, intermediate_steps) if save_intermediates else []
+        rows = Path(save_intermediates) if save_intermediates else None
+        dtype = _dtype(target, precision)
+        draw = _ldm_drawer(model, info, target, dtype, (steps, eta, guidance), rows, intermediate_steps)
     with progress_bar(progress if state.is_main_process else False) as bar:
         task = bar.add_task(f"generate {len(todo)} images", total=len(mine))
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
             generators = [torch.Generator().manual_seed(derive_seed(seed, c, i)) for c, i in batch]
-            if stylegan:
-                images = generate_images(loaded, [label_of[c] for c, _ in batch], generators, truncation)
-                for (c, i), image in zip(batch, images, strict=True):
-                    atomic_write_bytes(out / c / image_name(i), png_bytes(image))
-                bar.advance(task, len(batch))
-                continue
-            rows: dict[int, torch.Tensor] = {}
-
-            def keep(index: int, x0: torch.Tensor, rows: dict[int, torch.Tensor] = rows) -> None:
-                if index in shown:
-                    rows[index] = x0.float().cpu()
-
-            latents = sample_latents(
-                loaded,
-                [label_of[c] for c, _ in batch],
-                generators,
-                steps=steps,
-                eta=eta,
-                guidance=guidance,
-                on_step=keep if shown else None,
-            )
-            images = decode_images(loaded, latents)
-            for (c, i), image in zip(batch, images, strict=True):
+            for (c, i), image in zip(batch, draw(batch, generators), strict=True):
                 atomic_write_bytes(out / c / image_name(i), png_bytes(image))
-            if shown:
-                _write_rows(loaded, Path(save_intermediates), batch, [rows[index] for index in shown])
             bar.advance(task, len(batch))
     state.wait_for_everyone()
     if state.is_main_process:
-        extra = {key: identity[key] for key in ("eta", "guidance", "truncation")}
-        extra.update(per_class=per_class, model_kind=info["kind"], model_folder=str(model))
-        write_manifest(
-            out,
-            generator=identity["generator"],
-            checkpoint=identity["checkpoint"],
-            sampler=identity["sampler"],
-            steps=identity["steps"],
-            seed=seed,
-            extra=extra,
-        )
-        (out / MARKER).unlink(missing_ok=True)
+        _seal(out, identity, info, per_class, model)
     state.wait_for_everyone()
     return out
+
+
+# What draws a batch: (class, index) pairs and their generators -> (B, H, W, 3) uint8 images.
+Drawer = Callable[[list[tuple[str, int]], list[torch.Generator]], np.ndarray]
+
+
+def _check_request(
+    model: Path,
+    info: dict[str, Any],
+    classes: list[str] | None,
+    per_class: int,
+    steps: int,
+    batch_size: int,
+    precision: str,
+) -> list[str]:
+    """The classes to generate, once the counts, the precision and the classes are checked."""
+    if per_class < 1:
+        raise HistosynthError(f"--per-class {per_class}: must be at least 1")
+    if steps < 1 or batch_size < 1:
+        raise HistosynthError("--steps and --batch-size must be at least 1")
+    if precision not in ("auto", *PRECISIONS):
+        raise HistosynthError(f"--precision {precision!r}: expected auto, fp32, fp16 or bf16")
+    wanted = list(classes or info["classes"])
+    unknown = [item for item in wanted if item not in info["classes"]]
+    if unknown:
+        raise HistosynthError(
+            f"--classes {', '.join(unknown)}: not a class of {model} ({', '.join(info['classes'])})"
+        )
+    return wanted
+
+
+def _process_state() -> Any:
+    """accelerate's view of the processes (one, or those `accelerate launch` / torchrun started)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # accelerate's launcher sets ACCELERATE_USE_CPU for --cpu runs; PartialState, unlike
+    # Accelerator, does not read it, and would see one process of its own in each of them
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _dtype(target: torch.device, precision: str) -> torch.dtype:
+    """The U-Net's dtype: `auto` is fp16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        return PRECISIONS["fp16" if target.type == "cuda" else "fp32"]
+    return PRECISIONS[precision]
+
+
+def _stylegan2_drawer(model: Path, info: dict[str, Any], target: torch.device, truncation: float) -> Drawer:
+    """StyleGAN2's EMA generator: z and every noise input from each image's generator."""
+    from trainer.stylegan2.sampling import generate_images, load_stylegan2
+
+    loaded = load_stylegan2(model, target)
+    label_of = {c: index for index, c in enumerate(info["classes"])}
+
+    def draw(batch: list[tuple[str, int]], generators: list[torch.Generator]) -> np.ndarray:
+        return generate_images(loaded, [label_of[c] for c, _ in batch], generators, truncation)
+
+    return draw
+
+
+def _ldm_drawer(
+    model: Path,
+    info: dict[str, Any],
+    target: torch.device,
+    dtype: torch.dtype,
+    ddim: tuple[int, float, float],
+    rows: Path | None,
+    row_steps: int,
+) -> Drawer:
+    """DDIM in latent space (an LDM or a fine-tuned SD), then the decoder.
+
+    `ddim` is (steps, eta, guidance). With `rows`, each image's decoded x0 predictions at
+    `row_steps` evenly spaced steps are also written there side by side (the paper's Fig. 5B).
+    """
+    from trainer.diffusion.ldm import decode_images, load_ldm, sample_latents
+
+    steps, eta, guidance = ddim
+    loaded = load_ldm(model, target, dtype)
+    label_of = {c: index for index, c in enumerate(info["classes"])}
+    shown = intermediate_indices(steps, row_steps) if rows else []
+
+    def draw(batch: list[tuple[str, int]], generators: list[torch.Generator]) -> np.ndarray:
+        kept: dict[int, torch.Tensor] = {}
+
+        def keep(index: int, x0: torch.Tensor) -> None:
+            if index in shown:
+                kept[index] = x0.float().cpu()
+
+        latents = sample_latents(
+            loaded,
+            [label_of[c] for c, _ in batch],
+            generators,
+            steps=steps,
+            eta=eta,
+            guidance=guidance,
+            on_step=keep if shown else None,
+        )
+        if rows:
+            _write_rows(loaded, rows, batch, [kept[index] for index in shown])
+        return decode_images(loaded, latents)
+
+    return draw
+
+
+def _seal(out: Path, identity: dict[str, Any], info: dict[str, Any], per_class: int, model: Path) -> None:
+    """Replace the pool's in-progress marker by its `pool.json`, with a sha256 per file."""
+    extra = {key: identity[key] for key in ("eta", "guidance", "truncation")}
+    extra.update(per_class=per_class, model_kind=info["kind"], model_folder=str(model))
+    write_manifest(
+        out,
+        generator=identity["generator"],
+        checkpoint=identity["checkpoint"],
+        sampler=identity["sampler"],
+        steps=identity["steps"],
+        seed=identity["seed"],
+        extra=extra,
+    )
+    (out / MARKER).unlink(missing_ok=True)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -222,9 +277,16 @@ def intermediate_indices(steps: int, count: int) -> list[int]:
 
 
 def _check_kind_options(
-    kind: str, eta: float, guidance: float, truncation: float, save_intermediates: str | Path | None
+    info: dict[str, Any],
+    model: Path,
+    eta: float,
+    guidance: float,
+    truncation: float,
+    save_intermediates: str | Path | None,
 ) -> None:
-    """Refuse the options of the other model kind rather than ignore them silently."""
+    """Refuse the options of the other model kind rather than ignore them silently, and guidance
+    from a model whose null class was never trained."""
+    kind = info["kind"]
     if kind == "stylegan2":
         used = {
             "--eta": eta != 0.0,
@@ -236,8 +298,14 @@ def _check_kind_options(
             raise HistosynthError(
                 f"{', '.join(given)}: diffusion options; a stylegan2 model takes --truncation"
             )
-    elif truncation != 1.0:
+        return
+    if truncation != 1.0:
         raise HistosynthError(f"--truncation {truncation}: StyleGAN2 only; a {kind} model takes --guidance")
+    if guidance != 1.0 and float(info["settings"].get("cond_drop", 0.0)) == 0.0:
+        raise HistosynthError(
+            f"--guidance {guidance}: {model} was trained with cond_drop 0, so its null class is untrained; "
+            "use --guidance 1 or retrain with --cond-drop"
+        )
 
 
 def _claim(out: Path, identity: dict[str, Any], model: Path) -> None:
