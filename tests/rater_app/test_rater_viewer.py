@@ -60,7 +60,9 @@ def wait_for_position(page, position: int) -> None:
             "() => [document.querySelector('#tile-img')?.dataset.position,"
             " document.querySelector('#message')?.innerText]"
         )
-        raise AssertionError(f"tile {position} not shown; the page shows tile {shown[0]}, note {shown[1]!r}") from error
+        raise AssertionError(
+            f"tile {position} not shown; the page shows tile {shown[0]}, note {shown[1]!r}"
+        ) from error
     page.wait_for_function("() => document.querySelector('#tile-img').complete")
 
 
