@@ -37,6 +37,7 @@ from rater_app.bundle import build_bundle
 from rater_app.export import export_votes
 from rater_app.padding import showing_png
 from rater_app.store import Study, connect, ensure_writable, hold_open, image_store_dir
+from rater_app.viewer import CSS, SCRIPT_FILE, head_html, script_name
 from rater_app.voting import fetchable_item
 from rater_app.web_guard import WebGuard, default_allowed_hosts
 
@@ -59,6 +60,10 @@ MAX_LOGIN_BODY = 4096  # bytes of the login form; anything larger is refused unr
 NEUTRAL_TITLE = "Rating study"
 SESSION_CACHE_TTL = 5.0  # seconds a resolved session is believed; a session ended elsewhere stops within it
 TILE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}  # WebGuard adds the rest
+ASSET_PREFIX = "/rater-assets/"  # ours alone: Gradio serves its own files under /static/ and /assets/
+# The name carries the content's hash, so the file never changes under its URL; private like the
+# tiles, since it answers only behind the login (see _add_viewer_script_route).
+SCRIPT_HEADERS = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 
 def resolve_study(db_path: str | Path, study: str | None) -> Study:
@@ -119,7 +124,8 @@ def build_app(
     _add_login_routes(app, db_path, served, sessions)
     _add_tile_route(app, db_path)
     _add_admin_routes(app, db_path, served.name)
-    app = _mount_page(app, db_path, served.id, current, sessions.forget_rater)
+    script_src = _add_viewer_script_route(app)
+    app = _mount_page(app, db_path, served.id, current, sessions.forget_rater, script_src)
     # added last: outermost
     app.add_middleware(WebGuard, trusted_proxy=trusted_proxy, allowed_hosts=allowed_hosts)
     return app
@@ -212,6 +218,30 @@ def _add_tile_route(app: FastAPI, db_path: str) -> None:
         return Response(showing_png(content, token), media_type="image/png", headers=TILE_HEADERS)
 
 
+def _add_viewer_script_route(app: FastAPI) -> str:
+    """`/rater-assets/viewer.<hash>.js`: the page's viewer script; returns its URL for the page's head.
+
+    The file is read once, here, so the name and the bytes served under it always agree; any
+    other name under the prefix is 404, so nothing but this one file can be reached through it.
+    It stays behind the login like every other route (only the login form answers without a
+    session): the script holds no study data and would be harmless in public, but the only page
+    that loads it is itself behind the login, and "nothing but /login without a session" is the
+    one rule that `test_every_route_needs_a_login` checks for every route.
+
+    The URL is relative, like the tiles', so the page works under a proxy's path prefix.
+    """
+    content = SCRIPT_FILE.read_bytes()
+    served_name = script_name(content)
+
+    @app.get(ASSET_PREFIX + "{name:path}")
+    def viewer_script(name: str) -> Response:
+        if name != served_name:
+            return PlainTextResponse("not found", status_code=404)
+        return Response(content, media_type="text/javascript", headers=SCRIPT_HEADERS)
+
+    return ASSET_PREFIX.lstrip("/") + served_name
+
+
 def _add_admin_routes(app: FastAPI, db_path: str, study_name: str) -> None:
     """`/admin/votes.csv` and `/admin/study.zip` for the study's admin; 404 for raters.
 
@@ -246,16 +276,17 @@ def _mount_page(
     study_id: int,
     current: Callable[[str | None], Identity | None],
     end_sessions: Callable[[int], None],
+    script_src: str,
 ) -> FastAPI:
     """Mount the Gradio page at `/`, its user taken from the session the gate resolved.
 
     `end_sessions(rater_id)` forgets a rater's cached sessions, so that the admin page's
     disable and reset take effect at once in this process rather than after the cache's ttl.
+    `script_src` is the viewer script's URL, loaded by the page's head.
     """
     import gradio as gr
 
     from rater_app.ui import build_blocks
-    from rater_app.viewer import CSS, HEAD_JS
 
     def gradio_user(request: Request) -> str | None:
         identity = getattr(request.state, "identity", None) or current(request.cookies.get(SESSION_COOKIE))
@@ -272,7 +303,7 @@ def _mount_page(
         show_error=False,  # gr.Error texts are shown; other exceptions (which may name paths) are not
         max_file_size="1mb",  # the app takes no uploads; the upload route is refused in WebGuard anyway
         css=CSS,
-        head=HEAD_JS,
+        head=head_html(script_src),
     )
 
 

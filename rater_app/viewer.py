@@ -6,12 +6,22 @@ and panning transform the <img> that is already loaded, so its URL and bytes sta
 server sent for the showing, and the server still decides alone which tile may be seen. The
 zoom goes back to 1x whenever another tile is on screen. The keys act on the page's buttons by
 their element ids, so a key can do no more than a click.
+
+The script itself is `static/viewer.js`, plain JavaScript that is read, checked (`node --check`)
+and cached as the code it is. The numbers it needs are set here alone and reach it on the tag
+that loads it (`head_html`); `server.py` serves it under a name that changes with its bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
+from pathlib import Path
+
 TILE_DISPLAY_PX = 512  # native 256 px shown at 2x; zoom 1x..4x of this frame
 MAX_ZOOM = 4
+ZOOM_STEPS = (1, 1.5, 2, 3, MAX_ZOOM)  # what + and - step through; wheel and pinch zoom freely
+SCRIPT_FILE = Path(__file__).parent / "static" / "viewer.js"  # the browser side; served by server.py
 
 # Shown by `?` (and the "Keys" button); the same table is the page's documentation of the keys.
 KEYS = (
@@ -20,7 +30,7 @@ KEYS = (
     ("B or Left", "back to the previous tile (where the study allows changes)"),
     ("Enter", "continue after a finished block or the instructions"),
     ("I", "show the study's instructions (when it has any)"),
-    ("+ / -", "zoom in / out (1x to 4x); mouse wheel or pinch on the tile"),
+    ("+ / -", f"zoom in / out (1x to {MAX_ZOOM}x); mouse wheel or pinch on the tile"),
     ("0", "zoom back to 1x"),
     ("Shift + arrows", "pan the zoomed tile; or drag it"),
     ("N", "switch between smooth and nearest-neighbour (pixel) zoom; kept for the next tiles"),
@@ -48,200 +58,27 @@ def tools_html() -> str:
     )
 
 
-HEAD_JS = f"""
-<script>
-(() => {{
-  const MAX_ZOOM = {MAX_ZOOM};
-  const LEVELS = [1, 1.5, 2, 3, 4];
-  // The pixel-zoom choice lasts for the tab's session (sessionStorage), across tiles and reloads;
-  // the zoom itself starts at 1x on every tile.
-  const PIXELS_KEY = "histosynth-pixel-zoom";
-  const view = {{zoom: 1, x: 0, y: 0, src: null, nearest: sessionStorage.getItem(PIXELS_KEY) === "1"}};
-  const pointers = new Map();
-  let pinch = null;
+def script_name(content: bytes) -> str:
+    """The served name of the viewer script with these bytes: `viewer.<first 12 hex of sha256>.js`.
 
-  const tile = () => document.getElementById("tile-img");
-  const frame = () => document.getElementById("tile-view");
-  const helpBox = () => document.getElementById("key-help");
+    The name changes whenever the bytes do, so the browser may keep the file for a year without
+    asking again (`immutable`), and a new version reaches every rater at their next page load.
+    """
+    return f"viewer.{hashlib.sha256(content).hexdigest()[:12]}.js"
 
-  function apply() {{
-    const img = tile();
-    if (!img) return;
-    const size = img.parentElement.clientWidth;
-    const slack = size * (view.zoom - 1);
-    view.x = Math.min(0, Math.max(-slack, view.x));
-    view.y = Math.min(0, Math.max(-slack, view.y));
-    img.style.transform = `translate(${{view.x}}px, ${{view.y}}px) scale(${{view.zoom}})`;
-    img.dataset.zoom = String(view.zoom);
-    const label = document.getElementById("zoom-level");
-    if (label) label.textContent = `${{Math.round(view.zoom * 10) / 10}}x`;
-    const box = frame();
-    if (box) box.classList.toggle("nearest", view.nearest);
-  }}
 
-  function resetIfNewTile() {{
-    const img = tile();
-    const src = img ? img.getAttribute("src") : null;
-    if (src === view.src) return;
-    view.src = src;
-    view.zoom = 1; view.x = 0; view.y = 0;
-    apply();
-  }}
+def head_html(src: str) -> str:
+    """The page's head: the script tag that loads `static/viewer.js` from `src`.
 
-  function zoomTo(level, cx, cy) {{
-    resetIfNewTile();
-    const img = tile();
-    if (!img) return;
-    const size = img.parentElement.clientWidth;
-    cx = cx ?? size / 2; cy = cy ?? size / 2;
-    level = Math.min(MAX_ZOOM, Math.max(1, level));
-    view.x = cx - (cx - view.x) * level / view.zoom;
-    view.y = cy - (cy - view.y) * level / view.zoom;
-    view.zoom = level;
-    apply();
-  }}
+    The numbers the script needs come from this module's constants as data- attributes, which
+    the script reads from its own tag (`document.currentScript`), so they are set in one place.
+    """
+    steps = " ".join(f"{step:g}" for step in ZOOM_STEPS)
+    return (
+        f'<script src="{html.escape(src)}" data-max-zoom="{MAX_ZOOM:g}" data-zoom-steps="{steps}" defer>'
+        "</script>"
+    )
 
-  function zoomStep(direction) {{
-    const next = direction > 0
-      ? LEVELS.find((level) => level > view.zoom + 1e-6) ?? MAX_ZOOM
-      : [...LEVELS].reverse().find((level) => level < view.zoom - 1e-6) ?? 1;
-    zoomTo(next);
-  }}
-
-  function syncPixelButton() {{  // only writes on a change: the page's observer sees every write
-    const button = document.getElementById("pixel-zoom");
-    const pressed = String(view.nearest);
-    if (button && button.getAttribute("aria-pressed") !== pressed) {{
-      button.setAttribute("aria-pressed", pressed);
-    }}
-  }}
-
-  function togglePixels() {{
-    view.nearest = !view.nearest;
-    sessionStorage.setItem(PIXELS_KEY, view.nearest ? "1" : "0");
-    syncPixelButton();
-    apply();
-  }}
-
-  function pan(dx, dy) {{
-    resetIfNewTile();
-    view.x += dx; view.y += dy;
-    apply();
-  }}
-
-  function setHelp(open) {{
-    const box = helpBox();
-    if (!box) return;
-    box.hidden = !open;
-    if (open) document.getElementById("close-help").focus();
-  }}
-
-  function click(id) {{
-    const button = document.getElementById(id);
-    if (button && !button.disabled && button.offsetParent !== null) {{
-      button.click();
-      return true;
-    }}
-    return false;
-  }}
-
-  function focusContinue() {{  // at a pause between blocks, Enter (or Space) continues
-    const screen = document.getElementById("block-done") || document.getElementById("instructions-screen");
-    const button = document.getElementById("continue");
-    if (screen && !screen.dataset.focused && button && button.offsetParent !== null) {{
-      screen.dataset.focused = "1";
-      button.focus();
-    }}
-  }}
-
-  new MutationObserver(() => {{ resetIfNewTile(); focusContinue(); syncPixelButton(); }})
-    .observe(document.documentElement, {{childList: true, subtree: true, attributes: true}});
-
-  document.addEventListener("keydown", (event) => {{
-    if (event.ctrlKey || event.metaKey || event.altKey) return;
-    const target = event.target;
-    if (target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" &&
-        ["text", "password", "number", "search"].includes(target.type)))) return;
-    const key = event.key.toLowerCase();
-    const help = helpBox();
-    if (help && !help.hidden) {{  // while the help is open, no key votes
-      if (key === "escape" || key === "?") {{ event.preventDefault(); setHelp(false); }}
-      return;
-    }}
-    if (key === "?") {{ event.preventDefault(); setHelp(true); return; }}
-    // Arrows inside the confidence choices move between the choices, as in any radio group;
-    // they must not pan, nor go Back.
-    if (key.startsWith("arrow") && target && target.tagName === "INPUT" && target.type === "radio") return;
-    if (event.shiftKey && key.startsWith("arrow")) {{
-      const step = 64;
-      const moves = {{arrowleft: [step, 0], arrowright: [-step, 0],
-                     arrowup: [0, step], arrowdown: [0, -step]}};
-      event.preventDefault();
-      pan(...moves[key]);
-      return;
-    }}
-    if (key === "+" || key === "=") {{ event.preventDefault(); zoomStep(1); return; }}
-    if (key === "-" || key === "_") {{ event.preventDefault(); zoomStep(-1); return; }}
-    if (key === "0") {{ event.preventDefault(); zoomTo(1); return; }}
-    if (key === "n") {{ event.preventDefault(); togglePixels(); return; }}
-    if (event.repeat) return;  // a held key votes once
-    const buttons = {{r: "vote-real", "1": "vote-real", s: "vote-synthetic", "2": "vote-synthetic",
-                     b: "go-back", arrowleft: "go-back", enter: "continue",
-                     i: "show-instructions"}};
-    const id = buttons[key];
-    if (key === "enter" && target && target.tagName === "BUTTON") return;  // Enter presses that button
-    if (id && click(id)) event.preventDefault();
-  }});
-
-  document.addEventListener("click", (event) => {{
-    const target = event.target;
-    if (!(target instanceof Element)) return;
-    if (target.closest("[data-show-help]")) setHelp(true);
-    else if (target.closest("[data-close-help]")) setHelp(false);
-    else if (target.closest("[data-pixel-zoom]")) togglePixels();
-  }});
-
-  document.addEventListener("wheel", (event) => {{
-    const box = event.target instanceof Element && event.target.closest("#tile-view");
-    if (!box) return;
-    event.preventDefault();
-    const rect = box.getBoundingClientRect();
-    zoomTo(view.zoom * (event.deltaY < 0 ? 1.25 : 0.8), event.clientX - rect.left, event.clientY - rect.top);
-  }}, {{passive: false}});
-
-  document.addEventListener("pointerdown", (event) => {{
-    const box = event.target instanceof Element && event.target.closest("#tile-view");
-    if (!box) return;
-    event.preventDefault();
-    box.setPointerCapture(event.pointerId);
-    pointers.set(event.pointerId, [event.clientX, event.clientY]);
-    if (pointers.size === 2) {{
-      const [a, b] = [...pointers.values()];
-      pinch = {{distance: Math.hypot(a[0] - b[0], a[1] - b[1]), zoom: view.zoom}};
-    }}
-  }});
-
-  document.addEventListener("pointermove", (event) => {{
-    const last = pointers.get(event.pointerId);
-    if (!last) return;
-    pointers.set(event.pointerId, [event.clientX, event.clientY]);
-    if (pinch && pointers.size === 2) {{
-      const [a, b] = [...pointers.values()];
-      zoomTo(pinch.zoom * Math.hypot(a[0] - b[0], a[1] - b[1]) / pinch.distance);
-    }} else if (pointers.size === 1) {{
-      pan(event.clientX - last[0], event.clientY - last[1]);
-    }}
-  }});
-
-  const release = (event) => {{
-    pointers.delete(event.pointerId);
-    if (pointers.size < 2) pinch = null;
-  }};
-  document.addEventListener("pointerup", release);
-  document.addEventListener("pointercancel", release);
-}})();
-</script>
-"""
 
 # Colours are chosen for WCAG AA (4.5:1 for text) against their backgrounds; focus is a thick
 # outline that every control shows when reached by keyboard. The view tools switch colours

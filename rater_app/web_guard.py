@@ -25,6 +25,8 @@ import re
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# No script-src: Gradio's page runs inline scripts (its per-request config among them), which only
+# 'unsafe-inline' would allow. The app's own script is a same-origin file (rater_app/static).
 SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"content-security-policy", b"frame-ancestors 'none'"),
