@@ -6,6 +6,7 @@ app's own fixtures (study files, a live server, a browser) are in tests/rater_ap
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -54,6 +56,39 @@ def histosynth(*args: str, cwd: Path | None = None, check: bool = False) -> subp
     """Run the installed CLI exactly as a user would."""
     command = [sys.executable, "-m", "histosynth", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=check, timeout=300)
+
+
+def package_imports(package: ModuleType) -> dict[str, set[str]]:
+    """Each module of `package` and the modules of `package` it imports, anywhere in its body.
+
+    The layout tests of the evaluator and the trainer read their house rules from this graph.
+    """
+    root = Path(package.__file__).resolve().parent
+
+    def module_name(path: Path) -> str:
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {module_name(path): path for path in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                candidates = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            imported |= {candidate for candidate in candidates if candidate in modules}
+        graph[name] = imported - {name, package.__name__}
+    return graph
+
+
+@pytest.fixture(scope="session")
+def import_graph() -> Callable[[ModuleType], dict[str, set[str]]]:
+    """`package_imports`, for the layout tests."""
+    return package_imports
 
 
 # `make test-fast` (README, Development) leaves out what makes a test slow: a real browser, another

@@ -3,40 +3,14 @@ anywhere in the project are checked by tests/core/test_architecture.py)."""
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
-from pathlib import Path
 
 import pytest
 
 import evaluator
 
-ROOT = Path(evaluator.__file__).resolve().parent
 FAMILIES = ("ratings", "pools", "memorization")
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def evaluator_imports() -> dict[str, set[str]]:
-    """Each evaluator module and the evaluator modules it imports, anywhere in its body."""
-    modules = {module_name(path): path for path in ROOT.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                candidates = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-            elif isinstance(node, ast.Import):
-                candidates = [alias.name for alias in node.names]
-            else:
-                continue
-            imported |= {candidate for candidate in candidates if candidate in modules}
-        graph[name] = imported - {name, "evaluator"}
-    return graph
 
 
 def family(module: str) -> str | None:
@@ -44,18 +18,18 @@ def family(module: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[1] in FAMILIES else None
 
 
-def test_the_layout_is_the_designed_one() -> None:
-    graph = evaluator_imports()
+def test_the_layout_is_the_designed_one(import_graph) -> None:
+    graph = import_graph(evaluator)
     expected = {"evaluator.multiple_testing", "evaluator.ratings.report", "evaluator.pools.features"}
     assert expected | {"evaluator.memorization.audit", "evaluator.memorization.report"} <= set(graph)
     flat = [name for name in graph if name.count(".") == 1 and family(name) is None]
     assert flat == ["evaluator.multiple_testing"], "only shared helpers live beside the families"
 
 
-def test_no_family_imports_another() -> None:
+def test_no_family_imports_another(import_graph) -> None:
     crossings = [
         f"{module} imports {target}"
-        for module, targets in evaluator_imports().items()
+        for module, targets in import_graph(evaluator).items()
         for target in targets
         if family(target) is not None and family(target) != family(module)
     ]

@@ -10,15 +10,12 @@ so it calls each generator family's sampler.
 
 from __future__ import annotations
 
-import ast
 import inspect
-from pathlib import Path
 
 import pytest
 
 import trainer
 
-ROOT = Path(trainer.__file__).resolve().parent
 FAMILIES = ("autoencoder", "diffusion", "stylegan2", "classifier", "compvis")
 COMPOSERS = {
     "compvis": {
@@ -32,44 +29,23 @@ COMPOSERS = {
 }
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def trainer_imports() -> dict[str, set[str]]:
-    """Each trainer module and the trainer modules it imports, anywhere in its body."""
-    modules = {module_name(path): path for path in ROOT.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                candidates = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-            elif isinstance(node, ast.Import):
-                candidates = [alias.name for alias in node.names]
-            else:
-                continue
-            imported |= {candidate for candidate in candidates if candidate in modules}
-        graph[name] = imported - {name, "trainer"}
-    return graph
-
-
 def group(module: str) -> str:
     """`core`, a family's name, or (for the modules beside them) the module's own name."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "trainer"
 
 
-def test_every_module_lives_in_core_or_a_family() -> None:
-    flat = sorted(name for name in trainer_imports() if name.count(".") == 1 and group(name) not in FAMILIES)
+def test_every_module_lives_in_core_or_a_family(import_graph) -> None:
+    flat = sorted(
+        name for name in import_graph(trainer) if name.count(".") == 1 and group(name) not in FAMILIES
+    )
     assert flat == ["trainer.core", "trainer.generate"], "only core/, the families and generate"
 
 
-def test_core_imports_no_family() -> None:
+def test_core_imports_no_family(import_graph) -> None:
     offences = [
         f"{module} imports {target}"
-        for module, targets in trainer_imports().items()
+        for module, targets in import_graph(trainer).items()
         if group(module) == "core"
         for target in targets
         if group(target) != "core"
@@ -77,10 +53,10 @@ def test_core_imports_no_family() -> None:
     assert not offences
 
 
-def test_no_family_imports_another() -> None:
+def test_no_family_imports_another(import_graph) -> None:
     crossings = [
         f"{module} imports {target}"
-        for module, targets in trainer_imports().items()
+        for module, targets in import_graph(trainer).items()
         for target in targets
         if group(target) not in ("core", group(module)) and target not in COMPOSERS.get(group(module), ())
     ]
