@@ -32,7 +32,7 @@ from trainer.autoencoder.model import build_autoencoder
 from trainer.autoencoder.options import AutoencoderOptions, autoencoder_options
 from trainer.autoencoder.perceptual import load_lpips
 from trainer.core.data import TileDataset, read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_steps
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_record, run_steps
 from trainer.core.options import RunSettings, effective_learning_rate, learning_rate_rule, to_record
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
     )
     if lpips_model is not None:
         lpips_model.to(accelerator.device)
-    run = {"kind": KINDS[kind], "settings": to_record(options), "classes": pool.classes}
-    run["data_fingerprint"] = pool.fingerprint
+    run = run_record(KINDS[kind], options, pool)
     start = resume_step(accelerator, out, settings.resume, options, run)
     last_layer = accelerator.unwrap_model(model).autoencoder.decoder.conv_out.weight
 

@@ -22,9 +22,9 @@ from accelerate import Accelerator
 from histosynth.errors import HistosynthError
 from histosynth.progress import progress_bar, progress_enabled
 from trainer.core.checkpoints import check_resumable, load_checkpoint, prepare_out_folder, save_checkpoint
-from trainer.core.data import TileDataset, epoch_batches, steps_per_epoch
+from trainer.core.data import TileDataset, TrainingPool, epoch_batches, steps_per_epoch
 from trainer.core.model_folder import publish_model, write_model_info
-from trainer.core.options import TrainOptions, changed_settings, from_record
+from trainer.core.options import TrainOptions, changed_settings, from_record, to_record
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,19 @@ def make_accelerator(options: TrainOptions) -> Accelerator:
     if precision == "auto":
         precision = "fp16" if torch.cuda.is_available() else "no"
     return Accelerator(mixed_precision=precision)
+
+
+def run_record(kind: str, options: TrainOptions, pool: TrainingPool, **facts: Any) -> dict[str, Any]:
+    """What a checkpoint records of its run, and `resume_step` compares: the model kind, every
+    setting, the classes and the pool's fingerprint, plus a model's own `facts` (the frozen
+    autoencoder's hash, say)."""
+    return {
+        "kind": kind,
+        "settings": to_record(options),
+        "classes": pool.classes,
+        "data_fingerprint": pool.fingerprint,
+        **facts,
+    }
 
 
 def resume_step(

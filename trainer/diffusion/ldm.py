@@ -42,7 +42,7 @@ from torch import nn
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
 from trainer.core.data import TrainingPool, read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_record
 from trainer.core.model_folder import model_hash, read_model_info
 from trainer.core.options import RunSettings, learning_rate_rule, to_record
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
@@ -144,13 +144,7 @@ def train_ldm(
     accelerator = make_accelerator(options)
     cache = encode_pool(accelerator, vae, autoencoder, vae_info["kind"], pool, options.size, progress)
     training = _prepare_training(accelerator, cache, pool, options)
-    record = {
-        "kind": KIND,
-        "settings": to_record(options),
-        "classes": pool.classes,
-        "data_fingerprint": pool.fingerprint,
-        "autoencoder_sha256": model_hash(autoencoder),
-    }
+    record = run_record(KIND, options, pool, autoencoder_sha256=model_hash(autoencoder))
     start = resume_step(accelerator, out, settings.resume, options, record)
     done = training.train(pool, out, start, record, "train latent diffusion", progress)
     _publish(out, training, pool, autoencoder, vae_info, record, done)

@@ -38,7 +38,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from histosynth.errors import HistosynthError
 from trainer.core.data import read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step
+from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_record
 from trainer.core.model_folder import model_hash
 from trainer.core.options import RunSettings, learning_rate_rule, to_record
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
@@ -205,13 +205,7 @@ def train_sd_finetune(
         seed_name="sd-step",
         options=options,
     )
-    record = {
-        "kind": KIND,
-        "settings": to_record(options),
-        "classes": pool.classes,
-        "data_fingerprint": pool.fingerprint,
-        "base": {"path": str(base), "vae_sha256": model_hash(base / "vae")},
-    }
+    record = run_record(KIND, options, pool, base={"path": str(base), "vae_sha256": model_hash(base / "vae")})
     start = resume_step(accelerator, out, settings.resume, options, record)
     done = training.train(pool, out, start, record, "fine-tune stable diffusion", progress)
     model = accelerator.unwrap_model(training.denoiser)

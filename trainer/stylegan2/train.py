@@ -49,7 +49,14 @@ from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
 from trainer.core.checkpoints import checkpoint_folders, load_checkpoint, read_run, save_checkpoint
 from trainer.core.data import TileDataset, TrainingPool, read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_steps, total_steps
+from trainer.core.loop import (
+    make_accelerator,
+    publish_on_main_process,
+    resume_step,
+    run_record,
+    run_steps,
+    total_steps,
+)
 from trainer.core.options import RunSettings, to_record
 from trainer.stylegan2.augment import AdaptiveAugment
 from trainer.stylegan2.losses import (
@@ -167,12 +174,7 @@ class StyleGAN2Run:
         self.images_per_step = options.batch_size * accelerator.num_processes
         half_life = options.ema_half_life
         self.ema_beta = 0.5 ** (self.images_per_step / half_life) if half_life > 0 else 0.0
-        self.record: dict[str, Any] = {
-            "kind": KIND,
-            "settings": to_record(options),
-            "classes": pool.classes,
-            "data_fingerprint": pool.fingerprint,
-        }
+        self.record = run_record(KIND, options, pool)
 
     def resume_or_start(self, resume: bool) -> int:
         """The steps done: restored from the newest checkpoint, or 0 with step 0 saved first."""
