@@ -26,7 +26,7 @@ from histosynth.errors import StudyError
 from histosynth.urls import login_url
 from rater_app import store
 from rater_app.audit_job import AuditJob, AuditState
-from rater_app.dashboard import Dashboard, RaterRow, dashboard
+from rater_app.dashboard import RATE_EVIDENCE_SECONDS, Dashboard, RaterRow, dashboard
 from rater_app.raters import ADMIN_NAME, NewRater, add_raters, admin_record, reset_secrets, set_disabled
 from rater_app.store import connect
 
@@ -243,11 +243,12 @@ def dashboard_html(board: Dashboard) -> str:
         ("changes allowed", _yes(facts.allow_changes)),
         ("repeats", str(facts.repeats)),
     ]
+    pace = _per_hour(board.votes_per_hour, board.answered)
     summary = (
         f"<p id='study-summary'>{len(board.raters)} raters; <b>{board.answered} of {board.total}</b> "
-        f"answered; {board.votes_last_hour} votes in the last hour, {_per_hour(board.votes_per_hour)} "
+        f"answered; {board.votes_last_hour} votes in the last hour, {pace} "
         f"overall; median reading time {_seconds(board.median_seconds)}. "
-        f"Idle: no vote for {board.idle_seconds / 60:g} min. Updated {_utc(board.now, seconds=True)} UTC.</p>"
+        f"{_idle_sentence(board)} Updated {_utc(board.now, seconds=True)} UTC.</p>"
     )
     facts_html = "; ".join(f"{html.escape(k)}: <b>{html.escape(v)}</b>" for k, v in settings)
     head = "".join(
@@ -279,7 +280,7 @@ def _rater_html(row: RaterRow, board: Dashboard) -> str:
         bar,
         f"{row.answered} / {row.total}",
         str(row.votes_last_hour),
-        _per_hour(row.votes_per_hour),
+        _per_hour(row.votes_per_hour, row.answered),
         _seconds(row.median_seconds),
         _utc(row.last_vote_at),
         state,
@@ -335,8 +336,25 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _per_hour(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.0f}/h"
+def _idle_sentence(board: Dashboard) -> str:
+    """Who has been quiet for the idle time, and for how long; or that no one has."""
+    limit = f"{board.idle_seconds / 60:g} min"
+    if not board.idle:
+        return f"No rater idle (no vote for {limit})."
+    names = ", ".join(f"{html.escape(name)} ({_duration(quiet)})" for name, quiet in board.idle)
+    return f"Idle (no vote for {limit}): {names}."
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _per_hour(rate: float | None, votes: int) -> str:
+    """A pace; before an hour of votes, when it will show; before any vote, a dash."""
+    if rate is not None:
+        return f"{rate:.0f}/h"
+    return "-" if votes == 0 else f"after {RATE_EVIDENCE_SECONDS / 3600:g} h"
 
 
 def _seconds(seconds: float | None) -> str:

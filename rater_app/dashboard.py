@@ -18,6 +18,7 @@ from rater_app.store import RaterProgress, VoteTiming, connect
 
 IDLE_SECONDS = 15 * 60  # a rater who started and has not voted for this long is shown as idle
 HOUR = 3600.0
+RATE_EVIDENCE_SECONDS = HOUR  # a pace per hour is shown once the votes span this long
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class RaterRow:
     total: int
     last_vote_at: float | None
     votes_last_hour: int
-    votes_per_hour: float | None  # over the rater's active span (first to last vote); None below 2 votes
+    votes_per_hour: float | None  # over first to last vote; None until they span an hour
     median_seconds: float | None  # median time from a tile shown to its answer; None without votes
     idle: bool  # started, not done, not disabled, and no vote for `idle_seconds`
     disabled: bool
@@ -63,8 +64,14 @@ class Dashboard:
     study: StudyFacts
     raters: list[RaterRow]
     votes_last_hour: int
-    votes_per_hour: float | None  # the whole study, first to last vote
+    votes_per_hour: float | None  # the whole study, first to last vote; None until an hour of votes
     median_seconds: float | None
+
+    @property
+    def idle(self) -> list[tuple[str, float]]:
+        """The idle raters with how long each has been quiet, in seconds, longest first."""
+        quiet = [(row.name, self.now - row.last_vote_at) for row in self.raters if row.idle]
+        return sorted(quiet, key=lambda entry: -entry[1])
 
     @property
     def answered(self) -> int:
@@ -165,8 +172,9 @@ def _median(ascending: list[float]) -> float | None:
 def _rate(timing: VoteTiming) -> float | None:
     """Votes per hour between the first and the last vote ((n - 1) gaps over their span): the
     pace while rating, which an average since the study began would dilute with the days
-    before a rater started."""
-    if timing.votes < 2:
-        return None
+    before a rater started. None until the votes span an hour: four votes in three seconds
+    are not a pace of 4975 an hour."""
     span = timing.last_at - timing.first_at
-    return None if span <= 0 else (timing.votes - 1) / span * HOUR
+    if timing.votes < 2 or span < RATE_EVIDENCE_SECONDS:
+        return None
+    return (timing.votes - 1) / span * HOUR

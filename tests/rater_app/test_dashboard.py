@@ -11,6 +11,7 @@ import statistics
 import threading
 
 from rater_app import audit_job
+from rater_app.admin_ui import dashboard_html
 from rater_app.audit_job import AuditJob
 from rater_app.create import create_study
 from rater_app.dashboard import HOUR, dashboard
@@ -68,16 +69,18 @@ def test_dashboard_numbers_match_brute_force(tmp_path, make_pool, write_study) -
         row = rows[name]
         assert (row.answered, row.total) == (len(times), total)
         assert row.votes_last_hour == sum(1 for a in answered if NOW - 3600 < a <= NOW)
-        if len(times) >= 2:
+        if len(times) >= 2 and max(answered) - min(answered) >= 3600:
             expected_rate = (len(times) - 1) / (max(answered) - min(answered)) * 3600
             assert abs(row.votes_per_hour - expected_rate) < 1e-9
-        else:
+        else:  # fewer than two votes, or less than an hour between the first and the last
             assert row.votes_per_hour is None
         if times:
             assert abs(row.median_seconds - statistics.median(a - s for s, a in times)) < 1e-9
         else:
             assert row.median_seconds is None and row.last_vote_at is None
     assert [name for name, row in rows.items() if row.idle] == ["ben"]
+    assert board.idle == [("ben", 1200.0)]
+    assert rows["eve"].votes_per_hour is None  # two votes 50 s apart are no pace per hour
     assert [name for name, row in rows.items() if row.done] == ["cat"]
     assert [name for name, row in rows.items() if row.disabled] == ["eve"]
     # idle after a stated time: with 40 minutes, ben (20 minutes quiet) is not idle
@@ -93,6 +96,33 @@ def test_dashboard_numbers_match_brute_force(tmp_path, make_pool, write_study) -
     facts = board.study
     assert (facts.name, facts.n_classes, facts.n_sources, facts.n_items) == ("pilot", 2, 2, 12)
     assert (facts.repeats, facts.images_per_cell, facts.block_by_class) == (2, 3, True)
+
+
+def test_the_page_names_idle_raters_and_waits_an_hour_for_a_pace(tmp_path, make_pool, write_study) -> None:
+    db = make_study(tmp_path, make_pool, write_study)
+    add_raters(db, "pilot", ["ann", "ben", "cat"])
+    plant_votes(db, "ann", [(NOW - 4 + i - 0.5, NOW - 4 + i) for i in range(4)])  # 4 votes in 3 s
+    ben = [(NOW - 7260, NOW - 7250), (NOW - 5460, NOW - 5450), (NOW - 3660, NOW - 3650)]
+    plant_votes(db, "ben", [*ben, (NOW - 1210, NOW - 1200)])  # 3 gaps over 6050 s, then 20 min quiet
+    with connect(db) as conn:
+        study = find_study(conn, "pilot").id
+
+    page = dashboard_html(dashboard(db, study, now=NOW))
+    summary = page.split("</p>")[0]
+    assert "Idle (no vote for 15 min): ben (20 min)." in summary and "ann" not in summary
+    rows = {row.split('"')[0]: row for row in page.split('data-rater="')[1:]}
+    assert "<td>after 1 h</td>" in rows["ann"] and "/h</td>" not in rows["ann"]
+    assert f"<td>{3 / 6050 * 3600:.0f}/h</td>" in rows["ben"]
+    assert "<td>-</td><td>-</td>" in rows["cat"]  # no votes: no pace, no median
+
+    # a second after a vote nobody is idle, and the page says so rather than naming a limit alone
+    with connect(db) as conn:
+        ben_id = rater_id(conn, study, "ben")
+    record_vote(
+        db, ben_id, 5, tile_at(db, ben_id, 5).token, "real", None, shown_at=NOW - 3, answered_at=NOW - 1
+    )
+    page = dashboard_html(dashboard(db, study, now=NOW))
+    assert "No rater idle (no vote for 15 min)." in page.split("</p>")[0]
 
 
 def test_a_changed_vote_counts_once_with_its_new_times(tmp_path, make_pool, write_study) -> None:
