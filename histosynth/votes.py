@@ -11,5 +11,6 @@ REAL_VOTE = "real"
 SYNTHETIC_VOTE = "synthetic"
 VOTE_VALUES = (REAL_VOTE, SYNTHETIC_VOTE)
 REQUIRED_COLUMNS = ("rater", "item", "class", "source", "vote")
-OPTIONAL_COLUMNS = ("confidence", "repeat", "seconds", "position")
+# `simulated` is 1 on the votes of a simulated rater (`histosynth study simulate`), else 0.
+OPTIONAL_COLUMNS = ("confidence", "repeat", "seconds", "position", "simulated")
 VOTE_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)

@@ -274,6 +274,7 @@ def dashboard_html(board: Dashboard) -> str:
 def _rater_html(row: RaterRow, board: Dashboard) -> str:
     name = html.escape(row.name)
     state = "disabled" if row.disabled else "done" if row.done else "idle" if row.idle else ""
+    shown_state = f"{state} (simulated)".strip() if row.simulated else state
     bar = f'<progress max="{row.total}" value="{row.answered}" aria-label="{name}: progress"></progress>'
     cells = (
         name,
@@ -283,7 +284,7 @@ def _rater_html(row: RaterRow, board: Dashboard) -> str:
         _per_hour(row.votes_per_hour, row.answered),
         _seconds(row.median_seconds),
         _utc(row.last_vote_at),
-        state,
+        shown_state,
     )
     return (
         f'<tr data-rater="{name}" data-state="{state}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"

@@ -34,6 +34,7 @@ class RaterRow:
     median_seconds: float | None  # median time from a tile shown to its answer; None without votes
     idle: bool  # started, not done, not disabled, and no vote for `idle_seconds`
     disabled: bool
+    simulated: bool  # a rater of `histosynth study simulate`
 
     @property
     def done(self) -> bool:
@@ -145,6 +146,7 @@ def _rater_row(
         median_seconds=_median(readings),
         idle=started and not done and not entry.disabled and quiet,
         disabled=entry.disabled,
+        simulated=entry.simulated,
     )
 
 

@@ -45,7 +45,9 @@ class OrderedItem:
     repeat: int
 
 
-def add_raters(db_path: str, study: str, names: Sequence[str], actor: str | None = None) -> list[NewRater]:
+def add_raters(
+    db_path: str, study: str, names: Sequence[str], actor: str | None = None, simulated: bool = False
+) -> list[NewRater]:
     """Add raters to a study, each with a fresh login secret and their own secretly drawn order.
 
     Each order (with its repeats) comes from a random order secret of the rater, stored with
@@ -56,6 +58,7 @@ def add_raters(db_path: str, study: str, names: Sequence[str], actor: str | None
 
     `actor` ("admin" from the page, "cli:<user>" from a terminal) records one "rater.add" per
     rater in the admin record, in the same transaction; None records nothing (the demo's setup).
+    `simulated` marks them as raters of `histosynth study simulate` (see `rater_app.simulate`).
 
     Raises:
         StudyError: a name is invalid, reserved ("admin"), repeated, or already a rater.
@@ -66,27 +69,42 @@ def add_raters(db_path: str, study: str, names: Sequence[str], actor: str | None
     with connect(db_path) as db:
         study_record = store.find_study(db, study)
         items = store.items_for_ordering(db, study_record.id)
-    settings = study_record.settings
     with connect(db_path) as db, transaction(db):
-        existing = set(store.rater_names(db, study_record.id))
-        taken = [name for name in names if name in existing]
-        if taken:
-            raise StudyError(f"study {study!r} already has a rater named {taken[0]!r}")
-        seen = {_permutation(order) for order in stored_orders(db, study_record.id).values()}
-        for name in names:
-            order_secret, order = _distinct_order(
-                seen,
-                items,
-                classes=study_record.classes,
-                block_by_class=settings.block_by_class,
-                repeats=settings.repeats,
-            )
-            # A fresh token per showing: a repeat gets another URL than its first showing,
-            # and two raters never share one, so URLs reveal nothing.
-            showings = [(entry.item_id, entry.repeat, secrets.token_hex(12)) for entry in order]
-            store.insert_rater(db, study_record.id, name, hashes[name], order_secret, showings)
-            _record(db, study_record.id, actor, "rater.add", name)
+        insert_raters(db, study_record, items, hashes, actor, simulated)
     return added
+
+
+def insert_raters(
+    db: sqlite_utils.Database,
+    study: store.Study,
+    items: Sequence[tuple[str, str]],
+    hashes: dict[str, str],
+    actor: str | None,
+    simulated: bool,
+) -> None:
+    """Insert raters (name -> secret hash) with their orders, inside the caller's transaction.
+
+    Raises:
+        StudyError: a name is already a rater of the study.
+    """
+    existing = set(store.rater_names(db, study.id))
+    taken = [name for name in hashes if name in existing]
+    if taken:
+        raise StudyError(f"study {study.name!r} already has a rater named {taken[0]!r}")
+    seen = {_permutation(order) for order in stored_orders(db, study.id).values()}
+    for name, secret_hash in hashes.items():
+        order_secret, order = _distinct_order(
+            seen,
+            items,
+            classes=study.classes,
+            block_by_class=study.settings.block_by_class,
+            repeats=study.settings.repeats,
+        )
+        # A fresh token per showing: a repeat gets another URL than its first showing,
+        # and two raters never share one, so URLs reveal nothing.
+        showings = [(entry.item_id, entry.repeat, secrets.token_hex(12)) for entry in order]
+        store.insert_rater(db, study.id, name, secret_hash, order_secret, showings, simulated)
+        _record(db, study.id, actor, "rater.add", name)
 
 
 def reset_secrets(db_path: str, study: str, names: Sequence[str], actor: str | None = None) -> list[NewRater]:

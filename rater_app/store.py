@@ -30,7 +30,7 @@ import sqlite_utils
 
 from histosynth.errors import StudyError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # How long a write waits for another writer's lock before it fails with a clear message.
 BUSY_TIMEOUT_MS = int(os.environ.get("HISTOSYNTH_BUSY_TIMEOUT_MS", "10000"))
 
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS raters (
     order_secret TEXT,                -- random seed of this rater's order; NULL for raters of schema 1
     created_at REAL NOT NULL,
     disabled_at REAL,                 -- set while an admin has disabled the rater; NULL otherwise
+    simulated INTEGER NOT NULL DEFAULT 0, -- 1 for a rater of `histosynth study simulate`
     UNIQUE (study_id, name)
 );
 CREATE TABLE IF NOT EXISTS assignments (
@@ -282,6 +283,7 @@ class RaterProgress:
     total: int
     last_vote_at: float | None
     disabled_at: float | None = None  # when an admin disabled the rater; None while enabled
+    simulated: bool = False  # a rater of `histosynth study simulate`, not a person
 
     @property
     def done(self) -> bool:
@@ -406,6 +408,7 @@ def insert_rater(
     secret_hash: str,
     order_secret: str,
     showings: Iterable[tuple[str, int, str]],
+    simulated: bool = False,
 ) -> int:
     """Add a rater and their order: `showings` are (item id, repeat, token) from position 1 on."""
     record = {
@@ -414,6 +417,7 @@ def insert_rater(
         "secret_hash": secret_hash,
         "order_secret": order_secret,
         "created_at": time.time(),
+        "simulated": int(simulated),
     }
     new_id = db["raters"].insert(record).last_pk
     db["assignments"].insert_all(
@@ -446,15 +450,23 @@ def orders(db: sqlite_utils.Database, study_id: int) -> dict[str, list[tuple[str
 
 
 def showings(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
-    """Every showing of a study (rater, position, repeat, token, source, class) in order."""
+    """Every showing of a study (rater, position, repeat, token, item_id, source, class) in order."""
     return list(
         db.query(
-            """SELECT r.name AS rater, a.position, a.repeat, a.token, i.source, i.class FROM assignments a
+            """SELECT r.name AS rater, a.position, a.repeat, a.token, a.item_id, i.source, i.class
+               FROM assignments a
                JOIN raters r ON r.id = a.rater_id JOIN items i ON i.id = a.item_id
                WHERE r.study_id = ? ORDER BY r.id, a.position""",
             [study_id],
         )
     )
+
+
+def vote_count(db: sqlite_utils.Database, study_id: int, simulated: bool) -> int:
+    """How many votes the study's simulated (or its real) raters have given."""
+    query = """SELECT count(*) FROM votes v JOIN raters r ON r.id = v.rater_id
+               WHERE r.study_id = ? AND r.simulated = ?"""
+    return db.execute(query, [study_id, int(simulated)]).fetchone()[0]
 
 
 def rater_record(db: sqlite_utils.Database, rater: int) -> RaterRecord | None:
@@ -492,12 +504,15 @@ def progress(db: sqlite_utils.Database, study_id: int) -> list[RaterProgress]:
                   (SELECT count(*) FROM votes v WHERE v.rater_id = r.id) AS answered,
                   (SELECT count(*) FROM assignments a WHERE a.rater_id = r.id) AS total,
                   (SELECT max(answered_at) FROM votes v WHERE v.rater_id = r.id) AS last_vote_at,
-                  r.disabled_at
+                  r.disabled_at, r.simulated
            FROM raters r WHERE r.study_id = ? ORDER BY r.id""",
         [study_id],
     )
     return [
-        RaterProgress(r["name"], r["answered"], r["total"], r["last_vote_at"], r["disabled_at"]) for r in rows
+        RaterProgress(
+            r["name"], r["answered"], r["total"], r["last_vote_at"], r["disabled_at"], bool(r["simulated"])
+        )
+        for r in rows
     ]
 
 
@@ -743,7 +758,7 @@ def vote_rows(db: sqlite_utils.Database, study_id: int) -> list[dict[str, Any]]:
     rows = db.query(
         """SELECT r.name AS rater, v.item_id AS item, i.class AS class, i.source AS source,
                   v.vote, v.confidence, v.repeat,
-                  round(v.answered_at - v.shown_at, 3) AS seconds, v.position
+                  round(v.answered_at - v.shown_at, 3) AS seconds, v.position, r.simulated
            FROM votes v JOIN raters r ON r.id = v.rater_id JOIN items i ON i.id = v.item_id
            WHERE r.study_id = ? ORDER BY r.id, v.position""",
         [study_id],
@@ -781,6 +796,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
            )""",
         "CREATE INDEX admin_actions_study ON admin_actions(study_id, at)",
     ),
+    # Simulated raters (`histosynth study simulate`), marked in every export and table.
+    3: ("ALTER TABLE raters ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0",),
 }
 
 

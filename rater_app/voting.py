@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import sqlite_utils
+
 from histosynth.errors import StudyError
 from histosynth.votes import VOTE_VALUES
 from rater_app import store
@@ -137,38 +139,52 @@ def record_vote(
             the first unanswered one, the value is bad, confidence is missing or unexpected,
             or the vote differs from a stored one in a study that does not allow changes.
     """
+    with connect(db_path) as db, transaction(db):
+        return store_vote(db, rater_id, position, token, vote, confidence, shown_at, answered_at)
+
+
+def store_vote(
+    db: sqlite_utils.Database,
+    rater_id: int,
+    position: int,
+    token: str,
+    vote: str,
+    confidence: int | None,
+    shown_at: float,
+    answered_at: float | None = None,
+) -> bool:
+    """`record_vote` inside the caller's transaction (same checks, same result)."""
     if vote not in VOTE_VALUES:
         raise VoteRefused(f"vote must be one of {', '.join(VOTE_VALUES)}, got {vote!r}")
     answered_at = time.time() if answered_at is None else answered_at
-    with connect(db_path) as db, transaction(db):
-        assignment = store.assignment_at(db, rater_id, position)
-        if assignment is None or assignment.token != token:
-            raise VoteRefused("this tile is not assigned to this rater at that position")
-        _check_confidence(confidence, assignment.settings.confidence)
-        old = store.vote_at(db, rater_id, position)
-        frontier = store.frontier(db, rater_id)
-        if old is None and position != frontier:
-            raise VoteRefused(f"answer the tiles in order: tile {frontier} is the first without an answer")
-        if old is not None:
-            if old["vote"] == vote and old["confidence"] == confidence:
-                return False
-            if not assignment.settings.allow_changes:
-                raise VoteRefused("this study does not allow changing a vote")
-            store.replace_vote(db, old, vote, confidence, shown_at, answered_at)
-            return True
-        store.insert_vote(
-            db,
-            {
-                "rater_id": rater_id,
-                "position": position,
-                "item_id": assignment.item_id,
-                "repeat": assignment.repeat,
-                "vote": vote,
-                "confidence": confidence,
-                "shown_at": shown_at,
-                "answered_at": answered_at,
-            },
-        )
+    assignment = store.assignment_at(db, rater_id, position)
+    if assignment is None or assignment.token != token:
+        raise VoteRefused("this tile is not assigned to this rater at that position")
+    _check_confidence(confidence, assignment.settings.confidence)
+    old = store.vote_at(db, rater_id, position)
+    frontier = store.frontier(db, rater_id)
+    if old is None and position != frontier:
+        raise VoteRefused(f"answer the tiles in order: tile {frontier} is the first without an answer")
+    if old is not None:
+        if old["vote"] == vote and old["confidence"] == confidence:
+            return False
+        if not assignment.settings.allow_changes:
+            raise VoteRefused("this study does not allow changing a vote")
+        store.replace_vote(db, old, vote, confidence, shown_at, answered_at)
+        return True
+    store.insert_vote(
+        db,
+        {
+            "rater_id": rater_id,
+            "position": position,
+            "item_id": assignment.item_id,
+            "repeat": assignment.repeat,
+            "vote": vote,
+            "confidence": confidence,
+            "shown_at": shown_at,
+            "answered_at": answered_at,
+        },
+    )
     return True
 
 

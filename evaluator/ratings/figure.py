@@ -16,12 +16,13 @@ from matplotlib.figure import Figure
 from histosynth.tables import ALL_CLASSES
 
 
-def expert_score_figure(scores: pd.DataFrame, with_overall: bool = True) -> Figure:
+def expert_score_figure(scores: pd.DataFrame, with_overall: bool = True, note: str = "") -> Figure:
     """Grouped bar chart of `expert_scores`: classes on x, one bar per generator, error bar = std.
 
     Args:
         scores: the expert score table (class, source, score_mean, score_std).
         with_overall: add each generator's `ALL` score as a last group, set apart.
+        note: a warning drawn as the figure's title (say, that some raters are simulated).
 
     Returns:
         The figure (with an Agg canvas attached), ready for `save_figure`.
@@ -59,6 +60,8 @@ def expert_score_figure(scores: pd.DataFrame, with_overall: bool = True) -> Figu
     axes.set_ylabel("expert rating score")
     axes.set_title("Generated tiles called real, relative to real tiles (mean ± std over raters)", fontsize=9)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    if note:
+        figure.suptitle(note, color="firebrick", fontsize=10, fontweight="bold")
     return figure
 
 

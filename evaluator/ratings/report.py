@@ -24,7 +24,13 @@ from evaluator.ratings.reader_metrics import (
 )
 from evaluator.ratings.scores import MEAN_CLASSES, expert_scores, kappa_tables, rater_scores
 from evaluator.ratings.stats import bootstrap_kappas, bootstrap_scores, discrimination_tests
-from evaluator.ratings.votes import VotesError, rater_progress, validate_votes, vote_matrix
+from evaluator.ratings.votes import (
+    VotesError,
+    rater_progress,
+    simulated_raters,
+    validate_votes,
+    vote_matrix,
+)
 from histosynth.errors import HistosynthError
 from histosynth.files import staged_output
 from histosynth.tables import ALL_CLASSES, format_estimate, write_table
@@ -96,6 +102,15 @@ class RatingsReport:
     timing: pd.DataFrame
     timing_by_source: pd.DataFrame
     settings: RatingSettings = field(default_factory=RatingSettings)
+    simulated_raters: list[str] = field(default_factory=list)  # of the raters included
+
+    @property
+    def simulated_note(self) -> str:
+        """What every table and the figure say when simulated raters voted; "" otherwise."""
+        if not self.simulated_raters:
+            return ""
+        included = int(self.raters["included"].sum())
+        return f"SIMULATED: {len(self.simulated_raters)} of {included} raters are simulated, not pathologists"
 
 
 def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None) -> RatingsReport:
@@ -158,6 +173,7 @@ def compute_ratings(votes: pd.DataFrame, settings: RatingSettings | None = None)
         timing=timing,
         timing_by_source=timing_by_source,
         settings=settings,
+        simulated_raters=simulated_raters(votes),
     )
 
 
@@ -211,39 +227,40 @@ def evaluate_ratings(
 
 
 def _write_all(report: RatingsReport, folder: Path, figure: bool) -> list[Path]:
-    digits = 2
-    paths = write_table(report.raters, folder, "raters", caption="Raters, their progress and inclusion")
-    paths += write_table(
+    digits, note = 2, report.simulated_note
+
+    def table(
+        frame: pd.DataFrame, stem: str, caption: str, display: pd.DataFrame | None = None
+    ) -> list[Path]:
+        """One table; made from simulated votes, its caption says so and its CSV has a
+        `simulated` column (the raters table has one always, per rater)."""
+        if note and "simulated" not in frame.columns:
+            frame = frame.assign(simulated=True)
+        caption = f"{note}. {caption}" if note else caption
+        return write_table(frame, folder, stem, display=display, caption=caption)
+
+    paths = table(report.raters, "raters", "Raters, their progress and inclusion")
+    paths += table(
         report.expert_scores,
-        folder,
         "expert_scores",
+        "Expert rating score, mean ± std over raters [bootstrap CI]",
         display=_grid(report.expert_scores, "score_mean", "score_std", digits),
-        caption="Expert rating score, mean ± std over raters [bootstrap CI]",
     )
-    paths += write_table(
-        report.rater_scores, folder, "expert_scores_by_rater", caption="Expert score per rater"
-    )
-    paths += write_table(
+    paths += table(report.rater_scores, "expert_scores_by_rater", "Expert score per rater")
+    paths += table(
         report.fleiss_kappa,
-        folder,
         "fleiss_kappa",
-        display=_grid(report.fleiss_kappa, "kappa", None, digits, extra=(ALL_CLASSES, MEAN_CLASSES)),
-        caption=(
+        (
             "Fleiss' kappa [bootstrap CI over tiles]; the MEAN row's se assumes independent classes "
             "(they share raters), its CI does not"
         ),
+        display=_grid(report.fleiss_kappa, "kappa", None, digits, extra=(ALL_CLASSES, MEAN_CLASSES)),
     )
-    paths += write_table(
-        report.fleiss_kappa_categories,
-        folder,
-        "fleiss_kappa_categories",
-        caption="Fleiss' kappa per category",
-    )
-    paths += write_table(
+    paths += table(report.fleiss_kappa_categories, "fleiss_kappa_categories", "Fleiss' kappa per category")
+    paths += table(
         report.discrimination_tests,
-        folder,
         "discrimination_tests",
-        caption=f"Permutation tests of the expert score ({report.settings.correction}-corrected)",
+        f"Permutation tests of the expert score ({report.settings.correction}-corrected)",
     )
     optional = {
         "roc_auc": (report.roc_auc, "ROC AUC real vs generated, per rater and mean [bootstrap CI]"),
@@ -253,15 +270,17 @@ def _write_all(report: RatingsReport, folder: Path, figure: bool) -> list[Path]:
     }
     for stem, (frame, caption) in optional.items():
         if not frame.empty:
-            paths += write_table(frame, folder, stem, caption=caption)
+            paths += table(frame, stem, caption)
     if not report.imrmc.empty:
         report.imrmc.to_csv(folder / "imrmc.csv", index=False)
         (folder / "imrmc.imrmc").write_text(imrmc_input(report.imrmc), encoding="utf-8")
         paths += [folder / "imrmc.csv", folder / "imrmc.imrmc"]
     if figure:
-        paths += save_figure(expert_score_figure(report.expert_scores), folder, "expert_scores")
+        drawn = expert_score_figure(report.expert_scores, note=note)
+        paths += save_figure(drawn, folder, "expert_scores")
     settings = folder / "ratings_settings.json"
-    settings.write_text(json.dumps(asdict(report.settings), indent=2) + "\n", encoding="utf-8")
+    written = {**asdict(report.settings), "simulated_raters": report.simulated_raters}
+    settings.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
     return [*paths, settings]
 
 

@@ -88,12 +88,13 @@ def validate_votes(
     """Check a votes table and return it normalised, refusing anything ambiguous.
 
     Checks: required columns present and non-empty; no rater or class named `ALL` or `MEAN`
-    (the summary rows' names); `vote` is `real` or `synthetic`;
-    `confidence` is an integer 1..6 on every vote or on none; `repeat` is 0 or 1; `seconds`
-    is a non-negative number; `position` a positive integer; every item has one class and one
-    source; no rater rates an item twice unless the second is marked `repeat=1`, and every
-    repeat has its first presentation; at least one real tile and one generator's tile, and
-    real tiles in every class that has generated ones (an expert score compares the two).
+    (the summary rows' names); `vote` is `real` or `synthetic`; `confidence` is an integer
+    1..6 on every vote or on none; `repeat` is 0 or 1; `seconds` is a non-negative number;
+    `position` a positive integer; `simulated` is 0 or 1 and the same on all of a rater's
+    votes; every item has one class and one source; no rater rates an item twice unless the
+    second is marked `repeat=1`, and every repeat has its first presentation; at least one
+    real tile and one generator's tile, and real tiles in every class that has generated ones
+    (an expert score compares the two).
 
     Args:
         frame: votes, one row per vote; columns beyond the known ones are ignored.
@@ -103,8 +104,9 @@ def validate_votes(
 
     Returns:
         A new frame with the known columns only: strings for rater/item/class/source/vote,
-        float `confidence` (NaN when absent), int `repeat`, float `seconds` (NaN when absent)
-        and float `position` (NaN when absent), in the input's row order, index 0..n-1.
+        float `confidence` (NaN when absent), int `repeat`, float `seconds` (NaN when absent),
+        float `position` (NaN when absent) and int `simulated` (0 when absent), in the input's
+        row order, index 0..n-1.
 
     Raises:
         VotesError: with a one-line message naming `origin`, the row and the field.
@@ -149,7 +151,10 @@ def validate_votes(
     out["repeat"] = repeat.fillna(0).astype(int)
     out["seconds"] = _numeric_column(frame, "seconds", where, integer=False, low=0.0, high=None)
     out["position"] = _numeric_column(frame, "position", where, integer=True, low=1, high=None)
+    simulated = _numeric_column(frame, "simulated", where, integer=True, low=0, high=1)
+    out["simulated"] = simulated.fillna(0).astype(int)
     _check_items(out, codes, where)
+    _check_simulated_per_rater(out, codes, where)
     _check_duplicates(out, codes, where)
     sources = set(out["source"].unique())
     if REAL_SOURCE not in sources:
@@ -184,7 +189,8 @@ def rater_progress(votes: pd.DataFrame) -> pd.DataFrame:
     presentations), the only definition a votes file from any tool supports.
 
     Returns:
-        One row per rater (sorted): rater, n_votes, n_items, n_repeats, n_items_total, finished.
+        One row per rater (sorted): rater, n_votes, n_items, n_repeats, n_items_total, finished,
+        simulated.
     """
     first = votes[votes["repeat"] == 0]
     n_items_total = first["item"].nunique()
@@ -199,6 +205,7 @@ def rater_progress(votes: pd.DataFrame) -> pd.DataFrame:
     progress = progress.astype(int).reset_index().rename(columns={"index": "rater"})
     progress["n_items_total"] = n_items_total
     progress["finished"] = progress["n_items"] == n_items_total
+    progress["simulated"] = progress["rater"].isin(simulated_raters(votes))
     return progress.sort_values("rater", kind="stable").reset_index(drop=True)
 
 
@@ -293,6 +300,27 @@ def _check_items(votes: pd.DataFrame, codes: dict[str, np.ndarray], where: Calla
                 f"{where(index)}: item {votes['item'].iloc[index]!r} has {field} "
                 f"{votes[field].iloc[index]!r} here but {first!r} elsewhere"
             )
+
+
+def _check_simulated_per_rater(
+    votes: pd.DataFrame, codes: dict[str, np.ndarray], where: Callable[[int], str]
+) -> None:
+    """A rater is simulated or a person on every vote: a mix would hide which table is which."""
+    flags = votes["simulated"].to_numpy()
+    raters, first_rows = np.unique(codes["rater"], return_index=True)
+    position = np.empty(raters.max() + 1, dtype=np.int64)
+    position[raters] = np.arange(raters.size)
+    clash = np.flatnonzero(flags != flags[first_rows][position[codes["rater"]]])
+    if clash.size:
+        index = int(clash[0])
+        raise VotesError(
+            f"{where(index)}: rater {votes['rater'].iloc[index]!r} is simulated on some votes, not on others"
+        )
+
+
+def simulated_raters(votes: pd.DataFrame) -> list[str]:
+    """The raters of checked votes whose votes are simulated (`histosynth study simulate`)."""
+    return sorted(votes.loc[votes["simulated"] == 1, "rater"].unique().tolist())
 
 
 def _check_classes_have_real_tiles(votes: pd.DataFrame, where: Callable[[int], str]) -> None:

@@ -80,6 +80,8 @@ def evaluate_ratings_command(
     columns = ["class", "source", "score_mean", "score_std", "ci_low", "ci_high", "n_raters"]
     table = report.expert_scores[columns]
     typer.echo(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    if report.simulated_note:
+        typer.echo(f"{report.simulated_note} (histosynth study simulate): a pilot, not a result", err=True)
     typer.echo(f"wrote {out / 'expert_scores.csv'} and more", err=True)
 
 

@@ -100,12 +100,35 @@ def raters_list(db: DbOption, study: StudyOption) -> None:
 
 @app.command("status")
 def study_status_command(db: DbOption, study: StudyOption) -> None:
-    """Progress per rater: answered of total, and done or disabled."""
+    """Progress per rater: answered of total, done or disabled, and simulated."""
     from rater_app.raters import study_status
 
     for progress in study_status(db, study):
         state = "disabled" if progress.disabled else "done" if progress.done else ""
-        typer.echo(f"{progress.rater}\t{progress.answered}/{progress.total}\t{state}".rstrip())
+        state += " simulated" if progress.simulated else ""
+        typer.echo(f"{progress.rater}\t{progress.answered}/{progress.total}\t{state.strip()}".rstrip())
+
+
+@app.command("simulate")
+def study_simulate(
+    db: DbOption,
+    study: StudyOption,
+    raters: Annotated[int, typer.Option("--raters", help="How many simulated raters to add.")],
+    accuracy: Annotated[
+        float, typer.Option(help="Expected share of correct real/synthetic calls (0.5: chance).")
+    ] = 0.75,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated votes and reading times.")] = 0,
+) -> None:
+    """Fill a pilot study with simulated raters, to see every table before pathologists start.
+
+    The raters (sim-01, ...) are marked as simulated in the database, the export and every
+    table made from their votes. Refused once real raters have voted.
+    """
+    from rater_app.simulate import SimulationSettings, simulate_study
+
+    settings = SimulationSettings(raters=raters, accuracy=accuracy, seed=seed)
+    names = simulate_study(db, study, settings)
+    typer.echo(f"study {study}: {len(names)} simulated raters ({names[0]} .. {names[-1]}) rated every tile")
 
 
 @app.command("export")

@@ -188,7 +188,8 @@ def test_cli_raters_status_export(tmp_path, make_pool, write_study) -> None:
     out = tmp_path / "votes.csv"
     exported = histosynth("study", "export", "--db", str(db), "--study", "pilot", "--out", str(out))
     assert exported.returncode == 0
-    assert out.read_text().splitlines() == ["rater,item,class,source,vote,confidence,repeat,seconds,position"]
+    header = "rater,item,class,source,vote,confidence,repeat,seconds,position,simulated"
+    assert out.read_text().splitlines() == [header]
     missing = histosynth("study", "status", "--db", str(tmp_path / "typo.db"), "--study", "pilot")
     assert missing.returncode == 1 and "typo.db: study database does not exist" in missing.stderr
     assert not (tmp_path / "typo.db").exists()

@@ -127,12 +127,13 @@ def test_a_database_of_schema_1_is_migrated(tmp_path, make_pool, write_study) ->
     with sqlite3.connect(db) as conn:  # as histosynth wrote it before order secrets
         conn.execute("ALTER TABLE raters DROP COLUMN order_secret")
         conn.execute("ALTER TABLE raters DROP COLUMN disabled_at")
+        conn.execute("ALTER TABLE raters DROP COLUMN simulated")
         conn.execute("DROP TABLE admin_actions")
         conn.execute("PRAGMA user_version = 1")
     rewrite_order(db, "ann", old_scheme_order(db, "ann", seed=7))
     add_raters(str(db), "pilot", ["ben"])
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         secrets = dict(conn.execute("SELECT name, order_secret FROM raters"))
     assert secrets["ann"] is None and len(secrets["ben"]) == 32
     leaks = audit_study(db, "pilot").leaks
@@ -159,6 +160,7 @@ def test_a_schema_2_database_gains_disabling_and_the_admin_record(tmp_path, make
     add_raters(str(db), "pilot", ["ann"])
     with sqlite3.connect(db) as conn:  # as histosynth wrote it before disabling raters
         conn.execute("ALTER TABLE raters DROP COLUMN disabled_at")
+        conn.execute("ALTER TABLE raters DROP COLUMN simulated")
         conn.execute("DROP TABLE admin_actions")
         conn.execute("PRAGMA user_version = 2")
     with connect(db) as opened, transaction(opened):
@@ -167,5 +169,5 @@ def test_a_schema_2_database_gains_disabling_and_the_admin_record(tmp_path, make
         (action,) = admin_actions(opened, 1)
     assert (action.actor, action.action, action.target) == ("admin", "rater.disable", "ann")
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert conn.execute("SELECT disabled_at FROM raters").fetchall() == [(None,)]

@@ -325,8 +325,10 @@ def test_repeats_are_allowed_once_and_fields_normalised(tmp_path: Path) -> None:
         "repeat",
         "seconds",
         "position",
+        "simulated",
     ]
     assert votes["rater"].tolist() == ["A", "A", "A"]
+    assert votes["simulated"].tolist() == [0, 0, 0]  # absent: people
     assert votes["repeat"].tolist() == [0, 0, 1]
     assert votes["confidence"].tolist() == [6.0, 2.0, 1.0]
     assert np.isnan(votes["seconds"].iloc[1]) and np.isnan(votes["position"]).all()
@@ -359,3 +361,15 @@ def test_dataframe_input_with_nullable_integers_is_accepted() -> None:
     matrix = vote_matrix(votes)
     assert matrix.items == ["2", "1"]  # sorted by class, source ("G" < "real"), item
     assert matrix.signed_confidence.tolist() == [[-5.0, 3.0]]
+
+
+def test_a_rater_is_simulated_on_all_their_votes_or_on_none(tmp_path: Path) -> None:
+    text = "rater,item,class,source,vote,simulated\nA,i1,ADI,real,real,1\nA,i2,ADI,G,synthetic,0\n"
+    with pytest.raises(VotesError, match="line 3: rater 'A' is simulated on some votes, not on others"):
+        read_votes(write_csv(tmp_path, text))
+    with pytest.raises(VotesError, match="line 2: simulated 'yes' is not an integer in 0..1"):
+        read_votes(write_csv(tmp_path, text.replace("real,1", "real,yes")))
+    marked = read_votes(
+        write_csv(tmp_path, text.replace("synthetic,0", "synthetic,1") + "B,i1,ADI,real,real,\n")
+    )
+    assert marked["simulated"].tolist() == [1, 1, 0]  # an empty cell: a person
