@@ -99,18 +99,18 @@ def simulate_study(
     with connect(db_path) as db:
         record = store.find_study(db, study)
         items = store.items_for_ordering(db, record.id)
-        real_votes = store.vote_count(db, record.id, simulated=False)
         names = _next_names(store.rater_names(db, record.id), settings.raters)
-    if real_votes:
-        raise StudyError(
-            f"study {study!r} has {real_votes} votes of real raters; simulate in a pilot database "
-            "(create the study again with another --db), not beside them"
-        )
     hashes = {name: hash_secret(new_secret()) for name in names}  # secrets nobody holds
     looks_real = {item_id: rng.normal(0.0, settings.tile_spread) for item_id, _ in items}
     spread = math.sqrt(1.0 + settings.tile_spread**2)
     half_distance = NormalDist().inv_cdf(settings.accuracy) * spread
     with connect(db_path) as db, transaction(db):
+        real_votes = store.vote_count(db, record.id, simulated=False)  # in the transaction: no race
+        if real_votes:
+            raise StudyError(
+                f"study {study!r} has {real_votes} votes of real raters; simulate in a pilot database "
+                "(create the study again with another --db), not beside them"
+            )
         insert_raters(db, record, items, hashes, ACTOR, simulated=True)
         showings = [row for row in store.showings(db, record.id) if row["rater"] in hashes]
         for name in names:
