@@ -112,10 +112,11 @@ def simulate_study(
                 "(create the study again with another --db), not beside them"
             )
         insert_raters(db, record, items, hashes, ACTOR, simulated=True)
-        showings = [row for row in store.showings(db, record.id) if row["rater"] in hashes]
-        for name in names:
+        showings: dict[str, list[dict]] = {name: [] for name in names}
+        for row in store.showings(db, record.id):
+            showings.get(row["rater"], []).append(row)
+        for name, own in showings.items():
             rater = store.rater_id(db, record.id, name)
-            own = [row for row in showings if row["rater"] == name]
             reading = rng.lognormal(math.log(settings.median_seconds), 0.5, len(own))
             steps = reading + GAP_SECONDS
             answered = now - (np.cumsum(steps[::-1])[::-1] - steps)  # the last one at `now`

@@ -287,15 +287,11 @@ def _numeric_column(
 
 def _check_items(votes: pd.DataFrame, codes: dict[str, np.ndarray], where: Callable[[int], str]) -> None:
     """Every item belongs to one class and one source, whoever rated it."""
-    items, first_rows = np.unique(codes["item"], return_index=True)
-    position = np.empty(items.max() + 1, dtype=np.int64)
-    position[items] = np.arange(items.size)
     for field in ("class", "source"):
-        first_value = codes[field][first_rows][position[codes["item"]]]
-        clash = np.flatnonzero(codes[field] != first_value)
+        clash, first_rows = _differing_from_first(codes["item"], codes[field])
         if clash.size:
             index = int(clash[0])
-            first = votes[field].iloc[int(first_rows[position[codes["item"][index]]])]
+            first = votes[field].iloc[int(first_rows[index])]
             raise VotesError(
                 f"{where(index)}: item {votes['item'].iloc[index]!r} has {field} "
                 f"{votes[field].iloc[index]!r} here but {first!r} elsewhere"
@@ -306,16 +302,26 @@ def _check_simulated_per_rater(
     votes: pd.DataFrame, codes: dict[str, np.ndarray], where: Callable[[int], str]
 ) -> None:
     """A rater is simulated or a person on every vote: a mix would hide which table is which."""
-    flags = votes["simulated"].to_numpy()
-    raters, first_rows = np.unique(codes["rater"], return_index=True)
-    position = np.empty(raters.max() + 1, dtype=np.int64)
-    position[raters] = np.arange(raters.size)
-    clash = np.flatnonzero(flags != flags[first_rows][position[codes["rater"]]])
+    clash, _ = _differing_from_first(codes["rater"], votes["simulated"].to_numpy())
     if clash.size:
         index = int(clash[0])
         raise VotesError(
             f"{where(index)}: rater {votes['rater'].iloc[index]!r} is simulated on some votes, not on others"
         )
+
+
+def _differing_from_first(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose value differs from their group's first row, and each row's first row.
+
+    Args:
+        groups: a non-negative integer code per row (the item, the rater).
+        values: the value per row that must be the same within a group.
+    """
+    distinct, first_rows = np.unique(groups, return_index=True)
+    position = np.empty(distinct.max() + 1, dtype=np.int64)
+    position[distinct] = np.arange(distinct.size)
+    first_of_row = first_rows[position[groups]]
+    return np.flatnonzero(values != values[first_of_row]), first_of_row
 
 
 def simulated_raters(votes: pd.DataFrame) -> list[str]:
