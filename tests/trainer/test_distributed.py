@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from histosynth.pools import read_manifest
@@ -64,5 +65,10 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
     )
     assert shared.returncode == 0, shared.stderr[-3000:]
     assert (shared.stdout + shared.stderr).count("wrote ") == 1
-    alone = generate_pool(out, tmp_path / "one", per_class=3, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the kernels the two processes ran (OMP_NUM_THREADS=1) round alike
+    try:
+        alone = generate_pool(out, tmp_path / "one", per_class=3, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert read_manifest(tmp_path / "two")["files"] == read_manifest(alone)["files"]
