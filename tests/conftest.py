@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +22,21 @@ import pytest
 from PIL import Image
 
 
+def _share_the_cores_between_workers() -> None:
+    """Give each xdist worker, and every process it starts, its share of the cores.
+
+    torch sizes its OpenMP pool to all cores in every process; two workers on two cores then run
+    four spinning threads, and each waits on the other's. Set before any test module imports
+    torch; an explicit OMP_NUM_THREADS wins.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+_share_the_cores_between_workers()
+
+
 def write_tile(path: Path, rng: np.random.Generator, size: int = 64) -> Path:
     """A random RGB tile (smooth enough to compress like tissue), saved in the suffix's format."""
     base = rng.integers(0, 255, size=(size // 8, size // 8, 3), dtype=np.uint8)
@@ -30,24 +46,29 @@ def write_tile(path: Path, rng: np.random.Generator, size: int = 64) -> Path:
     return path
 
 
+def build_pool(
+    root: Path,
+    classes: tuple[str, ...] = ("ADI", "TUM"),
+    per_class: int = 4,
+    suffix: str = ".png",
+    stem: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """A pool of random tiles at `root` (`root.name` seeds them): `<CLASS>/<stem>-<CLASS>-<i><suffix>`."""
+    name = root.name
+    rng = np.random.default_rng(zlib.crc32(f"{name}:{seed}".encode()))
+    for class_name in classes:
+        for index in range(per_class):
+            write_tile(root / class_name / f"{stem or name}-{class_name}-{index:03d}{suffix}", rng)
+    return root
+
+
 @pytest.fixture
 def make_pool(tmp_path: Path) -> Callable[..., Path]:
     """Factory: make_pool(name, classes, per_class, suffix=".png", stem=None) -> pool folder."""
 
-    def make(
-        name: str,
-        classes: tuple[str, ...] = ("ADI", "TUM"),
-        per_class: int = 4,
-        suffix: str = ".png",
-        stem: str | None = None,
-        seed: int = 0,
-    ) -> Path:
-        rng = np.random.default_rng(zlib.crc32(f"{name}:{seed}".encode()))
-        root = tmp_path / "pools" / name
-        for class_name in classes:
-            for index in range(per_class):
-                write_tile(root / class_name / f"{stem or name}-{class_name}-{index:03d}{suffix}", rng)
-        return root
+    def make(name: str, *args, **kwargs) -> Path:
+        return build_pool(tmp_path / "pools" / name, *args, **kwargs)
 
     return make
 

@@ -24,20 +24,27 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-quic"]
 
 
+def study_toml(
+    folder: Path, sources: dict[str, Path], name: str = "pilot", file_name: str = "study.toml", **fields
+) -> Path:
+    """A study TOML in `folder` over `sources` (name -> pool), with seed 7 and 2 images per cell."""
+    settings = {"name": name, "seed": 7, "images_per_cell": 2, **fields}
+    lines = ["[study]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    lines.append("\n[sources]")
+    lines.extend(f'"{source}" = "{Path(pool).as_posix()}"' for source, pool in sources.items())
+    path = folder / file_name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def write_study(tmp_path: Path) -> Callable[..., Path]:
     """Factory: write_study(sources, **study_fields) -> path of a study TOML in tmp_path."""
 
-    def write(sources: dict[str, Path], name: str = "pilot", file_name: str = "study.toml", **fields) -> Path:
-        settings = {"name": name, "seed": 7, "images_per_cell": 2, **fields}
-        lines = ["[study]"]
-        for key, value in settings.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("\n[sources]")
-        lines.extend(f'"{source}" = "{Path(folder).as_posix()}"' for source, folder in sources.items())
-        path = tmp_path / file_name
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+    def write(sources: dict[str, Path], **fields) -> Path:
+        return study_toml(tmp_path, sources, **fields)
 
     return write
 
@@ -76,19 +83,25 @@ class RunningServer:
         self.process.wait()
 
 
-@pytest.fixture
-def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Factory: rating_server(db, study=None, env=None, args=()) starts `histosynth rate` on a free port."""
-    processes: list[subprocess.Popen] = []
+class RatingServers:
+    """Starts `histosynth rate` subprocesses on free ports, logging into `folder`; `stop` ends them all."""
 
-    def start(
-        db: Path, study: str | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.processes: list[subprocess.Popen] = []
+
+    def __call__(
+        self,
+        db: Path,
+        study: str | None = None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> RunningServer:
         port = free_port()
         command = [sys.executable, "-m", "histosynth", "rate", "--db", str(db), "--port", str(port), *args]
         if study:
             command += ["--study", study]
-        log = tmp_path / f"server-{port}.log"
+        log = self.folder / f"server-{port}.log"
         with open(log, "wb") as output:
             process = subprocess.Popen(
                 command,
@@ -97,7 +110,7 @@ def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
                 start_new_session=True,
                 env={**os.environ, **(env or {})},
             )
-        processes.append(process)
+        self.processes.append(process)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -111,15 +124,33 @@ def rating_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
             time.sleep(0.2)
         raise RuntimeError("server did not start within 60 s")
 
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    def stop(self) -> None:
+        """SIGTERM each server still running (SIGKILL after 10 s)."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+@pytest.fixture
+def rating_server(tmp_path: Path) -> Iterator[RatingServers]:
+    """Factory: rating_server(db, study=None, env=None, args=()) starts `histosynth rate` on a free port."""
+    servers = RatingServers(tmp_path)
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def module_rating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RatingServers]:
+    """`rating_server` for a module's shared study: a server start costs seconds (Gradio's import),
+    so the tests of one file that need the same study share its server, each as a rater of its own."""
+    servers = RatingServers(tmp_path_factory.mktemp("servers"))
+    yield servers
+    servers.stop()
 
 
 @pytest.fixture(scope="session")

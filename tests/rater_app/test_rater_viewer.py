@@ -9,8 +9,10 @@ Contrast is measured on the rendered page with the WCAG 2.x formula, computed he
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,31 +20,74 @@ import pytest
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
+from ..conftest import build_pool
+from .conftest import study_toml
+
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def study(tmp_path, make_pool, write_study) -> tuple[Path, dict[str, str]]:
-    sources = {"real": make_pool("real", per_class=2), "KLF8-DM": make_pool("klf8", per_class=2)}
-    db = tmp_path / "study.db"
-    create_study(write_study(sources, images_per_cell=2), db)
-    return db, {r.name: r.secret for r in add_raters(str(db), "pilot", ["ann"])}
+@dataclass(frozen=True)
+class Login:
+    """A fresh rater of a study whose server is running: where to log in, and as whom."""
+
+    db: Path
+    url: str
+    name: str
+    secret: str
 
 
-@pytest.fixture
-def scale_study(tmp_path, make_pool, write_study) -> tuple[Path, str]:
+NEW_RATER = itertools.count()
+
+
+def served(tmp_path_factory, module_rating_server, name: str, **fields) -> tuple[Path, str]:
+    """A study over two small pools and the module's server for it: (database, base URL)."""
+    folder = tmp_path_factory.mktemp(name)
+    sources = {
+        "real": build_pool(folder / "real", per_class=2),
+        "KLF8-DM": build_pool(folder / "klf8", per_class=2),
+    }
+    db = folder / f"{name}.db"
+    create_study(study_toml(folder, sources, images_per_cell=2, **fields), db)
+    return db, module_rating_server(db).url
+
+
+def new_rater(db: Path, url: str) -> Login:
+    """A rater added to the running study, so that each test starts at tile 1 with no votes."""
+    name = f"rater{next(NEW_RATER)}"
+    return Login(db, url, name, add_raters(str(db), "pilot", [name])[0].secret)
+
+
+@pytest.fixture(scope="module")
+def plain_study(tmp_path_factory, module_rating_server) -> tuple[Path, str]:
+    return served(tmp_path_factory, module_rating_server, "plain")
+
+
+@pytest.fixture(scope="module")
+def scale_study(tmp_path_factory, module_rating_server) -> tuple[Path, str]:
     """A study with every rater control: a six-point confidence scale, instructions, changes allowed."""
-    sources = {"real": make_pool("real", per_class=2), "KLF8-DM": make_pool("klf8", per_class=2)}
-    db = tmp_path / "scale.db"
-    toml = write_study(sources, images_per_cell=2, confidence="6-point", instructions="Judge the *nuclei*.")
-    create_study(toml, db)
-    return db, add_raters(str(db), "pilot", ["ann"])[0].secret
+    return served(
+        tmp_path_factory,
+        module_rating_server,
+        "scale",
+        confidence="6-point",
+        instructions="Judge the *nuclei*.",
+    )
 
 
-def open_page(browser, base: str, secret: str, instructions: bool = False, **context):
+@pytest.fixture
+def plain(plain_study) -> Login:
+    return new_rater(*plain_study)
+
+
+@pytest.fixture
+def scaled(scale_study) -> Login:
+    return new_rater(*scale_study)
+
+
+def open_page(browser, login: Login, instructions: bool = False, **context):
     page = browser.new_context(**context).new_page()
-    page.goto(f"{base}/login?name=ann")
-    page.fill("#secret", secret)
+    page.goto(f"{login.url}/login?name={login.name}")
+    page.fill("#secret", login.secret)
     page.click("#login")
     if instructions:  # the study's instructions come first: Continue
         page.wait_for_selector("#instructions-screen", timeout=30_000)
@@ -69,9 +114,8 @@ def rendered_width(page) -> float:
     return page.eval_on_selector("#tile-img", "img => img.getBoundingClientRect().width")
 
 
-def test_zoom_and_pan_change_the_drawing_not_the_tile(study, rating_server, browser) -> None:
-    db, logins = study
-    page = open_page(browser, rating_server(db).url, logins["ann"])
+def test_zoom_and_pan_change_the_drawing_not_the_tile(plain, browser) -> None:
+    page = open_page(browser, plain)
     src = page.get_attribute("#tile-img", "src")
     fetched: list[str] = []
     page.on("request", lambda request: fetched.append(request.url) if "/tiles/" in request.url else None)
@@ -122,9 +166,8 @@ def tab_to(page, element_id: str, presses: int = 30) -> None:
     raise AssertionError(f"#{element_id} was not reached by Tab")
 
 
-def test_pixel_zoom_is_a_button_kept_for_the_session(study, rating_server, browser) -> None:
-    db, logins = study
-    page = open_page(browser, rating_server(db).url, logins["ann"])
+def test_pixel_zoom_is_a_button_kept_for_the_session(plain, browser) -> None:
+    page = open_page(browser, plain)
     src = page.get_attribute("#tile-img", "src")
     fetched: list[str] = []
     page.on("request", lambda request: fetched.append(request.url) if "/tiles/" in request.url else None)
@@ -149,9 +192,8 @@ def test_pixel_zoom_is_a_button_kept_for_the_session(study, rating_server, brows
     assert "nearest-neighbour" in page.inner_text("#key-help")
 
 
-def test_keyboard_help_opens_on_question_mark_and_blocks_votes(study, rating_server, browser) -> None:
-    db, logins = study
-    page = open_page(browser, rating_server(db).url, logins["ann"])
+def test_keyboard_help_opens_on_question_mark_and_blocks_votes(plain, browser) -> None:
+    page = open_page(browser, plain)
     assert not page.is_visible("#key-help")
     page.keyboard.press("?")
     assert page.is_visible("#key-help")
@@ -190,11 +232,10 @@ COLOURS = """el => {
 }"""
 
 
-def test_text_contrast_is_wcag_aa(study, rating_server, browser) -> None:
+def test_text_contrast_is_wcag_aa(plain, browser) -> None:
     assert contrast("rgb(0, 0, 0)", "rgb(255, 255, 255)") == pytest.approx(21.0)  # the formula's ends
     assert contrast("rgb(118, 118, 118)", "rgb(255, 255, 255)") == pytest.approx(4.54, abs=0.01)
-    db, logins = study
-    page = open_page(browser, rating_server(db).url, logins["ann"])
+    page = open_page(browser, plain)
     selectors = ("#vote-real", "#vote-synthetic", "#progress p", "#who p", "#block-progress-label")
     selectors += ("#show-help", "#pixel-zoom", "#zoom-level")
     for pressed in (False, True):  # the pixel-zoom button in both of its states
@@ -214,9 +255,8 @@ FOCUSED = """() => {
 SCALE = {f"radio {level}" for level in range(1, 7)}
 
 
-def test_every_control_is_reached_by_keyboard_with_visible_focus(scale_study, rating_server, browser) -> None:
-    db, secret = scale_study
-    page = open_page(browser, rating_server(db).url, secret, instructions=True)
+def test_every_control_is_reached_by_keyboard_with_visible_focus(scaled, browser) -> None:
+    page = open_page(browser, scaled, instructions=True)
     # Space checks the focused choice; the Tab walk below shows every choice is reached by Tab.
     # (Shift+Tab from the Real button reached choice 6 only most of the time in CI.)
     page.focus("#confidence input[value='6']")
@@ -226,8 +266,12 @@ def test_every_control_is_reached_by_keyboard_with_visible_focus(scale_study, ra
     assert page.evaluate("() => document.activeElement.id") == "vote-real"
     page.keyboard.press("Enter")  # Real, with confidence 6, all by keyboard
     wait_for_position(page, 2)
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT position, vote, confidence FROM votes").fetchall() == [(1, "real", 6)]
+    with sqlite3.connect(scaled.db) as conn:
+        votes = conn.execute(
+            "SELECT position, vote, confidence FROM votes JOIN raters ON raters.id = rater_id WHERE name = ?",
+            (scaled.name,),
+        )
+        assert votes.fetchall() == [(1, "real", 6)]
     page.evaluate("() => document.activeElement.blur()")
     page.mouse.click(2, 2)  # start from the top of the page
     reached: set[str] = set()
@@ -249,9 +293,8 @@ def test_every_control_is_reached_by_keyboard_with_visible_focus(scale_study, ra
     assert expected <= reached, expected - reached
 
 
-def test_arrows_in_the_confidence_choices_do_not_go_back(scale_study, rating_server, browser) -> None:
-    db, secret = scale_study
-    page = open_page(browser, rating_server(db).url, secret, instructions=True)
+def test_arrows_in_the_confidence_choices_do_not_go_back(scaled, browser) -> None:
+    page = open_page(browser, scaled, instructions=True)
     page.click("#confidence label:nth-of-type(2)")
     page.keyboard.press("r")
     wait_for_position(page, 2)
@@ -266,11 +309,10 @@ def test_arrows_in_the_confidence_choices_do_not_go_back(scale_study, rating_ser
 
 
 @pytest.mark.parametrize("size", [(1024, 768), (1180, 820)], ids=["1024x768", "tablet-landscape"])
-def test_tile_and_every_control_fit_without_scrolling(scale_study, rating_server, browser, size) -> None:
-    db, secret = scale_study
+def test_tile_and_every_control_fit_without_scrolling(scaled, browser, size) -> None:
     width, height = size
     viewport = {"width": width, "height": height}
-    page = open_page(browser, rating_server(db).url, secret, instructions=True, viewport=viewport)
+    page = open_page(browser, scaled, instructions=True, viewport=viewport)
     choices = [f"#confidence label:has(input[value='{level}'])" for level in range(1, 7)]
     selectors = ["#tile-view", "#progress", "#bars", *choices, "#vote-real", "#vote-synthetic"]
     selectors += ["#show-instructions", "#pixel-zoom", "#show-help"]
@@ -293,8 +335,7 @@ def test_progress_bars_block_pause_and_end_screen(
     sources = {"real": make_pool("real", per_class=1), "KLF8-DM": make_pool("klf8", per_class=1)}
     db = tmp_path / "blocks.db"
     create_study(write_study(sources, images_per_cell=1), db)  # 2 classes x 2 sources: 2 blocks of 2
-    secret = add_raters(str(db), "pilot", ["ann"])[0].secret
-    page = open_page(browser, rating_server(db).url, secret)
+    page = open_page(browser, new_rater(db, rating_server(db).url))
     assert bar(page, "study-progress") == (0, 4, "Study: 0 of 4 answered")
     assert bar(page, "block-progress") == (0, 2, "Block 1 of 2 (ADI): 0 of 2")
     page.keyboard.press("r")

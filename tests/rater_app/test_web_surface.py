@@ -17,6 +17,8 @@ from rater_app.auth import LoginThrottle
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
+from ..conftest import build_pool
+from .conftest import RunningServer, study_toml
 from .simulated_rater import simulated_rater
 
 SECURITY_HEADERS = {
@@ -28,17 +30,33 @@ SECURITY_HEADERS = {
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, module_rating_server) -> tuple[Path, dict[str, str], RunningServer]:
+    """One study and its server for the tests that play against the default settings.
+
+    Together they fail fewer logins than the throttle allows (5 per name, 20 per address), so
+    sharing the server changes no test's answer. Returns (database, logins, server).
+    """
+    folder = tmp_path_factory.mktemp("surface")
+    sources = {
+        "real": build_pool(folder / "real", per_class=2),
+        "gen": build_pool(folder / "gen", per_class=2),
+    }
+    db = folder / "study.db"
+    create_study(study_toml(folder, sources, name="secret-stylegan-study"), db)
+    logins = {r.name: r.secret for r in add_raters(str(db), "secret-stylegan-study", ["ann", "ben"])}
+    return db, logins, module_rating_server(db)
+
+
 @pytest.fixture
-def study(tmp_path, make_pool, write_study) -> tuple[Path, dict[str, str]]:
-    sources = {"real": make_pool("real", per_class=2), "gen": make_pool("gen", per_class=2)}
-    db = tmp_path / "study.db"
-    create_study(write_study(sources, name="secret-stylegan-study"), db)
-    return db, {r.name: r.secret for r in add_raters(str(db), "secret-stylegan-study", ["ann", "ben"])}
+def study(served) -> tuple[Path, dict[str, str]]:
+    """The shared study's database and logins, for the tests that start servers of their own."""
+    return served[0], served[1]
 
 
-def test_login_csrf_needs_the_form_token(study, rating_server) -> None:
-    db, logins = study
-    base = rating_server(db).url
+def test_login_csrf_needs_the_form_token(served) -> None:
+    _, logins, server = served
+    base = server.url
     credentials = {"name": "ann", "secret": logins["ann"]}
     with httpx.Client(base_url=base) as victim:  # a browser on another site's page auto-posting
         for origin in ("https://evil.example", "null"):
@@ -59,9 +77,10 @@ def test_login_csrf_needs_the_form_token(study, rating_server) -> None:
         assert "histosynth_session=" in session and "httponly" in session and "samesite=strict" in session
 
 
-def test_the_page_names_who_is_logged_in(study, rating_server) -> None:
-    db, logins = study
-    rater = simulated_rater(rating_server(db).url, "ann", logins["ann"])
+def test_the_page_names_who_is_logged_in(served) -> None:
+    _, logins, server = served
+    base = server.url
+    rater = simulated_rater(base, "ann", logins["ann"])
     config = rater.client.get("/config").json()
     on_load = next(d for d in config["dependencies"] if d["targets"][0][1] == "load" and not d["inputs"])
     body = {"data": [], "fn_index": on_load["id"], "session_hash": rater.session_hash, "event_data": None}
@@ -108,9 +127,8 @@ def test_throttle_locks_names_and_slows_addresses() -> None:
     assert not throttle.name_locked("ann") and throttle.wait_for("192.0.2.1") == 0  # the window passed
 
 
-def test_login_timing_and_answers_do_not_reveal_names(study, rating_server) -> None:
-    db, logins = study
-    base = rating_server(db).url
+def test_login_timing_and_answers_do_not_reveal_names(served) -> None:
+    base = served[2].url
     timings: dict[str, list[float]] = {"known": [], "unknown": []}
     answers = set()
     with httpx.Client(base_url=base) as client:
@@ -125,9 +143,8 @@ def test_login_timing_and_answers_do_not_reveal_names(study, rating_server) -> N
     assert 0.5 < ratio < 2, timings  # both pay for one scrypt check
 
 
-def test_login_fields_are_capped(study, rating_server) -> None:
-    db, _ = study
-    server = rating_server(db)
+def test_login_fields_are_capped(served) -> None:
+    server = served[2]
     with httpx.Client(base_url=server.url) as client:
         response = client.post("/login", data={"name": "n" * 3000, "secret": "s"})
         assert response.status_code == 303 and len(response.headers["location"]) < 120
@@ -138,9 +155,10 @@ def test_login_fields_are_capped(study, rating_server) -> None:
     assert lines and all("n" * 65 not in line and len(line) < 200 for line in lines)
 
 
-def test_uploads_are_refused_and_no_path_is_sent(study, rating_server, tmp_path) -> None:
-    db, logins = study
-    rater = simulated_rater(rating_server(db).url, "ann", logins["ann"])
+def test_uploads_are_refused_and_no_path_is_sent(served) -> None:
+    db, logins, server = served
+    base, tmp_path = server.url, db.parent
+    rater = simulated_rater(base, "ann", logins["ann"])
     for route in ("/gradio_api/upload", "/gradio_api/upload?upload_id=x", "/gradio_api/upload_progress"):
         response = rater.client.post(route, files={"files": ("notes.txt", b"hello")})
         assert response.status_code == 404 and str(tmp_path) not in response.text
@@ -150,9 +168,9 @@ def test_uploads_are_refused_and_no_path_is_sent(study, rating_server, tmp_path)
         assert str(tmp_path) not in text and "/tmp/" not in text, path
 
 
-def test_security_headers_on_every_response(study, rating_server) -> None:
-    db, logins = study
-    base = rating_server(db).url
+def test_security_headers_on_every_response(served) -> None:
+    _, logins, server = served
+    base = server.url
     rater = simulated_rater(base, "ann", logins["ann"])
     responses = [
         httpx.get(f"{base}/login"),
@@ -188,9 +206,10 @@ def test_no_cors_for_other_sites(study, rating_server) -> None:
                 assert not cors, (host, origin, response.request.method, cors)
 
 
-def test_host_header_is_not_copied_into_pages(study, rating_server) -> None:
-    db, logins = study
-    rater = simulated_rater(rating_server(db).url, "ann", logins["ann"])
+def test_host_header_is_not_copied_into_pages(served) -> None:
+    _, logins, server = served
+    base = server.url
+    rater = simulated_rater(base, "ann", logins["ann"])
     for host in ('evil.example"><script>alert(1)</script>', "a b", "x" * 300, "evil.example:1:2"):
         for path in ("/", "/config", "/login"):
             response = rater.client.get(path, headers={"Host": host})
@@ -199,13 +218,13 @@ def test_host_header_is_not_copied_into_pages(study, rating_server) -> None:
     assert "evil.example" not in forwarded.text  # forwarding headers count only from --trusted-proxy
 
 
-def test_only_allowed_host_names_reach_the_page(study, rating_server) -> None:
+def test_only_allowed_host_names_reach_the_page(served, rating_server) -> None:
     """A loopback server answers only to loopback names: a rebinding site's name is refused.
 
     With --allowed-host, the names given and no others reach Gradio (which writes Host into its page).
     """
-    db, logins = study
-    loopback = rating_server(db).url
+    db, _, server = served
+    loopback = server.url
     port = loopback.rsplit(":", 1)[1]
     for host in ("rebind.evil.example", "rating.example.org", "10.0.0.7"):
         for path in ("/login", "/config", "/"):
@@ -220,9 +239,8 @@ def test_only_allowed_host_names_reach_the_page(study, rating_server) -> None:
     assert httpx.get(f"{named}/login", headers={"Host": "localhost"}).status_code == 400  # not named
 
 
-def test_login_page_has_a_neutral_title(study, rating_server, make_pool, write_study, tmp_path) -> None:
-    db, _ = study
-    page = httpx.get(f"{rating_server(db).url}/login").text
+def test_login_page_has_a_neutral_title(served, rating_server, make_pool, write_study, tmp_path) -> None:
+    page = httpx.get(f"{served[2].url}/login").text
     assert "secret-stylegan-study" not in page and "stylegan" not in page.lower()
     assert "<h1>Rating study</h1>" in page
     titled_db = tmp_path / "titled.db"
