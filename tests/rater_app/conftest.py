@@ -146,8 +146,8 @@ def rating_server(tmp_path: Path) -> Iterator[RatingServers]:
 
 @pytest.fixture(scope="module")
 def module_rating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RatingServers]:
-    """`rating_server` for a module's shared study: a server start costs seconds (Gradio's import),
-    so the tests of one file that need the same study share its server, each as a rater of its own."""
+    """`rating_server` for the whole module: a server start costs seconds (Gradio's import), so the
+    tests of one file that need the same study and no settings of their own share its server."""
     servers = RatingServers(tmp_path_factory.mktemp("servers"))
     yield servers
     servers.stop()
