@@ -6,7 +6,9 @@ finishes; the database must then hold exactly the votes that were pressed.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,8 @@ import pytest
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
-from ..conftest import histosynth
-from .conftest import wait_for_tile
+from ..conftest import build_pool, histosynth
+from .conftest import study_toml, wait_for_tile
 
 pytestmark = pytest.mark.browser
 
@@ -23,19 +25,51 @@ KEYS = ["r", "s", "1", "2", "r", "r", "s", "2"]
 VOTE_OF_KEY = {"r": "real", "1": "real", "s": "synthetic", "2": "synthetic"}
 
 
-@pytest.fixture
-def study_db(tmp_path, make_pool, write_study):
-    def make(**fields) -> tuple[Path, dict[str, str]]:
-        sources = {
-            "real": make_pool("real", per_class=2),
-            "KLF8-DM": make_pool("klf8", per_class=2),
-        }
-        db = tmp_path / "study.db"
-        admin = create_study(write_study(sources, images_per_cell=2, **fields), db).admin_secret
-        secrets = {r.name: r.secret for r in add_raters(str(db), "pilot", ["ann", "ben"])}
-        return db, {**secrets, "admin": admin}
+NEW_PAIR = itertools.count(1)
 
-    return make
+
+def make_study(folder: Path, **fields) -> tuple[Path, str]:
+    """A two-source study `pilot` of 8 tiles per rater in `folder`: the database and the admin secret."""
+    sources = {
+        source: build_pool(folder / "pools" / pool, per_class=2)
+        for source, pool in {"real": "real", "KLF8-DM": "klf8"}.items()
+    }
+    db = folder / "study.db"
+    admin = create_study(study_toml(folder, sources, images_per_cell=2, **fields), db).admin_secret
+    return db, admin
+
+
+def two_raters(db: Path) -> dict[str, str]:
+    """Two raters new to the study (`ann<k>`, `ben<k>`), so that each test starts with no votes."""
+    k = next(NEW_PAIR)
+    return {r.name: r.secret for r in add_raters(str(db), "pilot", [f"ann{k}", f"ben{k}"])}
+
+
+@dataclass(frozen=True)
+class Served:
+    """The shared study's database and URL, and two raters of the test's own."""
+
+    db: Path
+    url: str
+    admin: str
+    ann: str
+    ben: str
+    secrets: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def plain_study(tmp_path_factory, module_rating_server) -> tuple[Path, str, str]:
+    """One served study for the tests that need no settings of their own: a start costs seconds."""
+    db, admin = make_study(tmp_path_factory.mktemp("plain"))
+    return db, module_rating_server(db).url, admin
+
+
+@pytest.fixture
+def served(plain_study) -> Served:
+    db, url, admin = plain_study
+    secrets = two_raters(db)
+    ann, ben = secrets
+    return Served(db, url, admin, ann, ben, secrets)
 
 
 def log_in(page, base: str, name: str, secret: str) -> None:
@@ -57,13 +91,12 @@ def stored_votes(db: Path, rater: str) -> list[tuple[int, str]]:
         ).fetchall()
 
 
-def test_rate_with_keyboard_reload_and_resume(study_db, rating_server, browser) -> None:
-    db, secrets = study_db()
-    base = rating_server(db).url
+def test_rate_with_keyboard_reload_and_resume(served, browser) -> None:
+    db, base, ann, ben = served.db, served.url, served.ann, served.ben
     page = browser.new_page()
     page.goto(base + "/")
     assert page.url.endswith("/login")  # every page needs a login
-    log_in(page, base, "ann", secrets["ann"])
+    log_in(page, base, ann, served.secrets[ann])
     wait_for_position(page, 1)
     assert "1 of 8" in page.inner_text("#progress")
     size = page.eval_on_selector("#tile-img", "img => [img.naturalWidth, img.getBoundingClientRect().width]")
@@ -79,15 +112,14 @@ def test_rate_with_keyboard_reload_and_resume(study_db, rating_server, browser) 
         if position < len(KEYS):
             wait_for_position(page, position + 1)
     page.wait_for_selector("text=All 8 tiles rated", timeout=30_000)
-    assert stored_votes(db, "ann") == [(i, VOTE_OF_KEY[k]) for i, k in enumerate(KEYS, start=1)]
-    assert stored_votes(db, "ben") == []
+    assert stored_votes(db, ann) == [(i, VOTE_OF_KEY[k]) for i, k in enumerate(KEYS, start=1)]
+    assert stored_votes(db, ben) == []
 
 
-def test_back_changes_a_vote_and_keeps_history(study_db, rating_server, browser) -> None:
-    db, secrets = study_db()
-    base = rating_server(db).url
+def test_back_changes_a_vote_and_keeps_history(served, browser) -> None:
+    db, base, ben = served.db, served.url, served.ben
     page = browser.new_page()
-    log_in(page, base, "ben", secrets["ben"])
+    log_in(page, base, ben, served.secrets[ben])
     wait_for_position(page, 1)
     page.keyboard.press("r")
     wait_for_position(page, 2)
@@ -98,24 +130,27 @@ def test_back_changes_a_vote_and_keeps_history(study_db, rating_server, browser)
     assert "your answer: synthetic" in page.inner_text("#progress")
     page.keyboard.press("r")  # change the answer; back to the first unanswered tile
     wait_for_position(page, 3)
-    assert stored_votes(db, "ben") == [(1, "real"), (2, "real")]
+    assert stored_votes(db, ben) == [(1, "real"), (2, "real")]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT position, vote FROM vote_history").fetchall() == [(2, "synthetic")]
+        own = "JOIN raters r ON r.id = h.rater_id WHERE r.name = ?"
+        history = conn.execute(f"SELECT h.position, h.vote FROM vote_history h {own}", [ben]).fetchall()
+    assert history == [(2, "synthetic")]
     # a second browser (new login) resumes at the same place
     other = browser.new_context().new_page()
-    log_in(other, base, "ben", secrets["ben"])
+    log_in(other, base, ben, served.secrets[ben])
     wait_for_position(other, 3)
 
 
-def test_confidence_is_required_and_stored(study_db, rating_server, browser) -> None:
-    db, secrets = study_db(confidence="6-point")
+def test_confidence_is_required_and_stored(tmp_path, rating_server, browser) -> None:
+    db, _ = make_study(tmp_path, confidence="6-point")
+    ann, secret = next(iter(two_raters(db).items()))
     base = rating_server(db).url
     page = browser.new_page()
-    log_in(page, base, "ann", secrets["ann"])
+    log_in(page, base, ann, secret)
     wait_for_position(page, 1)
     page.keyboard.press("r")
     page.wait_for_selector("text=choose a confidence", timeout=30_000)
-    assert stored_votes(db, "ann") == []
+    assert stored_votes(db, ann) == []
     page.get_by_label("6 - certain").check()
     page.keyboard.press("r")
     wait_for_position(page, 2)
@@ -123,29 +158,29 @@ def test_confidence_is_required_and_stored(study_db, rating_server, browser) -> 
         assert conn.execute("SELECT vote, confidence FROM votes").fetchall() == [("real", 6)]
 
 
-def test_wrong_secret_and_admin_view(study_db, rating_server, browser) -> None:
-    db, secrets = study_db()
-    base = rating_server(db).url
+def test_wrong_secret_and_admin_view(served, browser) -> None:
+    base, ann, ben = served.url, served.ann, served.ben
     page = browser.new_page()
-    log_in(page, base, "ann", "not-the-secret")
+    log_in(page, base, ann, "not-the-secret")
     page.wait_for_selector("text=Name or secret not recognised")
-    log_in(page, base, "ann", secrets["ann"])
+    log_in(page, base, ann, served.secrets[ann])
     wait_for_position(page, 1)
     page.keyboard.press("s")
     wait_for_position(page, 2)
     assert page.request.get(f"{base}/admin/votes.csv").status == 404  # raters cannot export
     admin = browser.new_context().new_page()
-    log_in(admin, base, "admin", secrets["admin"])
+    log_in(admin, base, "admin", served.admin)
     admin.wait_for_function(
-        "() => (document.querySelector('#rater-table') || {innerText: ''}).innerText.includes('ben')",
+        "name => (document.querySelector('#rater-table') || {innerText: ''}).innerText.includes(name)",
+        arg=ben,
         timeout=30_000,
     )
-    admin.screenshot(path=str(db.parent / "admin.png"), full_page=True)
     table = admin.inner_text("#rater-table")
-    assert "ann" in table and "ben" in table
-    csv_text = admin.request.get(f"{base}/admin/votes.csv").text()
-    assert csv_text.splitlines()[0].startswith("rater,item,class,source,vote")
-    assert len(csv_text.splitlines()) == 2 and ",synthetic," in csv_text
+    assert ann in table and ben in table
+    header, *rows = admin.request.get(f"{base}/admin/votes.csv").text().splitlines()
+    assert header.startswith("rater,item,class,source,vote")
+    own = [row for row in rows if row.startswith(f"{ann},")]
+    assert len(own) == 1 and ",synthetic," in own[0]
 
 
 def test_demo_prepares_and_serves(tmp_path, rating_server, browser) -> None:
@@ -160,14 +195,13 @@ def test_demo_prepares_and_serves(tmp_path, rating_server, browser) -> None:
     assert "1 of 84" in page.inner_text("#progress")  # 9 classes x 3 sources x 3 + 3 repeats
 
 
-def test_double_click_records_one_vote(study_db, rating_server, browser) -> None:
-    db, secrets = study_db()
-    base = rating_server(db).url
+def test_double_click_records_one_vote(served, browser) -> None:
+    db, base, ann = served.db, served.url, served.ann
     page = browser.new_page()
-    log_in(page, base, "ann", secrets["ann"])
+    log_in(page, base, ann, served.secrets[ann])
     wait_for_position(page, 1)
     page.dblclick("#vote-synthetic")
     wait_for_position(page, 2)
     page.wait_for_timeout(500)  # let a second click, if one went out, arrive
-    assert stored_votes(db, "ann") == [(1, "synthetic")]
+    assert stored_votes(db, ann) == [(1, "synthetic")]
     assert page.get_attribute("#tile-img", "data-position") == "2"

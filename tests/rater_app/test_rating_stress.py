@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,59 +22,98 @@ from rater_app.create import create_study
 from rater_app.raters import add_raters
 from rater_app.store import image_store_dir
 
+from ..conftest import build_pool
+from .conftest import study_toml
 from .simulated_rater import RatingClientError, TileView, simulated_rater
 
 
-def make_study(tmp_path, make_pool, write_study, raters: int, **fields) -> tuple[Path, dict[str, str]]:
+def make_study(folder: Path, raters: int = 0) -> tuple[Path, dict[str, str]]:
+    """A three-source study `pilot` in `folder` with `raters` raters `r00`, `r01`, ... (name -> secret)."""
     classes = ("ADI", "TUM")
     sources = {
-        "real": make_pool("real", classes=classes, per_class=3),
-        "KLF8-DM": make_pool("klf8", classes=classes, per_class=3),
-        "styleGAN2": make_pool("sg2", classes=classes, per_class=3),
+        source: build_pool(folder / "pools" / pool, classes=classes, per_class=3)
+        for source, pool in {"real": "real", "KLF8-DM": "klf8", "styleGAN2": "sg2"}.items()
     }
-    db = tmp_path / "study.db"
-    create_study(write_study(sources, images_per_cell=3, **fields), db)
-    logins = add_raters(str(db), "pilot", [f"r{i:02d}" for i in range(raters)])
-    return db, {login.name: login.secret for login in logins}
+    db = folder / "study.db"
+    create_study(study_toml(folder, sources, images_per_cell=3), db)
+    return db, new_raters(db, "r", raters)
 
 
-def votes_in_db(db: Path) -> dict[str, list[tuple[int, str, str]]]:
+def new_raters(db: Path, prefix: str, count: int) -> dict[str, str]:
+    """`count` raters `<prefix>00`, `<prefix>01`, ... added to study `pilot` (name -> secret)."""
+    if not count:
+        return {}
+    logins = add_raters(str(db), "pilot", [f"{prefix}{i:02d}" for i in range(count)])
+    return {login.name: login.secret for login in logins}
+
+
+@dataclass(frozen=True)
+class SharedStudy:
+    """A study served for a whole module; each test adds raters of its own (`raters`), so that no
+    test sees another's votes (the server reads raters from the database at each login)."""
+
+    db: Path
+    url: str
+
+    def raters(self, prefix: str, count: int) -> dict[str, str]:
+        return new_raters(self.db, prefix, count)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, module_rating_server) -> SharedStudy:
+    """The study and server of the tests that neither kill nor restart the server: a start costs
+    seconds. A second study, `other`, lies in the same database for the isolation test."""
+    folder = tmp_path_factory.mktemp("shared")
+    db, _ = make_study(folder)
+    other = {
+        "real": build_pool(folder / "pools" / "other-real"),
+        "gen": build_pool(folder / "pools" / "other-gen"),
+    }
+    create_study(study_toml(folder, other, name="other", file_name="other.toml"), db)
+    return SharedStudy(db, module_rating_server(db, "pilot").url)
+
+
+def _by_rater(rows, names) -> dict[str, list]:
+    """Rows (name, *values) grouped by name, one value or a tuple of them per row."""
+    result: dict[str, list] = {}
+    for name, *rest in rows:
+        if names is None or name in names:
+            result.setdefault(name, []).append(tuple(rest) if len(rest) > 1 else rest[0])
+    return result
+
+
+def votes_in_db(db: Path, names=None) -> dict[str, list[tuple[int, str, str]]]:
+    """Each rater's stored votes (position, token, vote) in order; only `names`' when given."""
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             """SELECT r.name, v.position, a.token, v.vote FROM votes v JOIN raters r ON r.id = v.rater_id
                JOIN assignments a ON a.rater_id = v.rater_id AND a.position = v.position
                ORDER BY r.name, v.position"""
         ).fetchall()
-    result: dict[str, list] = {}
-    for name, position, item, vote in rows:
-        result.setdefault(name, []).append((position, item, vote))
-    return result
+    return _by_rater(rows, names)
 
 
-def orders_in_db(db: Path) -> dict[str, list[str]]:
+def orders_in_db(db: Path, names=None) -> dict[str, list[str]]:
+    """Each rater's tile tokens in their order; only `names`' when given."""
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             """SELECT r.name, a.token FROM assignments a JOIN raters r ON r.id = a.rater_id
                ORDER BY r.name, a.position"""
         ).fetchall()
-    result: dict[str, list] = {}
-    for name, item in rows:
-        result.setdefault(name, []).append(item)
-    return result
+    return _by_rater(rows, names)
 
 
 def choice(name: str, position: int) -> str:
     return "real" if (sum(map(ord, name)) + position) % 3 else "synthetic"
 
 
-def test_twenty_raters_at_once(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=20)
-    server = rating_server(db)
-    orders_before = orders_in_db(db)
+def test_twenty_raters_at_once(shared) -> None:
+    db, secrets = shared.db, shared.raters("crowd", 20)
+    orders_before = orders_in_db(db, secrets)
     total = 2 * 3 * 3
 
     def rate_all(name: str) -> list[tuple[int, str, str]]:
-        rater = simulated_rater(server.url, name, secrets[name])
+        rater = simulated_rater(shared.url, name, secrets[name])
         sent = []
         try:
             while rater.view.position is not None:
@@ -87,16 +127,16 @@ def test_twenty_raters_at_once(tmp_path, make_pool, write_study, rating_server) 
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         sent = dict(zip(secrets, pool.map(rate_all, secrets), strict=True))
-    stored = votes_in_db(db)
+    stored = votes_in_db(db, secrets)
     assert stored == sent  # nothing lost, nothing duplicated, values intact
     assert all(len(votes) == total for votes in stored.values())
-    assert orders_in_db(db) == orders_before
+    assert orders_in_db(db, secrets) == orders_before
     for name, votes in stored.items():
         assert [item for _, item, _ in votes] == orders_before[name]
 
 
-def test_votes_survive_sigkill(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=5)
+def test_votes_survive_sigkill(tmp_path, rating_server) -> None:
+    db, secrets = make_study(tmp_path, raters=5)
     server = rating_server(db)
     acknowledged: dict[str, list[tuple[int, str, str]]] = {name: [] for name in secrets}
     raters = {name: simulated_rater(server.url, name, secret) for name, secret in secrets.items()}
@@ -138,17 +178,14 @@ def test_votes_survive_sigkill(tmp_path, make_pool, write_study, rating_server) 
         rater.close()
 
 
-def test_raters_cannot_reach_each_other(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
-    other_sources = {"real": make_pool("other-real"), "gen": make_pool("other-gen")}
-    create_study(write_study(other_sources, name="other", file_name="other.toml"), db)
+def test_raters_cannot_reach_each_other(shared) -> None:
+    db, secrets = shared.db, shared.raters("pair", 2)
     with sqlite3.connect(db) as conn:
         foreign_item = conn.execute(
             "SELECT i.id FROM items i JOIN studies s ON s.id = i.study_id WHERE s.name = 'other'"
         ).fetchone()[0]
-    server = rating_server(db, "pilot")
-    ann = simulated_rater(server.url, "r00", secrets["r00"])
-    ben = simulated_rater(server.url, "r01", secrets["r01"])
+    ann = simulated_rater(shared.url, "pair00", secrets["pair00"])
+    ben = simulated_rater(shared.url, "pair01", secrets["pair01"])
     # images of another study are not served, even though the file is in the same store
     assert (image_store_dir(db) / f"{foreign_item}.png").is_file()
     with pytest.raises(RatingClientError, match="404"):
@@ -159,45 +196,44 @@ def test_raters_cannot_reach_each_other(tmp_path, make_pool, write_study, rating
     ben_first = ben.view.token
     ann.view = TileView(ann.view.position, foreign_item, "", "")
     view = ann.vote("real")
-    assert "not assigned" in view.message and votes_in_db(db) == {}
+    assert "not assigned" in view.message and votes_in_db(db, secrets) == {}
     # the admin export is not for raters; the progress page shows only one's own place
     assert ann.client.get("/admin/votes.csv").status_code == 404
     ann.start()
     ann.vote("synthetic")
     assert ben.start().position == 1 and ben.view.token == ben_first
-    assert list(votes_in_db(db)) == ["r00"]
+    assert list(votes_in_db(db, secrets)) == ["pair00"]
 
 
-def test_failed_logins_are_throttled(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
-    server = rating_server(db)
-    with httpx.Client(base_url=server.url) as client:
-        for name in ("r00", " r00", "r00 ", "\tr00", "r00"):  # spaces do not make a fresh name
+def test_failed_logins_are_throttled(shared) -> None:
+    secrets = shared.raters("lock", 2)
+    with httpx.Client(base_url=shared.url) as client:
+        for name in ("lock00", " lock00", "lock00 ", "\tlock00", "lock00"):  # spaces do not make a fresh name
             response = client.post("/login", data={"name": name, "secret": "wrong"})
             assert response.headers["location"].endswith("error=unknown")
-        response = client.post("/login", data={"name": "r00", "secret": secrets["r00"]})
+        response = client.post("/login", data={"name": "lock00", "secret": secrets["lock00"]})
         assert response.headers["location"].endswith("error=throttled")  # even the right secret waits
         assert "Too many failed logins" in client.get(response.headers["location"]).text
         assert "evil text" not in client.get("/login?error=evil%20text").text  # no text from the URL
-        ok = client.post("/login", data={"name": "r01", "secret": secrets["r01"]})
+        ok = client.post("/login", data={"name": "lock01", "secret": secrets["lock01"]})
         assert ok.headers["location"] == "/"  # other raters from this address still get in
     # the name is locked wherever the guesses come from (an address is only slowed down)
     elsewhere = httpx.HTTPTransport(local_address="127.0.0.2")
-    with httpx.Client(base_url=server.url, transport=elsewhere) as client:
-        response = client.post("/login", data={"name": "r00", "secret": secrets["r00"]})
+    with httpx.Client(base_url=shared.url, transport=elsewhere) as client:
+        response = client.post("/login", data={"name": "lock00", "secret": secrets["lock00"]})
         assert response.headers["location"].endswith("error=throttled")
-    with sqlite3.connect(db) as conn:
-        hashes = [row[0] for row in conn.execute("SELECT secret_hash FROM raters")]
-    assert all(h.startswith("scrypt$") for h in hashes) and secrets["r00"] not in hashes[0]
+    with sqlite3.connect(shared.db) as conn:
+        query = "SELECT secret_hash FROM raters WHERE name IN ('lock00', 'lock01') ORDER BY name"
+        hashes = [row[0] for row in conn.execute(query)]
+    assert all(h.startswith("scrypt$") for h in hashes) and secrets["lock00"] not in hashes[0]
     assert hashes[0].split("$")[4] != hashes[1].split("$")[4]  # salted: a salt of its own per rater
 
 
-def test_raters_cannot_call_admin_events(tmp_path, make_pool, write_study, rating_server) -> None:
+def test_raters_cannot_call_admin_events(shared) -> None:
     from rater_app.admin_ui import NOT_ADMIN
 
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=2)
-    server = rating_server(db)
-    ann = simulated_rater(server.url, "r00", secrets["r00"])
+    db, secrets = shared.db, shared.raters("adm", 2)
+    ann = simulated_rater(shared.url, "adm00", secrets["adm00"])
     config = ann.client.get("/config").json()
     elements = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     board = next(c for c, elem in elements.items() if elem == "dashboard")
@@ -205,14 +241,20 @@ def test_raters_cannot_call_admin_events(tmp_path, make_pool, write_study, ratin
     events = [d for d in config["dependencies"] if board in d["outputs"]]
     assert len(events) == 8
     with sqlite3.connect(db) as conn:
-        sources = {row[0] for row in conn.execute("SELECT DISTINCT source FROM items")}
-        paths = {Path(row[0]) for row in conn.execute("SELECT original_path FROM items")}
-    forbidden = {"r01", *sources - {"real"}, *(p.name for p in paths), *(p.parent.parent.name for p in paths)}
+        pilot = "JOIN studies s ON s.id = i.study_id WHERE s.name = 'pilot'"
+        rows = conn.execute(f"SELECT i.source, i.original_path FROM items i {pilot}").fetchall()
+    sources, paths = {source for source, _ in rows}, {Path(path) for _, path in rows}
+    forbidden = {
+        "adm01",
+        *sources - {"real"},
+        *(p.name for p in paths),
+        *(p.parent.parent.name for p in paths),
+    }
     refused = 0
     for event in events:
         target = event["targets"][0][0]
         body = {
-            "data": ["r01" if elements.get(target) != "add-rater" else "r99"] * len(event["inputs"]),
+            "data": ["adm01" if elements.get(target) != "add-rater" else "adm99"] * len(event["inputs"]),
             "event_data": None,
             "fn_index": event["id"],
             "trigger_id": target,
@@ -230,14 +272,14 @@ def test_raters_cannot_call_admin_events(tmp_path, make_pool, write_study, ratin
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM admin_actions").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM raters WHERE disabled_at IS NOT NULL").fetchone()[0] == 0
-        assert conn.execute("SELECT name FROM raters ORDER BY id").fetchall() == [("r00",), ("r01",)]
-    assert simulated_rater(server.url, "r01", secrets["r01"]).view.position == 1  # secret not reset
+        added = conn.execute("SELECT count(*) FROM raters WHERE name LIKE 'adm%'").fetchone()[0]
+    assert added == 2  # the add event added no rater
+    assert simulated_rater(shared.url, "adm01", secrets["adm01"]).view.position == 1  # secret not reset
 
 
-def test_identical_votes_at_once_store_one(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=1)
-    server = rating_server(db)
-    rater = simulated_rater(server.url, "r00", secrets["r00"])
+def test_identical_votes_at_once_store_one(shared) -> None:
+    secrets = shared.raters("twin", 1)
+    rater = simulated_rater(shared.url, "twin00", secrets["twin00"])
     fn_index, trigger, _ = rater._events["vote-real"]
     body = {
         "data": [rater.view.token, None, None],
@@ -249,13 +291,13 @@ def test_identical_votes_at_once_store_one(tmp_path, make_pool, write_study, rat
     with ThreadPoolExecutor(max_workers=4) as pool:
         answers = list(pool.map(lambda _: rater.client.post("/gradio_api/run/predict", json=body), range(4)))
     assert all(answer.status_code == 200 for answer in answers)
-    assert len(votes_in_db(db)["r00"]) == 1
+    assert len(votes_in_db(shared.db)["twin00"]) == 1
 
 
-def test_vote_from_a_page_older_than_the_server(tmp_path, make_pool, write_study, rating_server) -> None:
+def test_vote_from_a_page_older_than_the_server(tmp_path, rating_server) -> None:
     from rater_app.ui import STATE_LOST
 
-    db, secrets = make_study(tmp_path, make_pool, write_study, raters=1)
+    db, secrets = make_study(tmp_path, raters=1)
     server = rating_server(db)
     rater = simulated_rater(server.url, "r00", secrets["r00"])
     server.kill()
@@ -282,13 +324,12 @@ def route_paths(routes, prefix: str = "") -> list[str]:
     return paths
 
 
-def test_every_route_needs_a_login(tmp_path, make_pool, write_study, rating_server) -> None:
+def test_every_route_needs_a_login(shared) -> None:
     from rater_app.server import build_app, gradio_environment
 
-    db, _ = make_study(tmp_path, make_pool, write_study, raters=1)
-    server = rating_server(db)
+    db = shared.db
     environment = dict(os.environ)
-    paths = set(route_paths(build_app(db).routes))
+    paths = set(route_paths(build_app(db, "pilot").routes))
     changed = {key for key in {*os.environ, *environment} if os.environ.get(key) != environment.get(key)}
     # A library call leaves the process environment alone; only Gradio's own Blocks sets this
     # one, whenever analytics are off.
@@ -299,7 +340,7 @@ def test_every_route_needs_a_login(tmp_path, make_pool, write_study, rating_serv
     concrete |= {f"/gradio_api/file={db}", f"/gradio_api/file={image_store_dir(db)}"}
     assert "/gradio_api/info" in concrete and "/config" in concrete and "/gradio_api/upload" in concrete
     assert len(concrete) > 40
-    with httpx.Client(base_url=server.url) as anonymous:
+    with httpx.Client(base_url=shared.url) as anonymous:
         for path in sorted(concrete - {"/login"}):
             for method in ("GET", "POST"):
                 response = anonymous.request(method, path)
