@@ -5,7 +5,9 @@ zooming (1x to 4x of the tile as first shown, that is up to 8 screen pixels per 
 and panning transform the <img> that is already loaded, so its URL and bytes stay those the
 server sent for the showing, and the server still decides alone which tile may be seen. The
 zoom goes back to 1x whenever another tile is on screen. The keys act on the page's buttons by
-their element ids, so a key can do no more than a click.
+their element ids, so a key can do no more than a click; a held key answers once, and the second
+click of a double click on an answer button is dropped (the first one's answer may already have
+brought up the next tile, which the rater has not seen).
 
 The script itself is `static/viewer.js`, plain JavaScript that is read, checked (`node --check`)
 and cached as the code it is. The numbers it needs are set here alone and reach it on the tag

@@ -157,3 +157,38 @@ def study_audit(db: DbOption, study: StudyOption) -> None:
         typer.echo(line)
     if not report.passed:
         raise typer.Exit(1)
+
+
+@app.command("backup")
+def study_backup(
+    db: DbOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="The copy to write; with --every, the folder of rolling copies.")
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
+    every: Annotated[
+        str | None,
+        typer.Option("--every", help="Back up again at this interval (30s, 10m, 2h) until stopped."),
+    ] = None,
+    keep: Annotated[int, typer.Option("--keep", help="With --every: how many newest copies to keep.")] = 24,
+) -> None:
+    """Copy the live database safely while raters vote (SQLite's online backup), then check the copy.
+
+    The copy holds every vote committed before it began and passes `PRAGMA integrity_check`, or
+    nothing is written. The tile images (`DB.images/`) never change after `study create`: back
+    that folder up once. Restoring is copying both back while the server is stopped.
+    """
+    import signal
+    import threading
+
+    from rater_app.backup import backup_database, backup_every, parse_interval
+
+    if every is None:
+        typer.echo(backup_database(db, out, force=force).line())
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemd's stop: finish the copy, then end
+    try:
+        backup_every(db, out, parse_interval(every), keep, stop=stop, report=lambda s: typer.echo(s.line()))
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)

@@ -16,6 +16,7 @@
   // the zoom itself starts at 1x on every tile.
   const PIXELS_KEY = "histosynth-pixel-zoom";
   const view = {zoom: 1, x: 0, y: 0, src: null, nearest: sessionStorage.getItem(PIXELS_KEY) === "1"};
+  const ANSWER_BUTTONS = "#vote-real, #vote-synthetic, #go-back";
   const pointers = new Map();
   let pinch = null;
 
@@ -151,6 +152,18 @@
     if (key === "enter" && target && target.tagName === "BUTTON") return;  // Enter presses that button
     if (id && click(id)) event.preventDefault();
   });
+
+  // The second click of a double click (the browser counts it in `detail`) would answer the tile
+  // that the first click brought up, unseen, whenever the server answers within the double-click
+  // interval. Caught on the way down, before the button's own handler; key presses (detail 0)
+  // and single clicks pass.
+  document.addEventListener("click", (event) => {
+    const target = event.target;
+    if (event.detail > 1 && target instanceof Element && target.closest(ANSWER_BUTTONS)) {
+      event.stopImmediatePropagation();
+      event.preventDefault();
+    }
+  }, {capture: true});
 
   document.addEventListener("click", (event) => {
     const target = event.target;
