@@ -58,14 +58,17 @@ def backup_database(db_path: str | Path, out: str | Path, *, force: bool = False
         What the verified copy holds.
 
     Raises:
-        StudyError: `db_path` is not a study database, `out` is the database itself (or its WAL),
-            `out` exists without `force`, or the copy fails its integrity check (nothing is left).
+        StudyError: `db_path` is not a study database; `out` is the database itself (or its WAL),
+            a folder, or an existing file without `force`; the copy fails its integrity check
+            (nothing is left).
     """
     db_path, out = Path(db_path), Path(out)
     require_study_database(db_path)
     own_files = {db_path.resolve(), *(Path(f"{db_path.resolve()}{suffix}") for suffix in ("-wal", "-shm"))}
     if out.resolve() in own_files:
         raise StudyError(f"--out {out}: is the database {db_path} itself; back it up to another file")
+    if out.is_dir():
+        raise StudyError(f"--out {out}: is a folder; name a file, or add --every for rolling copies")
     if out.exists() and not force:
         raise StudyError(f"--out {out}: already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

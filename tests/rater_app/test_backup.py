@@ -125,6 +125,8 @@ def test_refusals_name_the_file_and_write_nothing(tmp_path) -> None:
         backup_database(tmp_path / "typo.db", tmp_path / "copy.db")
     with pytest.raises(StudyError, match="notes.db"):
         backup_database(not_a_study, tmp_path / "copy.db")
+    with pytest.raises(StudyError, match="is a folder"):
+        backup_database(db, tmp_path, force=True)
     with pytest.raises(StudyError, match="is a file"):
         backup_every(db, not_a_study, every=1, keep=2)
     with pytest.raises(StudyError, match="--keep 0"):
