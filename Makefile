@@ -28,7 +28,7 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -m "not browser and not processes and not training"
+	$(BIN)/pytest -n auto --dist loadfile -m "not browser and not processes and not training"
 
 docs: $(STAMP)
 	$(BIN)/python -m histosynth.cli.reference > docs/cli.md
