@@ -72,6 +72,17 @@ def backup_database(db_path: str | Path, out: str | Path, *, force: bool = False
     if out.exists() and not force:
         raise StudyError(f"--out {out}: already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    return _write_copy(db_path, out)
+
+
+def require_study_database(db_path: Path) -> None:
+    """Refuse, in one line, a missing file or one that is not a study database (before any write)."""
+    with connect(db_path):
+        pass
+
+
+def _write_copy(db_path: Path, out: Path) -> BackupSummary:
+    """Back `db_path` up into a partial file beside `out`, check it, then give it `out`'s name."""
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}-{threading.get_ident()}")
     try:
         summary = _copy_and_verify(db_path, partial)
@@ -79,12 +90,6 @@ def backup_database(db_path: str | Path, out: str | Path, *, force: bool = False
     finally:
         partial.unlink(missing_ok=True)
     return BackupSummary(out, *summary)
-
-
-def require_study_database(db_path: Path) -> None:
-    """Refuse, in one line, a missing file or one that is not a study database (before any write)."""
-    with connect(db_path):
-        pass
 
 
 def _copy_and_verify(db_path: Path, partial: Path) -> tuple[int, int, int]:
@@ -143,7 +148,8 @@ def backup_every(
     interval; a copy is deleted only after a newer one has passed its check.
 
     Raises:
-        StudyError: as `backup_database`; `folder` is a file; `keep` is below 1.
+        StudyError: `db_path` is not a study database; `folder` is a file; `keep` is below 1;
+            a copy fails its integrity check.
     """
     db_path, folder = Path(db_path), Path(folder)
     require_study_database(db_path)
@@ -155,7 +161,7 @@ def backup_every(
     stop = stop or threading.Event()
     while True:
         out = folder / rolling_name(db_path, datetime.now(timezone.utc))
-        report(backup_database(db_path, out))
+        report(_write_copy(db_path, out))  # checked once above; rolling names are new files
         for old in sorted(folder.glob(f"{db_path.stem}-*Z.db"))[:-keep]:
             old.unlink()
         if stop.wait(every):

@@ -6,6 +6,7 @@ stopped when the test ends; the browser is Debian's Chromium driven by Playwrigh
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from rater_app.raters import add_raters
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-quic"]
@@ -37,6 +40,19 @@ def study_toml(
     path = folder / file_name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+FRESH = itertools.count(1)
+
+
+def fresh_raters(db: Path, *prefixes: str, study: str = "pilot") -> dict[str, str]:
+    """Raters `<prefix><k>` new to a running study, k unique in the session (name -> secret).
+
+    The tests that share one served study (`module_rating_server`) each take raters of their own,
+    so that every test starts at tile 1 with no votes, whatever ran before it.
+    """
+    k = next(FRESH)
+    return {r.name: r.secret for r in add_raters(str(db), study, [f"{prefix}{k}" for prefix in prefixes])}
 
 
 @pytest.fixture

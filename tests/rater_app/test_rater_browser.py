@@ -6,7 +6,6 @@ finishes; the database must then hold exactly the votes that were pressed.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,14 @@ from pathlib import Path
 import pytest
 
 from rater_app.create import create_study
-from rater_app.raters import add_raters
 
 from ..conftest import build_pool, histosynth
-from .conftest import study_toml, wait_for_tile
+from .conftest import fresh_raters, study_toml, wait_for_tile
 
 pytestmark = pytest.mark.browser
 
 KEYS = ["r", "s", "1", "2", "r", "r", "s", "2"]
 VOTE_OF_KEY = {"r": "real", "1": "real", "s": "synthetic", "2": "synthetic"}
-
-
-NEW_PAIR = itertools.count(1)
 
 
 def make_study(folder: Path, **fields) -> tuple[Path, str]:
@@ -37,12 +32,6 @@ def make_study(folder: Path, **fields) -> tuple[Path, str]:
     db = folder / "study.db"
     admin = create_study(study_toml(folder, sources, images_per_cell=2, **fields), db).admin_secret
     return db, admin
-
-
-def two_raters(db: Path) -> dict[str, str]:
-    """Two raters new to the study (`ann<k>`, `ben<k>`), so that each test starts with no votes."""
-    k = next(NEW_PAIR)
-    return {r.name: r.secret for r in add_raters(str(db), "pilot", [f"ann{k}", f"ben{k}"])}
 
 
 @dataclass(frozen=True)
@@ -67,7 +56,7 @@ def plain_study(tmp_path_factory, module_rating_server) -> tuple[Path, str, str]
 @pytest.fixture
 def served(plain_study) -> Served:
     db, url, admin = plain_study
-    secrets = two_raters(db)
+    secrets = fresh_raters(db, "ann", "ben")
     ann, ben = secrets
     return Served(db, url, admin, ann, ben, secrets)
 
@@ -143,7 +132,7 @@ def test_back_changes_a_vote_and_keeps_history(served, browser) -> None:
 
 def test_confidence_is_required_and_stored(tmp_path, rating_server, browser) -> None:
     db, _ = make_study(tmp_path, confidence="6-point")
-    ann, secret = next(iter(two_raters(db).items()))
+    [(ann, secret)] = fresh_raters(db, "ann").items()
     base = rating_server(db).url
     page = browser.new_page()
     log_in(page, base, ann, secret)

@@ -9,7 +9,6 @@ Contrast is measured on the rendered page with the WCAG 2.x formula, computed he
 
 from __future__ import annotations
 
-import itertools
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from rater_app.create import create_study
 from rater_app.raters import add_raters
 
 from ..conftest import build_pool
-from .conftest import study_toml
+from .conftest import fresh_raters, study_toml
 
 pytestmark = pytest.mark.browser
 
@@ -34,9 +33,6 @@ class Login:
     url: str
     name: str
     secret: str
-
-
-NEW_RATER = itertools.count()
 
 
 def served(tmp_path_factory, module_rating_server, name: str, **fields) -> tuple[Path, str]:
@@ -52,9 +48,9 @@ def served(tmp_path_factory, module_rating_server, name: str, **fields) -> tuple
 
 
 def new_rater(db: Path, url: str) -> Login:
-    """A rater added to the running study, so that each test starts at tile 1 with no votes."""
-    name = f"rater{next(NEW_RATER)}"
-    return Login(db, url, name, add_raters(str(db), "pilot", [name])[0].secret)
+    """A rater of the test's own in the running study (`fresh_raters`)."""
+    [(name, secret)] = fresh_raters(db, "rater").items()
+    return Login(db, url, name, secret)
 
 
 @pytest.fixture(scope="module")

@@ -73,12 +73,12 @@ def shared(tmp_path_factory, module_rating_server) -> SharedStudy:
     return SharedStudy(db, module_rating_server(db, "pilot").url)
 
 
-def _by_rater(rows, names) -> dict[str, list]:
-    """Rows (name, *values) grouped by name, one value or a tuple of them per row."""
+def _by_rater(pairs, names) -> dict[str, list]:
+    """(name, value) pairs grouped by name, in order; only `names`' when given."""
     result: dict[str, list] = {}
-    for name, *rest in rows:
+    for name, value in pairs:
         if names is None or name in names:
-            result.setdefault(name, []).append(tuple(rest) if len(rest) > 1 else rest[0])
+            result.setdefault(name, []).append(value)
     return result
 
 
@@ -90,7 +90,7 @@ def votes_in_db(db: Path, names=None) -> dict[str, list[tuple[int, str, str]]]:
                JOIN assignments a ON a.rater_id = v.rater_id AND a.position = v.position
                ORDER BY r.name, v.position"""
         ).fetchall()
-    return _by_rater(rows, names)
+    return _by_rater(((name, tuple(vote)) for name, *vote in rows), names)
 
 
 def orders_in_db(db: Path, names=None) -> dict[str, list[str]]:
