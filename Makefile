@@ -21,14 +21,17 @@ demo: $(STAMP)
 	$(BIN)/histosynth demo
 
 # The whole suite, one worker per core (pytest-xdist); a test file stays on one worker, so its
-# module fixtures are built once.
+# module fixtures are built once. Files go out in the order they are collected: xdist's default
+# sends the files with the fewest tests last, and the README's one long test then ran alone at the end.
+PYTEST_PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n auto --dist loadfile
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n auto --dist loadfile -m "not browser and not processes and not training"
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not browser and not processes and not training"
 
 docs: $(STAMP)
 	$(BIN)/python -m histosynth.cli.reference > docs/cli.md

@@ -20,6 +20,7 @@ from histosynth.cli import evaluate, generate, importer, rate, study, train
 from histosynth.errors import HistosynthError
 
 DEBUG_VARIABLE = "HISTOSYNTH_DEBUG"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 app = typer.Typer(
     help="Train, rate and evaluate generative models of histology.",
@@ -38,7 +39,7 @@ app.add_typer(importer.app, name="import")
 
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         app()
     except HistosynthError as error:

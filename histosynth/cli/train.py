@@ -304,7 +304,11 @@ def classifier(
         float | None, typer.Option(help="Share of each source's tiles per class held out for validation.")
     ] = None,
     arch: Annotated[
-        str | None, typer.Option(help="resnet18, resnet34 or resnet50 (paper: resnet34; tiny: resnet18).")
+        str | None,
+        typer.Option(
+            help="resnet18, resnet34 or resnet50 (ImageNet weights from --pretrained), or xresnet18_narrow "
+            "(from scratch only). Paper: resnet34; tiny: xresnet18_narrow."
+        ),
     ] = None,
     freeze_body: Annotated[
         bool, typer.Option(help="With ImageNet weights, train only the head (fastai's frozen start).")

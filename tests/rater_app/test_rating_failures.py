@@ -21,7 +21,7 @@ from rater_app.raters import add_raters
 from rater_app.store import image_store_dir
 from rater_app.ui import NOT_SAVED
 
-from ..conftest import histosynth
+from ..conftest import histosynth_process
 from .simulated_rater import simulated_rater
 
 
@@ -39,7 +39,7 @@ def vote_count(db: Path) -> int:
 
 
 def test_missing_database_is_one_line(tmp_path) -> None:
-    result = histosynth("rate", "--db", str(tmp_path / "typo.db"), "--port", "1")
+    result = histosynth_process("rate", "--db", str(tmp_path / "typo.db"), "--port", "1")
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {tmp_path / 'typo.db'}: study database does not exist"
     assert not (tmp_path / "typo.db").exists()
@@ -83,7 +83,7 @@ def test_read_only_database_is_refused_at_start(study) -> None:
     if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
         pytest.skip("this file system does not support the immutable attribute")
     try:
-        result = histosynth("rate", "--db", str(db), "--port", "1")
+        result = histosynth_process("rate", "--db", str(db), "--port", "1")
     finally:
         subprocess.run(["chattr", "-i", str(db)], check=True)
     assert result.returncode == 1

@@ -48,10 +48,13 @@ def served(tmp_path_factory, module_rating_server) -> tuple[Path, dict[str, str]
     return db, logins, module_rating_server(db)
 
 
-@pytest.fixture
-def study(served) -> tuple[Path, dict[str, str]]:
-    """The shared study's database and logins, for the tests that start servers of their own."""
-    return served[0], served[1]
+@pytest.fixture(scope="module")
+def proxied(served, module_rating_server) -> RunningServer:
+    """The shared study served as behind a reverse proxy: forwarding headers are believed from
+    127.0.0.1 only, and only the host names the proxy sends (rating.example.org, 127.0.0.1) pass."""
+    proxy = ("--trusted-proxy", "127.0.0.1")
+    names = ("--allowed-host", "rating.example.org", "--allowed-host", "127.0.0.1")
+    return module_rating_server(served[0], args=(*proxy, *names))
 
 
 def test_login_csrf_needs_the_form_token(served) -> None:
@@ -93,13 +96,12 @@ def failed_login_lines(log: str) -> list[str]:
 
 
 @pytest.mark.parametrize("trusted", [False, True])
-def test_forwarded_for_only_from_the_trusted_proxy(study, rating_server, trusted) -> None:
-    db, _ = study
-    server = rating_server(db, args=("--trusted-proxy", "127.0.0.1") if trusted else ())
+def test_forwarded_for_only_from_the_trusted_proxy(served, proxied, trusted) -> None:
+    server, name = (proxied, "zed-trusted") if trusted else (served[2], "zed-untrusted")
     forged = {"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}
-    httpx.post(f"{server.url}/login", data={"name": "zed", "secret": "x"}, headers=forged)
+    httpx.post(f"{server.url}/login", data={"name": name, "secret": "x"}, headers=forged)
     time.sleep(0.2)
-    (line,) = failed_login_lines(server.log_text())
+    (line,) = [line for line in failed_login_lines(server.log_text()) if repr(name) in line]
     # the proxy's own (last) entry when trusted; the real peer otherwise
     assert line.endswith("from 203.0.113.9" if trusted else "from 127.0.0.1"), line
 
@@ -189,10 +191,9 @@ def test_security_headers_on_every_response(served) -> None:
     assert rater.client.get("/").headers["cache-control"] == "no-store"
 
 
-def test_no_cors_for_other_sites(study, rating_server) -> None:
-    db, logins = study
-    base = rating_server(db, args=("--allowed-host", "rating.example.org", "--allowed-host", "127.0.0.1")).url
-    rater = simulated_rater(base, "ann", logins["ann"])
+def test_no_cors_for_other_sites(served, proxied) -> None:
+    base = proxied.url
+    rater = simulated_rater(base, "ann", served[1]["ann"])
     port = base.rsplit(":", 1)[1]
     for host in (f"127.0.0.1:{port}", f"rating.example.org:{port}"):  # as on a LAN or behind a proxy
         for origin in ("https://evil.example", "null", f"http://localhost:{port}"):
@@ -218,13 +219,12 @@ def test_host_header_is_not_copied_into_pages(served) -> None:
     assert "evil.example" not in forwarded.text  # forwarding headers count only from --trusted-proxy
 
 
-def test_only_allowed_host_names_reach_the_page(served, rating_server) -> None:
+def test_only_allowed_host_names_reach_the_page(served, proxied) -> None:
     """A loopback server answers only to loopback names: a rebinding site's name is refused.
 
     With --allowed-host, the names given and no others reach Gradio (which writes Host into its page).
     """
-    db, _, server = served
-    loopback = server.url
+    loopback = served[2].url
     port = loopback.rsplit(":", 1)[1]
     for host in ("rebind.evil.example", "rating.example.org", "10.0.0.7"):
         for path in ("/login", "/config", "/"):
@@ -232,9 +232,7 @@ def test_only_allowed_host_names_reach_the_page(served, rating_server) -> None:
             assert response.status_code == 400 and host not in response.text, (host, path)
     for host in ("127.0.0.1", "localhost", "[::1]", "LOCALHOST"):
         assert httpx.get(f"{loopback}/login", headers={"Host": f"{host}:{port}"}).status_code == 200, host
-    named = rating_server(
-        db, args=("--allowed-host", "rating.example.org", "--allowed-host", "127.0.0.1")
-    ).url
+    named = proxied.url
     assert httpx.get(f"{named}/login", headers={"Host": "rating.example.org"}).status_code == 200
     assert httpx.get(f"{named}/login", headers={"Host": "localhost"}).status_code == 400  # not named
 

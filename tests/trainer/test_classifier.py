@@ -202,6 +202,18 @@ def test_imagenet_weights_from_the_hub_cache_fill_the_body(tmp_path) -> None:
     assert pretrained_weights("resnet18", "none") is None
 
 
+def test_the_tiny_body_trains_from_scratch_and_refuses_imagenet_weights(tmp_path) -> None:
+    assert classifier_options("tiny").arch == "xresnet18_narrow"
+    assert pretrained_weights("xresnet18_narrow", None) is None  # no hub file is looked for
+    with pytest.raises(HistosynthError, match=r"xresnet18_narrow has no ImageNet weights.*--arch resnet18"):
+        pretrained_weights("xresnet18_narrow", tmp_path / "resnet18-f37072fd.pth")
+    with pytest.raises(HistosynthError, match=r"--arch 'resnet9': expected one of resnet18, .*_narrow"):
+        pretrained_weights("resnet9", None)
+    narrow, resnet18 = build_model("xresnet18_narrow", 9), build_model("resnet18", 9)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in resnet18.parameters()) / 10
+    assert narrow(torch.zeros(2, 3, 32, 32)).shape == (2, 9)
+
+
 def test_arms_caps_and_the_validation_split_follow_the_seed(make_tiles, sources) -> None:
     assert parse_arms("combined,real") == ["combined", "real"]
     for bad in ("real,real", "augmented", ""):

@@ -60,7 +60,7 @@ def test_a_generated_pool_feeds_evaluate_fid_and_study_create(
 ) -> None:
     pool = generate_pool(tiny_models.ldm, tmp_path / "klf8", per_class=4, steps=5, name="KLF8-DM")
     (tmp_path / "tiny_extractor.py").write_text(TINY_EXTRACTOR)
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.syspath_prepend(tmp_path)  # as PYTHONPATH=tmp_path does for the installed script
     fid = cli(
         "evaluate",
         "fid",

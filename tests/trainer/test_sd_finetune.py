@@ -95,7 +95,6 @@ def sd_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-@torch.no_grad()
 def test_finetune_through_the_cli_then_generate(sd_base: Path, make_tiles, cli, tmp_path: Path) -> None:
     pool = make_tiles(classes=("ADI", "TUM"), per_class=2)
     out = tmp_path / "sd"
@@ -118,9 +117,10 @@ def test_finetune_through_the_cli_then_generate(sd_base: Path, make_tiles, cli, 
         truncation=True,
         return_tensors="pt",
     ).input_ids
-    by_hand = encoder(input_ids=ids).last_hidden_state
     stored = PromptEmbedder.from_pretrained(out / "prompt_embeddings")
-    assert torch.allclose(stored(torch.tensor([1, 2])), by_hand, atol=1e-6)  # label 1 = TUM, 2 = empty prompt
+    with torch.no_grad():
+        by_hand = encoder(input_ids=ids).last_hidden_state
+        assert torch.allclose(stored(torch.tensor([1, 2])), by_hand, atol=1e-6)  # label 1 = TUM, 2 = empty prompt
 
     base_unet, tuned = (
         load_file(sd_base / "unet" / "diffusion_pytorch_model.safetensors"),
