@@ -93,6 +93,7 @@ def build_app(
     study: str | None = None,
     trusted_proxy: str | None = None,
     allowed_hosts: frozenset[str] | None = None,
+    root_path: str = "",
 ) -> FastAPI:
     """The complete rating app for one study of `db_path`, ready for uvicorn.
 
@@ -105,6 +106,10 @@ def build_app(
             believed (client address, scheme, host); from anyone else they are dropped.
         allowed_hosts: the host names the app answers to (others get 400); None: any
             well-formed name.
+        root_path: the public sub-path (`histosynth.urls.root_path`, e.g. `/histo`) of a proxy
+            that strips it before passing requests on: the app's routes stay where they are,
+            and every URL it writes (redirects, the login form, cookie paths, Gradio's assets
+            and API) carries the prefix. "" when the app is at the root of its site.
 
     Raises:
         StudyError: no such study, several and none named, or a database the app cannot write.
@@ -120,34 +125,41 @@ def build_app(
         identity = sessions.get(token)
         return identity if identity is not None and identity.study_id == served.id else None
 
-    app.add_middleware(LoginGate, resolve=current)
-    _add_login_routes(app, db_path, served, sessions)
+    app.add_middleware(LoginGate, resolve=current, login_path=root_path + LOGIN_PATH)
+    _add_login_routes(app, db_path, served, sessions, root_path)
     _add_tile_route(app, db_path)
     _add_admin_routes(app, db_path, served.name)
     script_src = _add_viewer_script_route(app)
-    app = _mount_page(app, db_path, served.id, current, sessions.forget_rater, script_src)
+    app = _mount_page(app, db_path, served.id, current, sessions.forget_rater, script_src, root_path)
     # added last: outermost
     app.add_middleware(WebGuard, trusted_proxy=trusted_proxy, allowed_hosts=allowed_hosts)
     return app
 
 
-def _add_login_routes(app: FastAPI, db_path: str, study: Study, sessions: SessionCache) -> None:
-    """The login form, its submission (CSRF-checked and throttled) and logout."""
+def _add_login_routes(
+    app: FastAPI, db_path: str, study: Study, sessions: SessionCache, root_path: str
+) -> None:
+    """The login form, its submission (CSRF-checked and throttled) and logout.
+
+    The routes answer at LOGIN_PATH and /logout; the URLs they write (the form's action, the
+    redirects, the cookies' paths) are the public ones, under `root_path`.
+    """
     title = study.settings.title or NEUTRAL_TITLE
     throttle = LoginThrottle()
+    public_login, public_root = root_path + LOGIN_PATH, root_path + "/"
 
     @app.get(LOGIN_PATH, response_class=HTMLResponse)
     def login_form(request: Request, name: str = "", error: str = "") -> Response:
         form_token = secrets.token_urlsafe(16)
         page = HTMLResponse(
-            _login_page(title, name[:MAX_NAME_CHARS], LOGIN_ERRORS.get(error, ""), form_token)
+            _login_page(title, name[:MAX_NAME_CHARS], LOGIN_ERRORS.get(error, ""), form_token, public_login)
         )
         page.set_cookie(
             FORM_COOKIE,
             form_token,
             httponly=True,
             samesite="strict",
-            path=LOGIN_PATH,
+            path=public_login,
             max_age=3600,
             secure=request.url.scheme == "https",
         )
@@ -167,11 +179,11 @@ def _add_login_routes(app: FastAPI, db_path: str, study: Study, sessions: Sessio
         shown = name[:MAX_NAME_CHARS]
         if throttle.name_locked(shown):
             log.warning("login locked for %r (from %s)", shown, address)
-            return _back_to_login(shown, "throttled")
+            return _back_to_login(root_path, shown, "throttled")
         wait = throttle.wait_for(address)
         if wait is None:
             log.warning("login refused from %s: too many failures from this address", address)
-            return _back_to_login(shown, "slowed")
+            return _back_to_login(root_path, shown, "slowed")
         await asyncio.sleep(wait)
         token = None
         if len(name) <= MAX_NAME_CHARS and len(secret) <= MAX_SECRET_CHARS:
@@ -179,14 +191,16 @@ def _add_login_routes(app: FastAPI, db_path: str, study: Study, sessions: Sessio
                 token = await run_in_threadpool(login, db_path, study.name, name, secret)
             except AccountDisabled:
                 log.info("login of disabled rater %r from %s refused", shown, address)
-                return _back_to_login(shown, "disabled")
+                return _back_to_login(root_path, shown, "disabled")
         if token is None:
             throttle.failed(shown, address)
             log.info("failed login for %r from %s", shown, address)
-            return _back_to_login(shown, "unknown")
-        response = RedirectResponse("/", status_code=303)
+            return _back_to_login(root_path, shown, "unknown")
+        response = RedirectResponse(public_root, status_code=303)
         secure = request.url.scheme == "https"  # behind an HTTPS proxy the cookie never travels in clear
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", path="/", secure=secure)
+        response.set_cookie(
+            SESSION_COOKIE, token, httponly=True, samesite="strict", path=public_root, secure=secure
+        )
         return response
 
     @app.get("/logout")
@@ -194,8 +208,8 @@ def _add_login_routes(app: FastAPI, db_path: str, study: Study, sessions: Sessio
         token = request.cookies.get(SESSION_COOKIE)
         logout(db_path, token)
         sessions.forget(token)
-        response = RedirectResponse(LOGIN_PATH, status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response = RedirectResponse(public_login, status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=public_root)
         return response
 
 
@@ -277,12 +291,14 @@ def _mount_page(
     current: Callable[[str | None], Identity | None],
     end_sessions: Callable[[int], None],
     script_src: str,
+    root_path: str,
 ) -> FastAPI:
     """Mount the Gradio page at `/`, its user taken from the session the gate resolved.
 
     `end_sessions(rater_id)` forgets a rater's cached sessions, so that the admin page's
     disable and reset take effect at once in this process rather than after the cache's ttl.
-    `script_src` is the viewer script's URL, loaded by the page's head.
+    `script_src` is the viewer script's URL, loaded by the page's head. Gradio writes its
+    asset and API URLs under `root_path`, which a proxy that strips the prefix cannot tell it.
     """
     import gradio as gr
 
@@ -304,6 +320,7 @@ def _mount_page(
         max_file_size="1mb",  # the app takes no uploads; the upload route is refused in WebGuard anyway
         css=CSS,
         head=head_html(script_src),
+        root_path=root_path or None,
     )
 
 
@@ -360,9 +377,12 @@ class LoginGate:
     streamed Gradio response; this one only looks at the cookie and passes the request on.
     """
 
-    def __init__(self, app: ASGIApp, resolve: Callable[[str | None], Identity | None]) -> None:
+    def __init__(
+        self, app: ASGIApp, resolve: Callable[[str | None], Identity | None], login_path: str = LOGIN_PATH
+    ) -> None:
         self.app = app
         self.resolve = resolve
+        self.login_path = login_path  # the public address of the form, under a proxy's sub-path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
@@ -382,7 +402,7 @@ class LoginGate:
             return
         wants_page = scope["method"] == "GET" and "text/html" in connection.headers.get("accept", "")
         response = (
-            RedirectResponse(LOGIN_PATH, status_code=303)
+            RedirectResponse(self.login_path, status_code=303)
             if wants_page
             else JSONResponse({"detail": "login required"}, status_code=401)
         )
@@ -396,6 +416,7 @@ def serve(
     port: int = 7860,
     trusted_proxy: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    root_path: str = "",
 ) -> None:
     """Run the rating app in this process until interrupted (Ctrl-C); see `build_app`.
 
@@ -408,8 +429,9 @@ def serve(
 
     os.environ.update(gradio_environment(db_path))
     names = frozenset(name.lower() for name in allowed_hosts) or default_allowed_hosts(host)
-    app = build_app(db_path, study, trusted_proxy=trusted_proxy, allowed_hosts=names)
-    log.info("rating app on http://%s:%d/ (study database %s)", host, port, db_path)
+    app = build_app(db_path, study, trusted_proxy=trusted_proxy, allowed_hosts=names, root_path=root_path)
+    public = f", public under {root_path}/ behind the proxy" if root_path else ""
+    log.info("rating app on http://%s:%d/ (study database %s%s)", host, port, db_path, public)
     # WebGuard, not uvicorn, decides whom to believe about forwarding headers.
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False)
 
@@ -447,12 +469,12 @@ def _from_our_form(request: Request, form: dict[str, str]) -> bool:
     return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
 
 
-def _back_to_login(name: str, error: str) -> Response:
+def _back_to_login(root_path: str, name: str, error: str) -> Response:
     """Back to the form with an error code; only fixed texts are shown, never text from the URL."""
-    return RedirectResponse(f"{login_url('', name)}&error={quote(error)}", status_code=303)
+    return RedirectResponse(f"{login_url(root_path, name)}&error={quote(error)}", status_code=303)
 
 
-def _login_page(title: str, name: str, error: str, form_token: str) -> str:
+def _login_page(title: str, name: str, error: str, form_token: str, action: str) -> str:
     """The login form; `title` is the study's own title or a neutral one, never the study's name."""
     notice = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     return f"""<!doctype html>
@@ -464,7 +486,7 @@ form {{ display: grid; gap: 0.6rem; width: 18rem; }}
 input, button {{ font-size: 1rem; padding: 0.4rem; }}
 .error {{ color: #b00020; }}
 </style></head>
-<body><form method="post" action="{LOGIN_PATH}">
+<body><form method="post" action="{escape(action)}">
 <input type="hidden" name="form_token" value="{escape(form_token)}">
 <h1>{escape(title)}</h1>
 {notice}

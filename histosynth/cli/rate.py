@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from histosynth.cli.options import DbOption, HostOption, PortOption
-from histosynth.urls import login_url
+from histosynth.urls import login_url, root_path
+
+RootPathOption = Annotated[
+    str,
+    typer.Option(
+        "--root-path",
+        metavar="PATH",
+        help="Public sub-path behind a reverse proxy that strips it, e.g. /histo (default: the site's root).",
+    ),
+]
 
 
 def rate(
@@ -34,11 +43,21 @@ def rate(
             help="Host name the app answers to; repeat (default: loopback names when bound to loopback).",
         ),
     ] = None,
+    public_path: RootPathOption = "",
 ) -> None:
     """Serve the blinded rating app (Gradio) for raters and the study's admin."""
+    prefix = root_path(public_path)  # refused before the server's imports
     from rater_app.server import serve
 
-    serve(db, study, host=host, port=port, trusted_proxy=trusted_proxy, allowed_hosts=allowed_host or ())
+    serve(
+        db,
+        study,
+        host=host,
+        port=port,
+        trusted_proxy=trusted_proxy,
+        allowed_hosts=allowed_host or (),
+        root_path=prefix,
+    )
 
 
 def demo(
@@ -48,12 +67,20 @@ def demo(
     launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Start the rating app.")] = True,
     host: HostOption = "127.0.0.1",
     port: PortOption = 7860,
+    public_path: RootPathOption = "",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL", help="Public base URL for the printed login links (default: http://HOST:PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Build the demo data (first run), create the demo study with three raters, and serve it."""
+    prefix = root_path(public_path)
     from rater_app.demo import prepare_demo
 
     logins = prepare_demo(folder)
-    base = f"http://{host}:{port}"
+    base = url or f"http://{host}:{port}"
     typer.echo(f"demo study {logins.study!r} in {logins.db_path}")
     typer.echo("name\tsecret\tlogin-url")
     for rater in logins.raters:
@@ -62,5 +89,5 @@ def demo(
     if launch:
         from rater_app.server import serve
 
-        typer.echo(f"serving on {base}/ (Ctrl-C stops)")
-        serve(logins.db_path, logins.study, host=host, port=port)
+        typer.echo(f"serving on http://{host}:{port}/ (Ctrl-C stops)")
+        serve(logins.db_path, logins.study, host=host, port=port, root_path=prefix)

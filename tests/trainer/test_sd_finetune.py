@@ -120,7 +120,8 @@ def test_finetune_through_the_cli_then_generate(sd_base: Path, make_tiles, cli, 
     stored = PromptEmbedder.from_pretrained(out / "prompt_embeddings")
     with torch.no_grad():
         by_hand = encoder(input_ids=ids).last_hidden_state
-        assert torch.allclose(stored(torch.tensor([1, 2])), by_hand, atol=1e-6)  # label 1 = TUM, 2 = empty prompt
+        # label 1 = TUM, 2 = the empty prompt
+        assert torch.allclose(stored(torch.tensor([1, 2])), by_hand, atol=1e-6)
 
     base_unet, tuned = (
         load_file(sd_base / "unet" / "diffusion_pytorch_model.safetensors"),
