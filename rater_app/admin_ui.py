@@ -123,16 +123,23 @@ class AdminPage:
 
     `end_sessions(rater_id)` drops a rater's sessions from the server's cache, so a reset or
     disable from this page stops their next request at once (the database sessions are
-    deleted in the same transaction as the change).
+    deleted in the same transaction as the change). `root_path` is the public sub-path behind a
+    proxy that strips it: the request's own URL lacks it, the login links must not.
     """
 
     def __init__(
-        self, db_path: str, study_id: int, view: AdminView, end_sessions: Callable[[int], None] | None = None
+        self,
+        db_path: str,
+        study_id: int,
+        view: AdminView,
+        end_sessions: Callable[[int], None] | None = None,
+        root_path: str = "",
     ) -> None:
         self.db_path = db_path
         self.study_id = study_id
         self.view = view
         self.end_sessions = end_sessions
+        self.root_path = root_path
         with connect(db_path) as db:
             self.study = store.study_by_id(db, study_id).name
         self.audit = AuditJob(db_path, self.study)
@@ -166,7 +173,7 @@ class AdminPage:
             **self._board(),
             self.view.new_name: "",
             self.view.rater: self._choices(name),
-            self.view.login_line: _login_line(added[0], _base_url(request), "added"),
+            self.view.login_line: _login_line(added[0], self._base_url(request), "added"),
         }
 
     def reset(self, name: str | None, request: gr.Request) -> dict:
@@ -177,7 +184,10 @@ class AdminPage:
         except StudyError as error:
             return {**self._board(), self.view.login_line: _notice(str(error))}
         self._end_sessions(renewed[0].name)
-        return {**self._board(), self.view.login_line: _login_line(renewed[0], _base_url(request), "reset")}
+        return {
+            **self._board(),
+            self.view.login_line: _login_line(renewed[0], self._base_url(request), "reset"),
+        }
 
     def disabler(self, disabled: bool) -> Callable[[str | None, gr.Request], dict]:
         """The handler of Disable (True) or Enable (False) for the chosen rater."""
@@ -208,6 +218,14 @@ class AdminPage:
             names = store.rater_names(db, self.study_id)
         return gr.update(choices=names, value=value)
 
+    def _base_url(self, request: gr.Request) -> str:
+        """The app's address as the admin's browser reached it (WebGuard has vetted the host, a
+        trusted proxy's X-Forwarded-Proto the scheme), under the public sub-path; just the
+        sub-path (a path on the same site) where the request carries no URL."""
+        starlette = request.request
+        site = "" if starlette is None else str(starlette.base_url).rstrip("/")
+        return site + self.root_path
+
     def _end_sessions(self, name: str) -> None:
         if self.end_sessions is None:
             return
@@ -221,13 +239,6 @@ def _require_admin(request: gr.Request) -> None:
     """Refuse anyone but the admin: a rater can call every event of the page by its index."""
     if request.username != ADMIN_NAME:
         raise gr.Error(NOT_ADMIN)
-
-
-def _base_url(request: gr.Request) -> str:
-    """The app's address as the admin's browser reached it (WebGuard has vetted the host), or ""
-    (a path on the same site) where the request carries none."""
-    starlette = request.request
-    return "" if starlette is None else str(starlette.base_url)
 
 
 def dashboard_html(board: Dashboard) -> str:

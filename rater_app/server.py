@@ -310,7 +310,7 @@ def _mount_page(
 
     return gr.mount_gradio_app(
         app,
-        build_blocks(db_path, study_id, end_sessions),
+        build_blocks(db_path, study_id, end_sessions, root_path),
         path="/",
         auth_dependency=gradio_user,
         footer_links=[],

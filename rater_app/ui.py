@@ -86,11 +86,14 @@ class RaterView:
         return [getattr(self, field.name) for field in fields(self)]
 
 
-def build_blocks(db_path: str, study_id: int, end_sessions: Callable[[int], None] | None = None) -> gr.Blocks:
+def build_blocks(
+    db_path: str, study_id: int, end_sessions: Callable[[int], None] | None = None, root_path: str = ""
+) -> gr.Blocks:
     """The rating page and the admin page as one Blocks; the login decides which is visible.
 
     `end_sessions(rater_id)` forgets a rater's cached sessions when the admin page resets or
-    disables them (see `admin_ui.AdminPage`).
+    disables them (see `admin_ui.AdminPage`); `root_path` is the public sub-path behind a proxy,
+    which the login links the admin page shows must carry.
     """
     with gr.Blocks(title="histosynth rating", analytics_enabled=False, fill_width=False) as blocks:
         shown = gr.State(None)
@@ -106,7 +109,7 @@ def build_blocks(db_path: str, study_id: int, end_sessions: Callable[[int], None
         # `gr.Request` to the parameter whose type hint says so, and a partial has no hints.
         blocks.load(panels.open, None, panels.outputs(), api_visibility="private")
         _wire_rating(blocks, RaterPage(db_path, study_id, view))
-        wire_admin(blocks, AdminPage(db_path, study_id, admin, end_sessions))
+        wire_admin(blocks, AdminPage(db_path, study_id, admin, end_sessions, root_path))
     # Votes of different raters must not wait for each other in one Gradio worker: SQLite's
     # locking serialises the writes, everything else runs in parallel.
     blocks.queue(default_concurrency_limit=None)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from histosynth.cli.options import DbOption, HostOption, PortOption
+from histosynth.errors import HistosynthError
 from histosynth.urls import login_url, root_path
 
 RootPathOption = Annotated[
@@ -77,6 +78,12 @@ def demo(
 ) -> None:
     """Build the demo data (first run), create the demo study with three raters, and serve it."""
     prefix = root_path(public_path)
+    if prefix and url is None:
+        # http://HOST:PORT/login works, but its redirect to the sub-path only exists at the proxy
+        raise HistosynthError(
+            f"--root-path {prefix} needs --url, the proxy's public address (for example "
+            f"https://lab.example.org{prefix}), for the login links"
+        )
     from rater_app.demo import prepare_demo
 
     logins = prepare_demo(folder)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from histosynth.cli.options import DbOption, StudyOption
+from histosynth.errors import HistosynthError
 from histosynth.urls import login_url
 
 app = typer.Typer(help="Create blinded rating studies and manage their raters.", no_args_is_help=True)
@@ -170,7 +171,9 @@ def study_backup(
         str | None,
         typer.Option("--every", help="Back up again at this interval (30s, 10m, 2h) until stopped."),
     ] = None,
-    keep: Annotated[int, typer.Option("--keep", help="With --every: how many newest copies to keep.")] = 24,
+    keep: Annotated[
+        int | None, typer.Option("--keep", help="With --every: how many newest copies to keep (default 24).")
+    ] = None,
 ) -> None:
     """Copy the live database safely while raters vote (SQLite's online backup), then check the copy.
 
@@ -184,11 +187,16 @@ def study_backup(
     from rater_app.backup import backup_database, backup_every, parse_interval
 
     if every is None:
+        if keep is not None:
+            raise HistosynthError("--keep: only with --every (one copy is written without it)")
         typer.echo(backup_database(db, out, force=force).line())
         return
+    if force:
+        raise HistosynthError("--force: not with --every (each rolling copy is a new file; none is replaced)")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # systemd's stop: finish the copy, then end
     try:
-        backup_every(db, out, parse_interval(every), keep, stop=stop, report=lambda s: typer.echo(s.line()))
+        copies = 24 if keep is None else keep
+        backup_every(db, out, parse_interval(every), copies, stop=stop, report=lambda s: typer.echo(s.line()))
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)

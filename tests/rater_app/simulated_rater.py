@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,10 +40,19 @@ class TileView:
 class SimulatedRater:
     """One rater's browser session: `start()` once, then `vote(...)` per tile."""
 
-    def __init__(self, base_url: str, name: str, secret: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        name: str,
+        secret: str,
+        timeout: float = 60.0,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """`base_url` may end in a sub-path (`https://host/histo`); `verify` is httpx's."""
         self.name = name
         self.secret = secret
-        self.client = httpx.Client(base_url=base_url, timeout=timeout)
+        self.client = httpx.Client(base_url=base_url, timeout=timeout, verify=verify)
+        self.page_path = urlsplit(base_url).path.rstrip("/") + "/"
         self.session_hash = secrets.token_hex(6)
         self.view: TileView | None = None
         self._events: dict[str, tuple[int, int, bool]] = {}
@@ -53,7 +64,7 @@ class SimulatedRater:
     def login(self) -> None:
         """Post the login form and read the page config, as the browser does on first load."""
         response = self.client.post("/login", data={"name": self.name, "secret": self.secret})
-        if response.status_code != 303 or response.headers.get("location") != "/":
+        if response.status_code != 303 or response.headers.get("location") != self.page_path:
             raise RatingClientError(f"login failed for {self.name}")
         config = self.client.get("/config").json()
         elements = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
@@ -147,9 +158,11 @@ class SimulatedRater:
         raise RatingClientError(f"no answer for event {event_id}")
 
 
-def simulated_rater(base_url: str, name: str, secret: str) -> SimulatedRater:
+def simulated_rater(
+    base_url: str, name: str, secret: str, verify: ssl.SSLContext | bool = True
+) -> SimulatedRater:
     """A logged-in, started simulated rater."""
-    rater = SimulatedRater(base_url, name, secret)
+    rater = SimulatedRater(base_url, name, secret, verify=verify)
     rater.login()
     rater.start()
     return rater

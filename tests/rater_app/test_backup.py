@@ -154,6 +154,16 @@ def test_the_cli_backs_up_once_and_needs_force_to_replace(tmp_path) -> None:
     assert (
         bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "--every 'soon'" in bad.stderr
     )
+    mixed = {
+        ("--keep", "3"): "error: --keep: only with --every (one copy is written without it)",
+        ("--every", "10m", "--force"): (
+            "error: --force: not with --every (each rolling copy is a new file; none is replaced)"
+        ),
+    }
+    for args, line in mixed.items():
+        refused = histosynth("study", "backup", "--db", str(db), "--out", str(tmp_path / "rolling"), *args)
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [line], refused.stderr
+    assert not (tmp_path / "rolling").exists()
 
 
 def test_the_rolling_cli_stops_on_sigterm_between_copies(tmp_path) -> None:

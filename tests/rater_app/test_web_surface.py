@@ -250,26 +250,14 @@ def test_login_page_has_a_neutral_title(served, rating_server, make_pool, write_
     assert "<h1>Skin &lt;tissue&gt; study</h1>" in titled and "titled" not in titled.replace("Skin", "")
 
 
-def test_a_root_path_puts_every_written_url_under_the_prefix(served, module_rating_server) -> None:
-    """Behind a proxy that strips `/histo`, the app answers at its own paths and writes public ones."""
-    db, logins, _ = served
-    server = module_rating_server(db, args=("--root-path", "/histo/"))
-    page = httpx.get(f"{server.url}/login").text
-    assert 'action="/histo/login"' in page
-    assert httpx.get(f"{server.url}/", headers={"Accept": "text/html"}).headers["location"] == "/histo/login"
-    failed = httpx.post(f"{server.url}/login", data={"name": "ann", "secret": "wrong"})
-    assert failed.headers["location"] == "/histo/login?name=ann&error=unknown"
-    done = httpx.post(f"{server.url}/login", data={"name": "ann", "secret": logins["ann"]})
-    assert done.status_code == 303 and done.headers["location"] == "/histo/"
-    assert "Path=/histo/" in done.headers["set-cookie"]
-    session = {"Cookie": f"histosynth_session={done.cookies['histosynth_session']}"}  # as the proxy sends it
-    page = httpx.get(f"{server.url}/", headers={**session, "Accept": "text/html"}).text
-    roots = set(re.findall(r'"root":\s*"([^"]*)"', page))
-    assert roots and all(root.rstrip("/").endswith("/histo") for root in roots), roots
-
-
 def test_a_root_path_that_is_not_a_plain_path_is_refused_in_one_line(tmp_path) -> None:
     for bad in ("histo", "/histo/../admin", "/a b", "/histo?x=1", "//evil.example"):
         result = histosynth("rate", "--db", str(tmp_path / "none.db"), "--root-path", bad)
         assert result.returncode == 1 and result.stderr.count("\n") == 1, (bad, result.stderr)
         assert result.stderr.startswith(f"error: --root-path {bad!r}"), result.stderr
+    demo = histosynth("demo", "--dir", str(tmp_path / "demo"), "--no-launch", "--root-path", "/histo")
+    assert demo.returncode == 1 and demo.stderr == (
+        "error: --root-path /histo needs --url, the proxy's public address "
+        "(for example https://lab.example.org/histo), for the login links\n"
+    )
+    assert not (tmp_path / "demo").exists()  # refused before anything is written
