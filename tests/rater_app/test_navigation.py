@@ -11,6 +11,8 @@ import io
 import re
 import secrets
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +20,49 @@ import pytest
 from PIL import Image
 
 from rater_app.create import create_study
-from rater_app.raters import add_raters
 from rater_app.voting import VoteRefused, record_vote, tile_at
 
+from ..conftest import build_pool
+from .conftest import fresh_raters, study_toml
 from .simulated_rater import RatingClientError, SimulatedRater, simulated_rater
 
 TOKEN = re.compile(r"tiles/([0-9a-f]{24})\.png")
 
 
-def make_study(tmp_path, make_pool, write_study, **fields) -> tuple[Path, dict[str, str]]:
-    sources = {"real": make_pool("real", per_class=3), "gen": make_pool("gen", per_class=3)}
-    db = tmp_path / "study.db"
-    create_study(write_study(sources, images_per_cell=3, **fields), db)
-    return db, {r.name: r.secret for r in add_raters(str(db), "pilot", ["ann", "ben"])}
+@dataclass(frozen=True)
+class Served:
+    """A served study and two raters new to it: `ann` under test, `ben` whose tiles she must not get."""
+
+    db: Path
+    url: str
+    ann: str
+    ben: str
+    secrets: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory, module_rating_server) -> Callable[[bool], Served]:
+    """serve(allow_changes) -> a served study of 12 tiles and 3 repeats, with two fresh raters.
+
+    One server per setting for the whole module (a start costs seconds); every test takes raters
+    of its own, so each starts at tile 1 with no votes, whatever ran before it.
+    """
+    started: dict[bool, tuple[Path, str]] = {}
+
+    def served(allow_changes: bool) -> Served:
+        if allow_changes not in started:
+            folder = tmp_path_factory.mktemp(f"changes-{allow_changes}")
+            sources = {pool: build_pool(folder / "pools" / pool, per_class=3) for pool in ("real", "gen")}
+            db = folder / "study.db"
+            toml = study_toml(folder, sources, images_per_cell=3, repeats=3, allow_changes=allow_changes)
+            create_study(toml, db)
+            started[allow_changes] = db, module_rating_server(db).url
+        db, url = started[allow_changes]
+        logins = fresh_raters(db, "ann", "ben")
+        ann, ben = logins
+        return Served(db, url, ann, ben, logins)
+
+    return served
 
 
 def tokens_of(db: Path, name: str) -> list[str]:
@@ -45,9 +77,15 @@ def tokens_of(db: Path, name: str) -> list[str]:
         ]
 
 
-def vote_count(db: Path) -> int:
+def votes_of(db: Path, name: str) -> list[int]:
+    """The positions `name` has voted on."""
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT count(*) FROM votes").fetchone()[0]
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT v.position FROM votes v JOIN raters r ON r.id = v.rater_id WHERE r.name = ?", [name]
+            )
+        ]
 
 
 def call(rater: SimulatedRater, dependency: dict, data: list, session: str) -> str:
@@ -86,18 +124,16 @@ def obtainable(rater: SimulatedRater, tokens: set[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("allow_changes", [True, False])
-def test_a_curious_rater_gets_two_tiles_before_voting(
-    tmp_path, make_pool, write_study, rating_server, allow_changes
-) -> None:
-    db, logins = make_study(tmp_path, make_pool, write_study, allow_changes=allow_changes)
-    server = rating_server(db)
-    rater = SimulatedRater(server.url, "ann", logins["ann"])
+def test_a_curious_rater_gets_two_tiles_before_voting(serve, allow_changes) -> None:
+    study = serve(allow_changes)
+    db = study.db
+    rater = SimulatedRater(study.url, study.ann, study.secrets[study.ann])
     rater.login()
     config = rater.client.get("/config").json()
     kinds = {c["id"]: c.get("type") for c in config["components"]}
     dependencies = config["dependencies"]
     assert len(dependencies) >= 6  # two loads, two votes, back, resume, refresh
-    own, others = tokens_of(db, "ann"), tokens_of(db, "ben")
+    own, others = tokens_of(db, study.ann), tokens_of(db, study.ben)
     learned: set[str] = set()
     forged = [secrets.token_hex(12), others[0], others[5], own[-1], own[3], "../" + own[0]]
     # Phase 1: only empty and forged inputs, each event three times in each of two fresh sessions
@@ -108,7 +144,7 @@ def test_a_curious_rater_gets_two_tiles_before_voting(
             for data in forged_inputs(dependency, kinds, forged, level=3):
                 for _ in range(3 if dependency.get("queue") is False else 1):
                     learned |= set(TOKEN.findall(call(rater, dependency, data, session)))
-    assert vote_count(db) == 0  # nothing forged was taken as a vote
+    assert votes_of(db, study.ann) == []  # nothing forged was taken as a vote
     # Before the first vote: what was shown, and - as if tokens could be guessed - every
     # token of the rater's order, give the first tile and the one after it, nothing else.
     assert learned <= set(own[:2])
@@ -119,43 +155,41 @@ def test_a_curious_rater_gets_two_tiles_before_voting(
         session = secrets.token_hex(5)
         for dependency in reversed(dependencies):
             for data in forged_inputs(dependency, kinds, sorted(learned), level=None):
-                if not vote_count(db):
+                if not votes_of(db, study.ann):
                     learned |= set(TOKEN.findall(call(rater, dependency, data, session)))
-    with sqlite3.connect(db) as conn:
-        assert [row[0] for row in conn.execute("SELECT position FROM votes")] in ([], [1])
+    assert votes_of(db, study.ann) in ([], [1])
     assert learned <= set(own[:3]) and not obtainable(rater, set(others))
 
 
-def test_votes_only_at_the_first_unanswered_tile(tmp_path, make_pool, write_study, rating_server) -> None:
-    db, logins = make_study(tmp_path, make_pool, write_study)
+def test_votes_only_at_the_first_unanswered_tile(serve) -> None:
+    study = serve(True)
+    db = study.db
     with sqlite3.connect(db) as conn:
-        ann = conn.execute("SELECT id FROM raters WHERE name = 'ann'").fetchone()[0]
+        ann = conn.execute("SELECT id FROM raters WHERE name = ?", [study.ann]).fetchone()[0]
     last = tile_at(str(db), ann, 12)
     with pytest.raises(VoteRefused, match="answer the tiles in order: tile 1 is the first without an answer"):
         record_vote(str(db), ann, 12, last.token, "real", None, shown_at=0)
-    assert vote_count(db) == 0
-    server = rating_server(db)
-    rater = simulated_rater(server.url, "ann", logins["ann"])
+    assert votes_of(db, study.ann) == []
+    rater = simulated_rater(study.url, study.ann, study.secrets[study.ann])
     rater.view = rater.view.__class__(12, last.token, "", "")  # a page claiming to show tile 12
     view = rater.vote("real")
-    assert view.position == 1 and vote_count(db) == 0
+    assert view.position == 1 and votes_of(db, study.ann) == []
     assert rater.client.get(f"/tiles/{last.token}.png").status_code == 404  # not even its bytes
     second = tile_at(str(db), ann, 2).token
     assert rater.client.get(f"/tiles/{second}.png").status_code == 200  # the prefetch
 
 
-def test_tiles_have_one_length_and_repeats_other_bytes(
-    tmp_path, make_pool, write_study, rating_server
-) -> None:
-    db, logins = make_study(tmp_path, make_pool, write_study, repeats=3)
-    server = rating_server(db)
-    rater = simulated_rater(server.url, "ann", logins["ann"])
+def test_tiles_have_one_length_and_repeats_other_bytes(serve) -> None:
+    study = serve(True)
+    db = study.db
+    rater = simulated_rater(study.url, study.ann, study.secrets[study.ann])
     while rater.view.position is not None:
         rater.vote("real")
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             "SELECT a.token, a.item_id, a.repeat FROM assignments a JOIN raters r ON r.id = a.rater_id"
-            " WHERE r.name = 'ann' ORDER BY a.position"
+            " WHERE r.name = ? ORDER BY a.position",
+            [study.ann],
         ).fetchall()
     served = {token: rater.fetch_tile(token) for token, _, _ in rows}  # all answered: all may be reviewed
     assert len({len(body) for body in served.values()}) == 1
