@@ -27,16 +27,26 @@ EpochsOption = Annotated[int | None, typer.Option(help="Passes over the pool (de
 MaxStepsOption = Annotated[
     int | None, typer.Option(help="Stop after N optimizer steps in total, counting those before a resume.")
 ]
-BatchOption = Annotated[int | None, typer.Option(help="Images per step and GPU (default: preset).")]
+BatchOption = Annotated[
+    int | None,
+    typer.Option(help="Images per optimizer step over all GPUs, split evenly among them (default: preset)."),
+]
+PerDeviceBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Images per forward pass on each GPU, when its share of --batch-size does not fit: the "
+        "gradients of the passes add up before each step (default: the whole share at once)."
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, data order, rotations and noise.")]
 LearningRateOption = Annotated[
     float | None,
     typer.Option(
-        help="Base learning rate (default: preset); the optimizer uses base x batch size x GPUs "
-        "(CompVis main.py) unless --no-scale-lr."
+        help="Base learning rate (default: preset); the optimizer uses base x --batch-size "
+        "(CompVis main.py: base x batch x GPUs) unless --no-scale-lr."
     ),
 ]
-ScaleLrOption = Annotated[bool, typer.Option(help="Scale the base rate by batch size x GPUs, as CompVis.")]
+ScaleLrOption = Annotated[bool, typer.Option(help="Scale the base rate by the global batch, as CompVis.")]
 WarmupOption = Annotated[int, typer.Option(help="Linear learning-rate warm-up steps (paper: 0).")]
 SizeOption = Annotated[int | None, typer.Option(help="Resize tiles bilinearly to SIZE x SIZE (paper: 256).")]
 CheckpointEveryOption = Annotated[
@@ -46,8 +56,17 @@ KeepOption = Annotated[int, typer.Option(help="Checkpoints to keep (the newest).
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")
 ]
-PrecisionOption = Annotated[str, typer.Option(help="auto (fp16 on CUDA, none on CPU), no, fp16 or bf16.")]
-WorkersOption = Annotated[int, typer.Option("--workers", help="Data-loading worker processes.")]
+PrecisionOption = Annotated[
+    str, typer.Option(help="auto (bf16 on a GPU that has it, else fp16; none on CPU), no, fp16 or bf16.")
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Data-loading worker processes (default: the machine's cores, at most 8, in the paper "
+        "preset; 0 in tiny).",
+    ),
+]
 ClassesOption = Annotated[
     list[str] | None, typer.Option("--class", help="Class to train on; repeat (default: every class).")
 ]
@@ -70,6 +89,7 @@ def autoencoder(
     epochs: EpochsOption = None,
     max_steps: MaxStepsOption = None,
     batch_size: BatchOption = None,
+    per_device_batch_size: PerDeviceBatchOption = None,
     seed: SeedOption = 0,
     learning_rate: LearningRateOption = None,
     scale_lr: ScaleLrOption = True,
@@ -79,7 +99,7 @@ def autoencoder(
     keep_checkpoints: KeepOption = 2,
     resume: ResumeOption = False,
     mixed_precision: PrecisionOption = "auto",
-    workers: WorkersOption = 0,
+    workers: WorkersOption = None,
     classes: ClassesOption = None,
     perceptual: Annotated[
         bool | None,
@@ -108,6 +128,7 @@ def autoencoder(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size,
         seed=seed,
         learning_rate=learning_rate,
         scale_lr=scale_lr,
@@ -141,6 +162,7 @@ def ldm(
     epochs: EpochsOption = None,
     max_steps: MaxStepsOption = None,
     batch_size: BatchOption = None,
+    per_device_batch_size: PerDeviceBatchOption = None,
     seed: SeedOption = 0,
     learning_rate: LearningRateOption = None,
     scale_lr: ScaleLrOption = True,
@@ -150,7 +172,7 @@ def ldm(
     keep_checkpoints: KeepOption = 2,
     resume: ResumeOption = False,
     mixed_precision: PrecisionOption = "auto",
-    workers: WorkersOption = 0,
+    workers: WorkersOption = None,
     classes: ClassesOption = None,
     cond_drop: Annotated[
         float | None,
@@ -170,6 +192,7 @@ def ldm(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size,
         seed=seed,
         learning_rate=learning_rate,
         scale_lr=scale_lr,
@@ -197,6 +220,7 @@ def stylegan2(
     epochs: EpochsOption = None,
     max_steps: MaxStepsOption = None,
     batch_size: BatchOption = None,
+    per_device_batch_size: PerDeviceBatchOption = None,
     seed: SeedOption = 0,
     learning_rate: Annotated[
         float | None,
@@ -212,7 +236,7 @@ def stylegan2(
     mixed_precision: Annotated[
         str, typer.Option(help="no or bf16 (fp16 cannot scale R1's gradients).")
     ] = "no",
-    workers: WorkersOption = 0,
+    workers: WorkersOption = None,
     classes: ClassesOption = None,
     r1_gamma: Annotated[float | None, typer.Option(help="R1 weight gamma (paper: 0.5).")] = None,
     pl_weight: Annotated[float | None, typer.Option(help="Path-length weight (paper: 2).")] = None,
@@ -247,6 +271,7 @@ def stylegan2(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size,
         seed=seed,
         learning_rate=learning_rate,
         size=size,
@@ -348,7 +373,7 @@ def classifier(
         ),
     ] = False,
     mixed_precision: PrecisionOption = "auto",
-    workers: WorkersOption = 0,
+    workers: WorkersOption = None,
     fingerprint: FingerprintOption = "names",
     progress: ProgressOption = None,
 ) -> None:
@@ -406,6 +431,7 @@ def sd_finetune(
     epochs: EpochsOption = None,
     max_steps: MaxStepsOption = None,
     batch_size: BatchOption = None,
+    per_device_batch_size: PerDeviceBatchOption = None,
     seed: SeedOption = 0,
     learning_rate: LearningRateOption = None,
     scale_lr: ScaleLrOption = True,
@@ -415,7 +441,7 @@ def sd_finetune(
     keep_checkpoints: KeepOption = 2,
     resume: ResumeOption = False,
     mixed_precision: PrecisionOption = "auto",
-    workers: WorkersOption = 0,
+    workers: WorkersOption = None,
     classes: ClassesOption = None,
     prompt_template: Annotated[
         str | None, typer.Option(help="Prompt of a class; {class_name} is replaced by its folder name.")
@@ -436,6 +462,7 @@ def sd_finetune(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        per_device_batch_size=per_device_batch_size,
         seed=seed,
         learning_rate=learning_rate,
         scale_lr=scale_lr,

@@ -25,13 +25,21 @@ def test_kl_autoencoder_trains_and_saves_a_diffusers_folder(make_tiles, tmp_path
     out = train_autoencoder(
         pool,
         tmp_path / "kl",
-        AutoencoderSettings(autoencoder_options("kl", "tiny", perceptual=False, max_steps=3)),
+        AutoencoderSettings(
+            autoencoder_options("kl", "tiny", perceptual=False, max_steps=3, per_device_batch_size=1)
+        ),
     )
     model = AutoencoderKL.from_pretrained(out)
     assert model.config.block_out_channels == [8, 16, 16, 16] and model.config.latent_channels == 4
     info = read_model_info(out, ["kl-autoencoder"])
     assert info["classes"] == ["ADI", "TUM"] and info["steps"] == 3 and info["preset"] == "tiny"
-    assert info["settings"]["effective_learning_rate"] == pytest.approx(1e-4 * 2)  # base x batch x 1 process
+    assert info["settings"]["effective_learning_rate"] == pytest.approx(1e-4 * 2)  # base x global batch
+    assert {key: info[key] for key in ("global_batch_size", "num_processes", "gradient_accumulation")} == {
+        "global_batch_size": 2,
+        "num_processes": 1,
+        "gradient_accumulation": 2,  # two passes of one tile each, one optimizer step
+    }
+    assert info["learning_rate"] == pytest.approx(2e-4) and info["images_seen"] == 6
     assert info["data_fingerprint"]["files"] == 8
     assert set(info["versions"]) == {"torch", "diffusers"}
     latents = model.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from histosynth.pools import read_manifest
 from trainer.core.model_folder import read_model_info
@@ -24,10 +25,10 @@ from trainer.generate import generate_pool
 from trainer.stylegan2.train import LOG_NAME
 
 
-def torchrun(*args: object) -> subprocess.CompletedProcess:
+def torchrun(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m histosynth ARGS` in two CPU processes, as `accelerate launch --cpu` starts them."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [*command, "-m", "histosynth", *map(str, args)],
         capture_output=True,
@@ -45,7 +46,7 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
             top, left = 28 * label, 28 * item
             Image.fromarray(tissue[top : top + 28, left : left + 28]).save(pool / name / f"{name}-{item}.png")
     out = tmp_path / "model"
-    # 8 tiles, batch 4 per process: one step per epoch; R1 runs at steps 0 and 16, path length every 4
+    # 8 tiles, global batch 4 (2 per process): two steps per epoch; R1 at steps 0 and 16, path length every 4
     result = torchrun(
         *("train", "stylegan2", "--data", pool, "--out", out, "--preset", "tiny", "--epochs", "20"),
         *("--max-steps", "18", "--checkpoint-every", "9", "--no-progress"),
@@ -56,6 +57,8 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
     assert "Grad strides do not match" not in result.stderr  # gradients in their buckets' layout
     info = read_model_info(out, ["stylegan2"])
     assert info["steps"] == 18
+    recorded = ("global_batch_size", "num_processes", "per_device_batch_size", "images_seen")
+    assert [info[key] for key in recorded] == [4, 2, 2, 18 * 4]  # the same global run as on one process
     checks = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
     assert [check["step"] for check in checks] == [9, 18]  # written once, by the main process
 
@@ -72,3 +75,34 @@ def test_stylegan2_trains_and_generates_in_two_processes(tmp_path: Path, tissue:
     finally:
         torch.set_num_threads(threads)
     assert read_manifest(tmp_path / "two")["files"] == read_manifest(alone)["files"]
+
+
+def test_an_ldm_on_two_processes_is_the_one_process_run(tmp_path: Path, tiny_models, cli) -> None:
+    """`--batch-size` is the global batch: two processes take half of each and draw the step's
+    noise for all of it, so the run records the same numbers as on one process and ends with the
+    same weights up to rounding; both processes encode their half of the latent cache."""
+    args = ["train", "ldm", "--autoencoder", tiny_models.autoencoder, "--data", tiny_models.pool]
+    args += ["--preset", "tiny", "--batch-size", "4", "--epochs", "2", "--max-steps", "3", "--no-progress"]
+    alone = cli(*args, "--out", tmp_path / "one")  # this test's cache (isolated_caches)
+    assert alone.returncode == 0, alone.stderr
+    shared = torchrun(
+        *args, "--out", tmp_path / "two", env={"HISTOSYNTH_CACHE_DIR": str(tmp_path / "cache2")}
+    )
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    one, two = (read_model_info(tmp_path / name, ["ldm"]) for name in ("one", "two"))
+    compared = ("global_batch_size", "learning_rate", "steps", "images_seen", "per_device_batch_size")
+    assert [one[key] for key in compared] == [4, two["learning_rate"], 3, 12, 4]
+    assert [two[key] for key in compared] == [4, one["learning_rate"], 3, 12, 2]
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    (first,), (second,) = (
+        list((cache / "latents").glob("*/moments.npy")) for cache in (tmp_path / "cache", tmp_path / "cache2")
+    )
+    np.testing.assert_allclose(np.load(first), np.load(second), atol=1e-5)  # each half encoded by one process
+    weights = [
+        load_file(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors") for name in ("one", "two")
+    ]
+    differences = torch.cat([(weights[0][key] - weights[1][key]).abs().flatten() for key in weights[0]])
+    # rounding apart (threads, the all-reduce), the same steps; Adam may turn a near-zero
+    # gradient's rounding into a step of up to the rate, so bound the worst case by the rate
+    assert float(differences.median()) < 1e-6
+    assert float(differences.max()) <= 2 * one["learning_rate"] * one["steps"]

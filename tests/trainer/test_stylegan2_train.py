@@ -163,8 +163,13 @@ def test_a_generator_that_ignores_z_makes_the_run_give_up(
 def test_the_cli_trains_and_generates_and_refuses_in_one_line(pool: Path, tmp_path: Path, cli) -> None:
     out = tmp_path / "model"
     common = ["--data", pool, "--preset", "tiny", "--epochs", "10"]
-    trained = cli("train", "stylegan2", *common, "--out", out, "--max-steps", "2", "--checkpoint-every", "2")
+    trained = cli(
+        "train", "stylegan2", *common, "--out", out, "--max-steps", "2", "--checkpoint-every", "2",
+        "--per-device-batch-size", "2",
+    )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+    info = read_model_info(out)
+    assert (info["global_batch_size"], info["gradient_accumulation"]) == (4, 2)  # two passes a step
     made = cli(
         "generate", "--model", out, "--out", tmp_path / "pool", "--per-class", "2", "--truncation", "0.5"
     )

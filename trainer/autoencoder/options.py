@@ -11,7 +11,7 @@ from typing import Any
 
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
-from trainer.core.options import TrainOptions, resolve
+from trainer.core.options import PAPER_WORKERS, TrainOptions, resolve
 
 KINDS = ("kl", "vq")
 
@@ -65,6 +65,7 @@ class AutoencoderOptions(TrainOptions):
 AUTOENCODER_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # CompVis models/first_stage_models/kl-f8/config.yaml with the paper's epochs and batch size.
     ("kl", "paper"): dict(
+        num_workers=PAPER_WORKERS,
         epochs=10,
         batch_size=10,
         learning_rate=4.5e-6,
@@ -83,6 +84,7 @@ AUTOENCODER_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ),
     # CompVis models/first_stage_models/vq-f8/config.yaml (ch_mult 1,2,2,4, attention at 32 px).
     ("vq", "paper"): dict(
+        num_workers=PAPER_WORKERS,
         epochs=10,
         batch_size=10,
         learning_rate=4.5e-6,

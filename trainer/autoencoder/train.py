@@ -31,8 +31,17 @@ from trainer.autoencoder.discriminator import PatchDiscriminator, adaptive_weigh
 from trainer.autoencoder.model import build_autoencoder
 from trainer.autoencoder.options import AutoencoderOptions, autoencoder_options
 from trainer.autoencoder.perceptual import load_lpips
+from trainer.core.batches import accumulate_backward
 from trainer.core.data import TileDataset, read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_record, run_steps
+from trainer.core.loop import (
+    batch_record,
+    make_accelerator,
+    publish_on_main_process,
+    resume_step,
+    run_plan,
+    run_record,
+    run_steps,
+)
 from trainer.core.options import RunSettings, effective_learning_rate, learning_rate_rule, to_record
 
 logger = logging.getLogger(__name__)
@@ -104,7 +113,7 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
     torch.manual_seed(derive_seed(options.seed, "autoencoder-init"))
     model = Reconstruction(build_autoencoder(options))
     discriminator = PatchDiscriminator(3, options.disc_channels, options.disc_layers)
-    rate = effective_learning_rate(options, accelerator.num_processes)
+    rate = effective_learning_rate(options)
     optimizer = torch.optim.Adam(model.parameters(), lr=rate, betas=(0.5, 0.9))
     disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=rate, betas=(0.5, 0.9))
     warmup = options.lr_warmup_steps * accelerator.num_processes
@@ -117,43 +126,55 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
     )
     if lpips_model is not None:
         lpips_model.to(accelerator.device)
+    plan = run_plan(accelerator, options)
     run = run_record(KINDS[kind], options, pool)
     start = resume_step(accelerator, out, settings.resume, options, run)
     last_layer = accelerator.unwrap_model(model).autoencoder.decoder.conv_out.weight
 
-    def step(images: torch.Tensor, labels: torch.Tensor, index: int) -> float:
+    def step(images: torch.Tensor, labels: torch.Tensor, index: int) -> torch.Tensor:
         generator = torch.Generator(accelerator.device)
         generator.manual_seed(derive_seed(options.seed, "autoencoder-step", index, accelerator.process_index))
-        with accelerator.autocast():
-            reconstruction, regulariser = model(images, generator)
-            rec = torch.abs(images - reconstruction)
-            if lpips_model is not None:
-                rec = rec + options.perceptual_weight * lpips_model(
-                    images.contiguous(), reconstruction.contiguous()
-                )
-            if options.kind == "kl":
-                nll = rec.sum() / rec.shape[0]
-                loss = nll + options.kl_weight * regulariser
-            else:
-                nll = rec.mean()
-                loss = nll + options.codebook_weight * regulariser
-            adversarial = index >= options.disc_start
-            if adversarial:
-                generator_loss = -discriminator(reconstruction).mean()
-                weight = adaptive_weight(nll, generator_loss, last_layer, options.disc_weight)
-                loss = loss + weight * generator_loss
+        adversarial = index >= options.disc_start
+        networks = (model, discriminator)
+        reconstructions: list[torch.Tensor] = []
+
+        def autoencoder_loss(rows: slice) -> torch.Tensor:
+            part = images[rows]
+            with accelerator.autocast():
+                reconstruction, regulariser = model(part, generator)
+                reconstructions.append(reconstruction.detach())
+                rec = torch.abs(part - reconstruction)
+                if lpips_model is not None:
+                    rec = rec + options.perceptual_weight * lpips_model(
+                        part.contiguous(), reconstruction.contiguous()
+                    )
+                if options.kind == "kl":
+                    nll = rec.sum() / rec.shape[0]
+                    loss = nll + options.kl_weight * regulariser
+                else:
+                    nll = rec.mean()
+                    loss = nll + options.codebook_weight * regulariser
+                if adversarial:  # the adaptive weight of each micro-batch, as CompVis under accumulation
+                    generator_loss = -discriminator(reconstruction).mean()
+                    weight = adaptive_weight(nll, generator_loss, last_layer, options.disc_weight)
+                    loss = loss + weight * generator_loss
+            return loss
+
+        def discriminator_loss(rows: slice) -> torch.Tensor:
+            with accelerator.autocast():
+                return hinge_loss(discriminator(images[rows]), discriminator(reconstructed[rows]))
+
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        loss = accumulate_backward(accelerator, networks, plan.micro_rows(), autoencoder_loss)
         optimizer.step()
         schedulers[0].step()
         if adversarial:
-            with accelerator.autocast():
-                disc_loss = hinge_loss(discriminator(images.detach()), discriminator(reconstruction.detach()))
+            reconstructed = torch.cat(reconstructions)
             disc_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(disc_loss)
+            accumulate_backward(accelerator, networks, plan.micro_rows(), discriminator_loss)
             disc_optimizer.step()
             schedulers[1].step()
-        return float(loss.detach())
+        return loss
 
     model.train()
     discriminator.train()
@@ -178,8 +199,7 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
         fingerprint=pool.fingerprint,
         steps=done,
         extra={
-            "learning_rate_rule": learning_rate_rule(options),
-            "num_processes": accelerator.num_processes,
+            **batch_record(plan, done, rate, learning_rate_rule(options)),
             "perceptual_weights": str(perceptual_weights)
             if perceptual_weights and options.perceptual
             else None,

@@ -177,9 +177,9 @@ def train_classifier(
         for arm in chosen
     }
     # each fit's length; refuses an arm smaller than one batch before any training
-    totals = {key: total_steps(options, len(design.train), 1) for key, design in designs.items()}
+    totals = {key: total_steps(options, len(design.train)) for key, design in designs.items()}
     whole = dataclasses.replace(options, max_steps=None)  # the schedule's length, all epochs
-    schedules = {key: total_steps(whole, len(design.train), 1) for key, design in designs.items()}
+    schedules = {key: total_steps(whole, len(design.train)) for key, design in designs.items()}
 
     runs = {}  # every resume is checked before any run trains
     for (arm, seed), design in designs.items():

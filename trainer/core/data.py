@@ -152,7 +152,8 @@ def epoch_batches(
 ) -> list[list[tuple[int, int]]]:
     """This process's batches of `epoch` as lists of (epoch, tile index), from batch `skip` on.
 
-    The epoch's order is cut into global batches of `batch_size x num_processes` tiles (an
+    `batch_size` is this process's share. The epoch's order is cut into global batches of
+    `batch_size x num_processes` tiles (an
     incomplete last one is dropped, so every step sees full batches); process p takes the p-th
     slice of each. `skip` drops the batches a resumed run has already trained on.
     """
@@ -165,9 +166,9 @@ def epoch_batches(
     return batches
 
 
-def steps_per_epoch(n: int, batch_size: int, num_processes: int = 1) -> int:
+def steps_per_epoch(n: int, global_batch: int) -> int:
     """Optimizer steps in one epoch (full global batches only)."""
-    return n // (batch_size * num_processes)
+    return n // global_batch
 
 
 def to_model_input(rgb: np.ndarray) -> torch.Tensor:

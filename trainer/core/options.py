@@ -9,15 +9,22 @@ refused whether it came from a preset, the command line, `dataclasses.replace` o
 resolved settings are written into `histosynth.json` and into each checkpoint, so a model folder
 says exactly how it was made and `--resume` can refuse a run whose settings changed.
 
-Learning rates follow CompVis `main.py`: a preset's `base_learning_rate` is multiplied by batch
-size x number of processes (GPUs) x gradient accumulation (1 here), so the paper's autoencoders on
-two GPUs ran at 4.5e-6 x 10 x 2 = 9e-5 and its diffusion model at 1e-6 x 64 x 2 = 1.28e-4.
+`batch_size` is the global batch: the images of one optimizer step over all processes
+(`trainer.core.batches`), so a preset is the same run on 1 GPU or 8, with the same number of
+steps. Learning rates follow CompVis `main.py`: a preset's base rate is multiplied by the global
+batch (CompVis: batch per GPU x GPUs x gradient accumulation). The paper states its batch sizes
+(autoencoders 10, diffusion 64, SD 16, StyleGAN2 64) without saying whether per GPU; the presets
+take them as global, which is what lets the KL autoencoder's 10 epochs of NCT-CRC-HE-100K (100k
+steps at batch 10) reach CompVis' `disc_start` of 50,001 half-way, as its schedule intends; so
+the autoencoders run at 4.5e-6 x 10 = 4.5e-5 and the diffusion model at 1e-6 x 64 = 6.4e-5. A
+user who reads the paper's sizes as per GPU on its two GPUs passes `--batch-size 20` (or 128).
 `--no-scale-lr` takes the rate as given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,6 +36,8 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # How a training pool is fingerprinted (`trainer.core.data.pool_fingerprint`): by relative names and
 # byte sizes (one `stat` per file), or by the sha256 of every file (which also sees an edited pixel).
 FINGERPRINTS = ("names", "sha256")
+# The paper presets' data-loading workers: enough to keep a GPU fed, no more than the machine has.
+PAPER_WORKERS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,19 @@ class TrainOptions:
         epochs: passes over the training pool.
         max_steps: stop after this many optimizer steps in total, counting those before a
             resume; None runs all epochs.
-        batch_size: images per optimizer step and process (CompVis: per GPU).
+        batch_size: images per optimizer step over all processes (the global batch), split
+            evenly over them.
+        per_device_batch_size: images per forward/backward pass on each process, where a
+            process's share of the batch does not fit in memory (gradient accumulation);
+            None: the whole share in one pass.
         learning_rate: the base rate; see `effective_learning_rate`.
-        scale_lr: multiply by batch size x processes, as CompVis `main.py` does by default.
+        scale_lr: multiply by the global batch, as CompVis `main.py` does by default.
         lr_warmup_steps: linear warm-up of the rate (0 in the paper: constant rate).
         size: tiles are resized bilinearly to size x size (256 in the paper: 224 -> 256).
         checkpoint_every: save a resumable checkpoint every this many steps (and at the end).
         keep_checkpoints: how many of the newest checkpoints to keep.
-        mixed_precision: `auto` (fp16 on CUDA, none on CPU), `no`, `fp16` or `bf16`.
+        mixed_precision: `auto` (bf16 on a GPU that has it, else fp16; none on CPU), `no`,
+            `fp16` or `bf16`.
         num_workers: data-loading worker processes.
         fingerprint: `names` or `sha256`: how the training pool is fingerprinted for the
             model folder and compared on `--resume`.
@@ -59,6 +73,7 @@ class TrainOptions:
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 2
+    per_device_batch_size: int | None = None
     learning_rate: float = 1e-4
     scale_lr: bool = True
     lr_warmup_steps: int = 0
@@ -82,8 +97,9 @@ class TrainOptions:
         for name in positive:
             if getattr(self, name) < 1:
                 raise HistosynthError(f"{_flag(name)} {getattr(self, name)}: must be at least 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise HistosynthError(f"--max-steps {self.max_steps}: must be at least 1")
+        for name in ("max_steps", "per_device_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise HistosynthError(f"{_flag(name)} {getattr(self, name)}: must be at least 1")
         if self.learning_rate <= 0:
             raise HistosynthError(f"--learning-rate {self.learning_rate}: must be positive")
         if self.preset not in PRESETS:
@@ -148,16 +164,17 @@ def resolve(
     return cls(**{"preset": preset, **values})
 
 
-def effective_learning_rate(options: TrainOptions, num_processes: int) -> float:
-    """The optimizer's rate: base x batch size x processes when `scale_lr` (CompVis `main.py`)."""
+def effective_learning_rate(options: TrainOptions) -> float:
+    """The optimizer's rate: base x global batch when `scale_lr` (CompVis `main.py`), whatever
+    the number of processes."""
     if not options.scale_lr:
         return options.learning_rate
-    return options.learning_rate * options.batch_size * num_processes
+    return options.learning_rate * options.batch_size
 
 
 def learning_rate_rule(options: TrainOptions) -> str:
     """How `effective_learning_rate` made the optimizer's rate, in words for `histosynth.json`."""
-    return "base x batch_size x processes (CompVis main.py)" if options.scale_lr else "as given"
+    return "base x global batch size (CompVis main.py)" if options.scale_lr else "as given"
 
 
 def to_record(options: TrainOptions) -> dict[str, Any]:
@@ -181,6 +198,7 @@ RESUMABLE_CHANGES = (
     "keep_checkpoints",
     "num_workers",
     "max_rollbacks",
+    "per_device_batch_size",  # memory only: the step's gradient is the same in one pass or several
 )
 
 

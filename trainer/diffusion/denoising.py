@@ -22,10 +22,11 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from histosynth.sampling import derive_seed
+from trainer.core.batches import BatchPlan, accumulate_backward
 from trainer.core.data import TrainingPool
-from trainer.core.loop import run_steps
+from trainer.core.loop import register_states, run_plan, run_steps
 from trainer.core.options import effective_learning_rate
-from trainer.diffusion.latents import LatentCache, LatentDataset, draw_latents, latent_cache
+from trainer.diffusion.latents import LatentCache, LatentDataset, latent_cache, sample_latents
 from trainer.diffusion.options import LDMOptions, SDFinetuneOptions
 
 
@@ -53,45 +54,84 @@ def training_scheduler(num_train_timesteps: int, beta_start: float, beta_end: fl
     )
 
 
+@dataclass(frozen=True)
+class StepDraws:
+    """Every random draw of one training step, drawn for the whole global batch.
+
+    A step's draws come from one generator seeded by the step alone, for all of the global
+    batch's rows in a fixed order (posterior noise, noise, timesteps, condition dropout); each
+    process takes its rows (`BatchPlan.rows`) and each micro-batch its part of those. So a tile's
+    draws do not depend on how many processes or micro-batches share the step, and a run on 8
+    GPUs, or with `per_device_batch_size`, computes the same step as on one device.
+
+    Attributes:
+        posterior: N(0, 1) for sampling a KL autoencoder's posterior (None for VQ latents).
+        noise: the DDPM noise added to the latents.
+        timesteps: the diffusion step of each row.
+        dropped: rows trained with the null condition (classifier-free guidance).
+    """
+
+    posterior: torch.Tensor | None
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    dropped: torch.Tensor
+
+    @classmethod
+    def draw(
+        cls,
+        generator: torch.Generator,
+        rows: int,
+        moments_shape: tuple[int, ...],
+        kind: str,
+        num_train_timesteps: int,
+        cond_drop: float,
+    ) -> StepDraws:
+        """The draws of `rows` rows whose cached moments have shape `moments_shape` (C, H, W)."""
+        device = generator.device
+        channels, *spatial = moments_shape
+        kl = kind == "kl-autoencoder"
+        shape = (rows, channels // 2 if kl else channels, *spatial)
+        posterior = torch.randn(shape, generator=generator, device=device) if kl else None
+        noise = torch.randn(shape, generator=generator, device=device)
+        timesteps = torch.randint(0, num_train_timesteps, (rows,), generator=generator, device=device)
+        dropped = torch.rand((rows,), generator=generator, device=device) < cond_drop
+        return cls(posterior, noise, timesteps, dropped)
+
+    def __getitem__(self, rows: slice) -> StepDraws:
+        posterior = None if self.posterior is None else self.posterior[rows]
+        return StepDraws(posterior, self.noise[rows], self.timesteps[rows], self.dropped[rows])
+
+
 def noise_prediction_loss(
     denoiser: nn.Module,
     noise_schedule: DDPMScheduler,
     latents: torch.Tensor,
     labels: torch.Tensor,
+    draws: StepDraws,
     *,
-    generator: torch.Generator,
-    cond_drop: float,
     null_class: int,
     autocast: Callable[[], Any],
 ) -> torch.Tensor:
     """The DDPM training loss of a conditional denoiser: MSE of the predicted noise (CompVis `eps`).
 
-    Every random draw comes from `generator` in a fixed order (noise, timesteps, condition
-    dropout), so a step is reproducible from its seed and a resumed run equals an uninterrupted one.
-
     Args:
         denoiser: called as `denoiser(noisy, timesteps, labels)`; returns the predicted noise.
         noise_schedule: the training scheduler whose `add_noise` makes the noisy latents.
-        latents: scaled latents of the batch.
-        labels: class (or prompt) indices; replaced by `null_class` with probability `cond_drop`,
+        latents: scaled latents of the rows.
+        labels: class (or prompt) indices; replaced by `null_class` where `draws.dropped`,
             which trains the unconditional branch of classifier-free guidance.
-        generator: the step's generator, on the latents' device.
-        cond_drop: probability of the null condition per example.
+        draws: the rows' noise, timesteps and dropout (`StepDraws`).
         null_class: the index of the null condition.
         autocast: the accelerator's autocast context factory (mixed precision on GPU).
 
     Returns:
-        The scalar loss, in float32.
+        The scalar loss (the mean over the rows), in float32.
     """
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-    steps = noise_schedule.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
-    dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < cond_drop
-    labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
-    noisy = noise_schedule.add_noise(latents, noise, timesteps)
+    labels = torch.where(draws.dropped, torch.full_like(labels, null_class), labels)
+    noisy = noise_schedule.add_noise(latents, draws.noise, draws.timesteps)
     with autocast():
-        prediction = denoiser(noisy, timesteps, labels)
-    return torch.nn.functional.mse_loss(prediction.float(), noise.float())
+        prediction = denoiser(noisy, draws.timesteps, labels)
+    return torch.nn.functional.mse_loss(prediction.float(), draws.noise.float())
 
 
 def encode_pool(
@@ -102,15 +142,15 @@ def encode_pool(
     pool: TrainingPool,
     size: int,
     progress: bool | None,
+    workers: int = 0,
 ) -> LatentCache:
-    """The pool's latent cache, built once by the main process while the others wait for it.
+    """The pool's latent cache, built once, every process encoding its share (`latent_cache`).
 
     The frozen autoencoder visits the device only for the encoding; from then on training reads
     the cache, and the autoencoder's folder is all a model folder needs of it.
     """
     vae.to(accelerator.device)
-    with accelerator.main_process_first():
-        cache = latent_cache(vae, vae_folder, kind, pool, size, device=accelerator.device, progress=progress)
+    cache = latent_cache(vae, vae_folder, kind, pool, size, accelerator, workers=workers, progress=progress)
     vae.to("cpu")
     return cache
 
@@ -131,6 +171,7 @@ class DenoiserTraining:
         seed_name: the stream name of each step's seed (`ldm-step`, `sd-step`).
         options: the run's settings (seed, cond_drop, ...).
         rate: the optimizer's learning rate (`effective_learning_rate`).
+        plan: how each global batch is shared out over processes and micro-batches.
         ema: an EMA of `ema_parameters`, stepped after each optimizer step, or None.
         ema_parameters: the parameters the EMA follows.
     """
@@ -146,6 +187,7 @@ class DenoiserTraining:
     seed_name: str
     options: LDMOptions | SDFinetuneOptions
     rate: float
+    plan: BatchPlan
     ema: EMAModel | None = None
     ema_parameters: list[nn.Parameter] | None = None
 
@@ -166,7 +208,7 @@ class DenoiserTraining:
     ) -> DenoiserTraining:
         """Optimizer and warm-up for `trained`, prepared with the denoiser; an EMA of the U-Net
         (registered for checkpointing) when `ema_decay` is given."""
-        rate = effective_learning_rate(options, accelerator.num_processes)
+        rate = effective_learning_rate(options)
         optimizer = torch.optim.AdamW(trained, lr=rate)
         lr_schedule = get_scheduler(
             "constant_with_warmup",
@@ -177,9 +219,11 @@ class DenoiserTraining:
         ema = ema_parameters = None
         if ema_decay is not None:
             ema_parameters = list(accelerator.unwrap_model(denoiser).unet.parameters())
-            ema = EMAModel(ema_parameters, decay=ema_decay)
+            # on a GPU one fused update instead of a launch per tensor; on a CPU the fused form is
+            # slower (benchmarks/train_throughput.py: 0.71x), so the loop stays there
+            ema = EMAModel(ema_parameters, decay=ema_decay, foreach=accelerator.device.type == "cuda")
             ema.to(accelerator.device)
-            accelerator.register_for_checkpointing(ema)
+            register_states(accelerator, ema)
         return cls(
             accelerator,
             denoiser,
@@ -192,32 +236,43 @@ class DenoiserTraining:
             seed_name,
             options,
             rate,
+            run_plan(accelerator, options),
             ema,
             ema_parameters,
         )
 
-    def step(self, moments: torch.Tensor, labels: torch.Tensor, index: int) -> float:
-        """One optimizer step on a batch of latent moments: draw, scale, noise, predict, update."""
-        accelerator, options = self.accelerator, self.options
+    def step(self, moments: torch.Tensor, labels: torch.Tensor, index: int) -> torch.Tensor:
+        """One optimizer step on this process's share of a global batch of latent moments:
+        draw (for the whole global batch), sample, noise, predict and backpropagate in
+        micro-batches, update."""
+        accelerator, options, plan = self.accelerator, self.options, self.plan
         generator = torch.Generator(accelerator.device)
-        generator.manual_seed(derive_seed(options.seed, self.seed_name, index, accelerator.process_index))
-        loss = noise_prediction_loss(
-            self.denoiser,
-            self.noise_schedule,
-            draw_latents(moments, self.cache.kind, generator) * self.scaling_factor,
-            labels,
-            generator=generator,
-            cond_drop=options.cond_drop,
-            null_class=self.null_class,
-            autocast=accelerator.autocast,
+        generator.manual_seed(derive_seed(options.seed, self.seed_name, index))
+        steps = self.noise_schedule.config.num_train_timesteps
+        global_draws = StepDraws.draw(
+            generator, plan.global_size, tuple(moments.shape[1:]), self.cache.kind, steps, options.cond_drop
         )
+        draws = global_draws[plan.rows]
+
+        def loss_of(rows: slice) -> torch.Tensor:
+            latents = sample_latents(moments[rows], draws[rows].posterior) * self.scaling_factor
+            return noise_prediction_loss(
+                self.denoiser,
+                self.noise_schedule,
+                latents,
+                labels[rows],
+                draws[rows],
+                null_class=self.null_class,
+                autocast=accelerator.autocast,
+            )
+
         self.optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        loss = accumulate_backward(accelerator, [self.denoiser], plan.micro_rows(), loss_of)
         self.optimizer.step()
         self.lr_schedule.step()
         if self.ema is not None and accelerator.sync_gradients:
             self.ema.step(self.ema_parameters)
-        return float(loss.detach())
+        return loss
 
     def train(
         self,

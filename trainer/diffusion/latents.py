@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from diffusers import AutoencoderKL, VQModel
 
 from histosynth.cache import cache_dir
@@ -71,22 +73,29 @@ def latent_cache(
     kind: str,
     pool: TrainingPool,
     size: int,
+    accelerator: Accelerator,
     *,
-    device: torch.device,
-    batch_size: int = 16,
+    batch_size: int = 64,
+    workers: int = 0,
     progress: bool | None = None,
 ) -> LatentCache:
     """Open the cache for (autoencoder, pool, size), building it first if missing.
 
+    Every process encodes its own contiguous share of the tiles into the one memory map (the
+    cache folder must be on a disk all processes see), so N GPUs build it N times faster and no
+    process waits alone at a barrier for the whole pool; the statistics are summed over the
+    processes, and the main process seals the folder.
+
     Args:
-        autoencoder: the frozen model, on `device`.
+        autoencoder: the frozen model, on `accelerator.device`.
         autoencoder_folder: its folder (its weights' hash keys the cache).
         kind: `kl-autoencoder` or `vq-autoencoder`.
         pool: the training pool.
         size: tiles are resized to size x size before encoding.
-        device: where to encode.
-        batch_size: tiles per encoder pass.
-        progress: show a bar while building.
+        accelerator: the run's processes; every one of them must call this.
+        batch_size: tiles per encoder pass (each in its 4 rotations).
+        workers: DataLoader processes that decode the tiles.
+        progress: show a bar while building (the main process's share).
     """
     key_text = json.dumps(
         {
@@ -100,10 +109,25 @@ def latent_cache(
     key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
     folder = cache_dir() / "latents" / key
     if not (folder / "meta.json").is_file():
-        _build(autoencoder, kind, pool, size, folder, device=device, batch_size=batch_size, progress=progress)
+        _build(autoencoder, kind, pool, size, folder, accelerator, batch_size, workers, progress)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     moments = np.load(folder / "moments.npy", mmap_mode="r")
     return LatentCache(folder=folder, moments=moments, kind=kind, std=float(meta["std"]))
+
+
+class _TileRotations(torch.utils.data.Dataset):
+    """A pool's tiles in their 4 quarter turns, (4, 3, size, size) in [-1, 1], decoded in workers."""
+
+    def __init__(self, files: list[Path], size: int) -> None:
+        self.files = files
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        tile = load_rgb(self.files[index], size=self.size)
+        return torch.stack([to_model_input(np.rot90(tile, turns, axes=(0, 1))) for turns in range(4)])
 
 
 def _build(
@@ -112,48 +136,95 @@ def _build(
     pool: TrainingPool,
     size: int,
     folder: Path,
-    *,
-    device: torch.device,
+    accelerator: Accelerator,
     batch_size: int,
+    workers: int,
     progress: bool | None,
 ) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    """Encode the pool into `folder`, each process its share, the main one sealing the result."""
+    device, main = accelerator.device, accelerator.is_main_process
+    n = len(pool.files)
+    with torch.no_grad():
+        shape = (n, 4, *_encode(autoencoder, kind, torch.zeros(1, 3, size, size, device=device)).shape[1:])
+    named = [None]
+    if main:  # a folder of its own, so that two runs building the same cache do not collide
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        named = [tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent)]
+        created = np.lib.format.open_memmap(Path(named[0]) / "moments.npy", "w+", np.float32, shape)
+        del created  # the header and the file's full length are written; every process fills its rows
+    partial = Path(broadcast_object_list(named)[0])
+    share = -(-n // accelerator.num_processes)
+    first, stop = accelerator.process_index * share, min(n, (accelerator.process_index + 1) * share)
+    shown = progress if main else False
     try:
-        moments = None
-        total, squares, count = 0.0, 0.0, 0
-        with progress_bar(progress) as bar, torch.no_grad():
-            task = bar.add_task("encode latents (4 rotations)", total=len(pool.files))
-            for start in range(0, len(pool.files), batch_size):
-                paths = pool.files[start : start + batch_size]
-                tiles = [load_rgb(path, size=size) for path in paths]
-                for turns in range(4):
-                    batch = torch.stack(
-                        [to_model_input(np.rot90(tile, turns, axes=(0, 1))) for tile in tiles]
-                    )
-                    encoded = _encode(autoencoder, kind, batch.to(device)).cpu().numpy()
-                    if moments is None:
-                        shape = (len(pool.files), 4, *encoded.shape[1:])
-                        moments = np.lib.format.open_memmap(partial / "moments.npy", "w+", np.float32, shape)
-                    moments[start : start + len(paths), turns] = encoded
-                    mean, spread = _mean_and_spread(encoded, kind)
-                    total += float(mean.sum(dtype=np.float64))
-                    squares += float((mean.astype(np.float64) ** 2 + spread.astype(np.float64) ** 2).sum())
-                    count += mean.size
-                bar.advance(task, len(paths))
-        moments.flush()
-        del moments
-        variance = squares / count - (total / count) ** 2
-        meta = {"kind": kind, "size": size, "tiles": len(pool.files), "std": variance**0.5}
-        atomic_write_text(partial / "meta.json", json.dumps(meta, indent=2) + "\n")
-        fsync_folder(partial)
-        if folder.exists():  # another process finished first; keep its copy
-            shutil.rmtree(partial)
-        else:
-            os.replace(partial, folder)
-            fsync_folder(folder.parent)
+        sums = _encode_share(
+            autoencoder,
+            kind,
+            pool.files,
+            size,
+            partial,
+            range(first, stop),
+            batch_size,
+            workers,
+            device,
+            shown,
+        )
+        totals = accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=device), "sum").tolist()
+        if main:
+            total, squares, count = totals
+            variance = squares / count - (total / count) ** 2
+            meta = {"kind": kind, "size": size, "tiles": n, "std": variance**0.5}
+            atomic_write_text(partial / "meta.json", json.dumps(meta, indent=2) + "\n")
+            fsync_folder(partial)
+            if not folder.exists():  # else another run finished first: keep its copy
+                os.replace(partial, folder)
+                fsync_folder(folder.parent)
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _encode_share(
+    autoencoder: AutoencoderKL | VQModel,
+    kind: str,
+    files: list[Path],
+    size: int,
+    partial: Path,
+    tiles: range,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    progress: bool | None,
+) -> list[float]:
+    """Encode `tiles` (4 rotations each) into the partial memory map; the share's sums of the
+    latents, of their squares (plus the KL posterior's variance) and the count, for the std."""
+    moments = np.load(partial / "moments.npy", mmap_mode="r+")
+    loader = torch.utils.data.DataLoader(
+        _TileRotations([files[index] for index in tiles], size),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    total, squares, count = 0.0, 0.0, 0
+    # bf16 on a GPU halves the encoder's time; the moments are stored in float32 either way
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    start = tiles.start
+    with progress_bar(progress) as bar, torch.no_grad(), autocast:
+        task = bar.add_task("encode latents (4 rotations)", total=len(tiles))
+        for batch in loader:
+            rows = batch.shape[0]
+            encoded = _encode(autoencoder, kind, batch.flatten(0, 1).to(device, non_blocking=True))
+            encoded = encoded.cpu().numpy().reshape(rows, 4, *encoded.shape[1:])
+            moments[start : start + rows] = encoded
+            mean, spread = _mean_and_spread(encoded.reshape(-1, *encoded.shape[2:]), kind)
+            total += float(mean.sum(dtype=np.float64))
+            squares += float((mean.astype(np.float64) ** 2 + spread.astype(np.float64) ** 2).sum())
+            count += mean.size
+            start += rows
+            bar.advance(task, rows)
+    moments.flush()
+    return [total, squares, float(count)]
 
 
 def _encode(autoencoder: AutoencoderKL | VQModel, kind: str, images: torch.Tensor) -> torch.Tensor:
@@ -188,10 +259,10 @@ class LatentDataset(torch.utils.data.Dataset):
         return torch.from_numpy(moments), self.labels[index]
 
 
-def draw_latents(moments: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Latents from cached moments: `mean + std * noise` for KL (CompVis samples the posterior); VQ as is."""
-    if kind != "kl-autoencoder":
+def sample_latents(moments: torch.Tensor, posterior: torch.Tensor | None) -> torch.Tensor:
+    """Latents from cached moments: `mean + std * posterior` for KL (CompVis samples the posterior,
+    `posterior` ~ N(0, 1) of the latents' shape); VQ latents (`posterior` None) as they are."""
+    if posterior is None:
         return moments
     mean, std = moments.chunk(2, dim=1)
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + std * noise
+    return mean + std * posterior.to(mean.dtype)

@@ -42,7 +42,7 @@ from torch import nn
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
 from trainer.core.data import TrainingPool, read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_record
+from trainer.core.loop import batch_record, make_accelerator, publish_on_main_process, resume_step, run_record
 from trainer.core.model_folder import model_hash, read_model_info
 from trainer.core.options import RunSettings, learning_rate_rule, to_record
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
@@ -142,7 +142,9 @@ def train_ldm(
     vae, vae_info = load_autoencoder(autoencoder)
     pool = read_training_pool(data, settings.classes, fingerprint=options.fingerprint, progress=progress)
     accelerator = make_accelerator(options)
-    cache = encode_pool(accelerator, vae, autoencoder, vae_info["kind"], pool, options.size, progress)
+    cache = encode_pool(
+        accelerator, vae, autoencoder, vae_info["kind"], pool, options.size, progress, options.num_workers
+    )
     training = _prepare_training(accelerator, cache, pool, options)
     record = run_record(KIND, options, pool, autoencoder_sha256=model_hash(autoencoder))
     start = resume_step(accelerator, out, settings.resume, options, record)
@@ -218,8 +220,7 @@ def _publish(
                 "sha256": record["autoencoder_sha256"],
                 "classes": vae_info["classes"],
             },
-            "learning_rate_rule": learning_rate_rule(options),
-            "num_processes": accelerator.num_processes,
+            **batch_record(training.plan, done, training.rate, learning_rate_rule(options)),
             "latent_cache": str(training.cache.folder),
         },
     )

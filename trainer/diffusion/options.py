@@ -12,7 +12,7 @@ from typing import Any
 
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
-from trainer.core.options import TrainOptions, resolve
+from trainer.core.options import PAPER_WORKERS, TrainOptions, resolve
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ LDM_PRESETS: dict[str, dict[str, Any]] = {
     # CompVis configs/latent-diffusion/cin-ldm-vq-f8.yaml: model_channels 256, channel_mult 1,2,4,
     # attention at every level, num_head_channels 32, context_dim 512; the paper's 30 epochs, batch 64.
     "paper": dict(
+        num_workers=PAPER_WORKERS,
         epochs=30,
         batch_size=64,
         learning_rate=1e-6,
@@ -94,7 +95,14 @@ class SDFinetuneOptions(TrainOptions):
 
 SD_PRESETS: dict[str, dict[str, Any]] = {
     # The paper: 20 epochs, batch 16, lr 1e-6, tiles 224 -> 256 (32 x 32 latents).
-    "paper": dict(epochs=20, batch_size=16, learning_rate=1e-6, size=PAPER_SIZE, checkpoint_every=5000),
+    "paper": dict(
+        num_workers=PAPER_WORKERS,
+        epochs=20,
+        batch_size=16,
+        learning_rate=1e-6,
+        size=PAPER_SIZE,
+        checkpoint_every=5000,
+    ),
     "tiny": dict(),
 }
 

@@ -19,7 +19,7 @@ scaled by the VAE's `scaling_factor` (0.18215), the frozen encoder's posterior c
 rotation (`trainer.diffusion.latents`). With probability `cond_drop` a prompt is replaced by the empty one,
 as SD was trained, so classifier-free guidance stays meaningful. Like CompVis' SD v1 configs
 (`use_ema: False`), no EMA is kept. The learning rate follows the other `train` commands: base x
-batch x GPUs unless `--no-scale-lr`.
+global batch unless `--no-scale-lr`.
 
 transformers is needed for training only: `pip install 'histosynth[sd]'`.
 """
@@ -38,7 +38,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from histosynth.errors import HistosynthError
 from trainer.core.data import read_training_pool
-from trainer.core.loop import make_accelerator, publish_on_main_process, resume_step, run_record
+from trainer.core.loop import batch_record, make_accelerator, publish_on_main_process, resume_step, run_record
 from trainer.core.model_folder import model_hash
 from trainer.core.options import RunSettings, learning_rate_rule, to_record
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
@@ -193,7 +193,9 @@ def train_sd_finetune(
     vae = AutoencoderKL.from_pretrained(base / "vae").eval().requires_grad_(False)
     unet = UNet2DConditionModel.from_pretrained(base / "unet")
     accelerator = make_accelerator(options)
-    cache = encode_pool(accelerator, vae, base / "vae", "kl-autoencoder", pool, options.size, progress)
+    cache = encode_pool(
+        accelerator, vae, base / "vae", "kl-autoencoder", pool, options.size, progress, options.num_workers
+    )
     training = DenoiserTraining.prepare(
         accelerator,
         Denoiser(unet, embedder),
@@ -232,8 +234,7 @@ def train_sd_finetune(
             "null_class": training.null_class,
             "autoencoder": {"kind": "kl-autoencoder", "sha256": record["base"]["vae_sha256"]},
             "base": str(base),
-            "learning_rate_rule": learning_rate_rule(options),
-            "num_processes": accelerator.num_processes,
+            **batch_record(training.plan, done, training.rate, learning_rate_rule(options)),
             "latent_cache": str(training.cache.folder),
         },
     )

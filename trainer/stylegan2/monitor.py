@@ -100,14 +100,15 @@ class CollapseMonitor:
         self.reset_gap()
 
     def reset_gap(self) -> None:
-        self._real_sum = 0.0
-        self._fake_sum = 0.0
+        self._real_sum: torch.Tensor | float = 0.0
+        self._fake_sum: torch.Tensor | float = 0.0
         self._count = 0
 
     def record_logits(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> None:
-        """Add one D step's logits to the gap since the last check."""
-        self._real_sum += float(real_logits.detach().float().sum())
-        self._fake_sum += float(fake_logits.detach().float().sum())
+        """Add one D step's logits to the gap since the last check, on their device: read back
+        at the check only, so that a step waits for no transfer to the host."""
+        self._real_sum = self._real_sum + real_logits.detach().float().sum()
+        self._fake_sum = self._fake_sum + fake_logits.detach().float().sum()
         self._count += real_logits.numel()
 
     @torch.no_grad()
@@ -131,7 +132,7 @@ class CollapseMonitor:
             name: value / real if real > 0 else float("inf")
             for name, value, real in zip(self.classes, fake, self.real_diversity, strict=True)
         }
-        gap = (self._real_sum - self._fake_sum) / self._count if self._count else None
+        gap = float(self._real_sum - self._fake_sum) / self._count if self._count else None
         self.reset_gap()
         reasons = [
             f"{name} diversity {ratio:.3f} < {self.min_diversity}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from histosynth.errors import HistosynthError
 from histosynth.images import PAPER_SIZE
-from trainer.core.options import TrainOptions, resolve
+from trainer.core.options import PAPER_WORKERS, TrainOptions, resolve
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ STYLEGAN2_PRESETS: dict[str, dict[str, Any]] = {
     # Adam(0, 0.99, 1e-8), lr 0.001 for G and D, batch 64, 16 epochs; StyleGAN2 config F's
     # mapping (8 layers) and EMA (10k images); ADA's p-speed (500k images) and target (0.6).
     "paper": dict(
+        num_workers=PAPER_WORKERS,
         epochs=16,
         batch_size=64,
         learning_rate=0.001,

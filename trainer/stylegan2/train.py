@@ -47,12 +47,17 @@ from accelerate.utils import broadcast_object_list
 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
-from trainer.core.checkpoints import checkpoint_folders, load_checkpoint, read_run, save_checkpoint
+from trainer.core.batches import accumulate_backward
+from trainer.core.checkpoints import checkpoint_folders, read_run, save_checkpoint
 from trainer.core.data import TileDataset, TrainingPool, read_training_pool
 from trainer.core.loop import (
+    batch_record,
     make_accelerator,
     publish_on_main_process,
+    register_states,
+    restore_checkpoint,
     resume_step,
+    run_plan,
     run_record,
     run_steps,
     total_steps,
@@ -158,7 +163,7 @@ class StyleGAN2Run:
         )
         for part in (self.ema, self.augment, self.pl_mean):
             part.to(self.device)
-            accelerator.register_for_checkpointing(part)
+        register_states(accelerator, self.ema, self.augment, self.pl_mean)
         self.plain_generator = accelerator.unwrap_model(self.generator)
         self.monitor = CollapseMonitor(
             pool,
@@ -170,8 +175,9 @@ class StyleGAN2Run:
             max_gap=options.max_gap,
             start=options.monitor_start,
         )
-        self.total = total_steps(options, len(pool.files), accelerator.num_processes)
-        self.images_per_step = options.batch_size * accelerator.num_processes
+        self.plan = run_plan(accelerator, options)
+        self.total = total_steps(options, len(pool.files))
+        self.images_per_step = options.batch_size  # the global batch
         half_life = options.ema_half_life
         self.ema_beta = 0.5 ** (self.images_per_step / half_life) if half_life > 0 else 0.0
         self.record = run_record(KIND, options, pool)
@@ -228,7 +234,7 @@ class StyleGAN2Run:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * interval / (interval + 1)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, index: int) -> float:
+    def step(self, images: torch.Tensor, labels: torch.Tensor, index: int) -> torch.Tensor:
         """Optimizer step `index`: G's phases, D's phases, the EMA and ADA; a check where one is due."""
         options = self.options
         seed = derive_seed(
@@ -250,7 +256,7 @@ class StyleGAN2Run:
         done = index + 1
         if done % options.checkpoint_every == 0 or done == self.total:
             self.check(done)
-        return float(g_loss.detach() + d_loss.detach())
+        return g_loss + d_loss
 
     def fakes(self, labels: torch.Tensor, mix_cutoff: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images of the batch's classes from fresh z (and a second z to mix styles from), and z."""
@@ -259,45 +265,68 @@ class StyleGAN2Run:
         return self.generator(z, labels, mix_z=mix, mix_cutoff=mix_cutoff), z
 
     def generator_phases(self, labels: torch.Tensor, index: int, mix_cutoff: int | None) -> torch.Tensor:
-        """G main (non-saturating loss), then the path-length penalty where due; the main loss."""
-        options = self.options
-        fake, z = self.fakes(labels, mix_cutoff)
-        g_loss = F.softplus(-self.discriminator(self.augment(fake), labels)).mean()
+        """G main (non-saturating loss), then the path-length penalty where due; the main loss.
+
+        Each phase runs over the micro-batches of this process's share (`per_device_batch_size`)
+        and steps G once, its gradient all-reduced after the last micro-batch only.
+        """
+        options, plan = self.options, self.plan
+        networks = (self.generator, self.discriminator)
+        drawn: list[torch.Tensor] = []
+
+        def main_loss(rows: slice) -> torch.Tensor:
+            fake, z = self.fakes(labels[rows], mix_cutoff)
+            drawn.append(z)
+            return F.softplus(-self.discriminator(self.augment(fake), labels[rows])).mean()
+
         self.g_optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(g_loss)
+        g_loss = accumulate_backward(self.accelerator, networks, plan.micro_rows(), main_loss)
         self.g_optimizer.step()
         if options.pl_weight > 0 and index % options.pl_interval == 0:
             count = max(1, labels.shape[0] // options.pl_batch_shrink)
-            pl_z = torch.randn(count, options.z_dim, device=self.device)
-            penalty = path_length_penalty(
-                self.generator, pl_z, labels[:count], self.pl_mean, options.pl_decay
-            )
+
+            def penalty(rows: slice) -> torch.Tensor:
+                pl_z = torch.randn(rows.stop - rows.start, options.z_dim, device=self.device)
+                lengths = path_length_penalty(
+                    self.generator, pl_z, labels[rows], self.pl_mean, options.pl_decay
+                )
+                return lengths * options.pl_weight * options.pl_interval
+
             self.g_optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(penalty * options.pl_weight * options.pl_interval)
+            accumulate_backward(self.accelerator, networks, plan.micro_rows(count), penalty)
             self.g_optimizer.step()
-        self.plain_generator.update_w_avg(z, labels)
+        self.plain_generator.update_w_avg(torch.cat(drawn), labels)
         return g_loss
 
     def discriminator_phases(
         self, images: torch.Tensor, labels: torch.Tensor, index: int, mix_cutoff: int | None
     ) -> torch.Tensor:
-        """D main (logistic loss on reals and fresh fakes), then R1 where due; the main loss."""
-        options = self.options
-        with torch.no_grad():
-            fake, _ = self.fakes(labels, mix_cutoff)
-        real_logits = self.discriminator(self.augment(images), labels)
-        fake_logits = self.discriminator(self.augment(fake), labels)
-        d_loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        """D main (logistic loss on reals and fresh fakes), then R1 where due; the main loss,
+        each phase over the micro-batches of this process's share, as G's."""
+        options, plan = self.options, self.plan
+        networks = (self.generator, self.discriminator)
+
+        def main_loss(rows: slice) -> torch.Tensor:
+            with torch.no_grad():
+                fake, _ = self.fakes(labels[rows], mix_cutoff)
+            real_logits = self.discriminator(self.augment(images[rows]), labels[rows])
+            fake_logits = self.discriminator(self.augment(fake), labels[rows])
+            self.augment.accumulate(real_logits)
+            self.monitor.record_logits(real_logits, fake_logits)
+            return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+
         self.d_optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(d_loss)
+        d_loss = accumulate_backward(self.accelerator, networks, plan.micro_rows(), main_loss)
         self.d_optimizer.step()
-        self.augment.accumulate(real_logits)
-        self.monitor.record_logits(real_logits, fake_logits)
         _, gamma = self.rates()
         if gamma > 0 and index % options.r1_interval == 0:
-            penalty = r1_penalty(self.discriminator, self.augment, images, labels)
+
+            def penalty(rows: slice) -> torch.Tensor:
+                r1 = r1_penalty(self.discriminator, self.augment, images[rows], labels[rows])
+                return r1 * (gamma / 2) * options.r1_interval
+
             self.d_optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(penalty * (gamma / 2) * options.r1_interval)
+            accumulate_backward(self.accelerator, networks, plan.micro_rows(), penalty)
             self.d_optimizer.step()
         return d_loss
 
@@ -348,7 +377,7 @@ class StyleGAN2Run:
                 "--resume and a higher --max-rollbacks, or start a new run with a lower --learning-rate "
                 "or a higher --r1-gamma"
             )
-        load_checkpoint(self.accelerator, folder)
+        restore_checkpoint(self.accelerator, folder)
         event = {
             "detected_at": check.step,
             "rolled_back_to": step,
@@ -399,7 +428,7 @@ class StyleGAN2Run:
                 "final_learning_rate": learning_rate,
                 "final_r1_gamma": gamma,
                 "run_log": LOG_NAME,
-                "num_processes": accelerator.num_processes,
+                **batch_record(self.plan, done, options.learning_rate, "as given (StyleGAN2)"),
                 "generator": "EMA weights (half-life in images: ema_half_life)",
             },
         )
