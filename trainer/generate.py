@@ -39,6 +39,8 @@ MARKER = ".histosynth-generate.json"
 SAMPLERS = ("ldm", "sd-finetune", "stylegan2")
 IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "truncation", "seed")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Images per denoiser pass when `batch_size` is not given: what fills a GPU, and a CPU's cache.
+CUDA_BATCH, CPU_BATCH = 64, 16
 
 
 def image_name(index: int) -> str:
@@ -56,10 +58,11 @@ def generate_pool(
     eta: float = 0.0,
     guidance: float = 1.0,
     truncation: float = 1.0,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     seed: int = 0,
     device: str | None = None,
     precision: str = "auto",
+    compile_unet: bool = False,
     name: str | None = None,
     save_intermediates: str | Path | None = None,
     intermediate_steps: int = 8,
@@ -78,11 +81,16 @@ def generate_pool(
         guidance: classifier-free guidance scale (1: none); needs a model trained with
             `cond_drop` > 0; LDM only.
         truncation: StyleGAN2's psi, pulling w toward its class's mean w (1: none); StyleGAN2 only.
-        batch_size: images per denoiser pass (does not change any image).
+        batch_size: images per denoiser pass (does not change any image); None: 64 on a GPU,
+            16 on a CPU. Every U-Net pass of the run has one shape (the batch rounded up to a
+            multiple of `trainer.diffusion.ldm.PAD_TO`; the last batch is padded), so compiled
+            kernels apply throughout.
         seed: the pool's seed.
         device: torch device; None: accelerate's (cuda when present, one GPU per process).
-        precision: U-Net precision: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`
-            (StyleGAN2 generates in fp32).
+        precision: U-Net precision: `auto` (bf16 on a GPU that has it, else fp16; fp32 on CPU),
+            `fp32`, `fp16`, `bf16` (StyleGAN2 generates in fp32).
+        compile_unet: `torch.compile` the U-Net (LDM and SD only): worth it for large pools on a
+            GPU; the first pass compiles (a minute or more).
         name: the generator's name in `pool.json` (default: the model folder's name).
         save_intermediates: a folder (outside the pool) for the paper's Fig. 5B rows: per image,
             the decoded x0 predictions at `intermediate_steps` evenly spaced steps, side by side
@@ -104,8 +112,11 @@ def generate_pool(
     wanted = _check_request(model, info, classes, per_class, steps, batch_size, precision)
     _check_kind_options(info, model, eta, guidance, truncation, save_intermediates)
     stylegan = info["kind"] == "stylegan2"
+    if stylegan and compile_unet:
+        raise HistosynthError(f"--compile: {model} is a StyleGAN2 model; only diffusion U-Nets are compiled")
     state = _process_state()
     target = torch.device(device) if device else state.device
+    batch_size = batch_size or (CUDA_BATCH if target.type == "cuda" else CPU_BATCH)
     identity = {
         "generator": name or model.name,
         "checkpoint": model_hash(model),
@@ -128,7 +139,11 @@ def generate_pool(
     else:
         rows = Path(save_intermediates) if save_intermediates else None
         dtype = _dtype(target, precision)
-        draw = _ldm_drawer(model, info, target, dtype, (steps, eta, guidance), rows, intermediate_steps)
+        from trainer.diffusion.ldm import PAD_TO
+
+        shape = -(-batch_size // PAD_TO) * PAD_TO  # one U-Net shape for the whole run
+        ddim = (steps, eta, guidance)
+        draw = _ldm_drawer(model, info, target, dtype, ddim, rows, intermediate_steps, shape, compile_unet)
     with progress_bar(progress if state.is_main_process else False) as bar:
         task = bar.add_task(f"generate {len(todo)} images", total=len(mine))
         for start in range(0, len(mine), batch_size):
@@ -154,13 +169,13 @@ def _check_request(
     classes: list[str] | None,
     per_class: int,
     steps: int,
-    batch_size: int,
+    batch_size: int | None,
     precision: str,
 ) -> list[str]:
     """The classes to generate, once the counts, the precision and the classes are checked."""
     if per_class < 1:
         raise HistosynthError(f"--per-class {per_class}: must be at least 1")
-    if steps < 1 or batch_size < 1:
+    if steps < 1 or (batch_size is not None and batch_size < 1):
         raise HistosynthError("--steps and --batch-size must be at least 1")
     if precision not in ("auto", *PRECISIONS):
         raise HistosynthError(f"--precision {precision!r}: expected auto, fp32, fp16 or bf16")
@@ -184,9 +199,12 @@ def _process_state() -> Any:
 
 
 def _dtype(target: torch.device, precision: str) -> torch.dtype:
-    """The U-Net's dtype: `auto` is fp16 on CUDA and fp32 elsewhere."""
+    """The U-Net's dtype: `auto` is bf16 on a GPU that has it (fp16 on one that has not) and
+    fp32 elsewhere."""
     if precision == "auto":
-        return PRECISIONS["fp16" if target.type == "cuda" else "fp32"]
+        if target.type != "cuda":
+            return PRECISIONS["fp32"]
+        return PRECISIONS["bf16" if torch.cuda.is_bf16_supported() else "fp16"]
     return PRECISIONS[precision]
 
 
@@ -211,16 +229,21 @@ def _ldm_drawer(
     ddim: tuple[int, float, float],
     rows: Path | None,
     row_steps: int,
+    pad_to: int,
+    compile_unet: bool,
 ) -> Drawer:
     """DDIM in latent space (an LDM or a fine-tuned SD), then the decoder.
 
     `ddim` is (steps, eta, guidance). With `rows`, each image's decoded x0 predictions at
     `row_steps` evenly spaced steps are also written there side by side (the paper's Fig. 5B).
+    Every U-Net pass runs on `pad_to` images.
     """
     from trainer.diffusion.ldm import decode_images, load_ldm, sample_latents
 
     steps, eta, guidance = ddim
     loaded = load_ldm(model, target, dtype)
+    if compile_unet:
+        loaded.unet = torch.compile(loaded.unet)
     label_of = {c: index for index, c in enumerate(info["classes"])}
     shown = intermediate_indices(steps, row_steps) if rows else []
 
@@ -239,6 +262,7 @@ def _ldm_drawer(
             eta=eta,
             guidance=guidance,
             on_step=keep if shown else None,
+            pad_to=pad_to,
         )
         if rows:
             _write_rows(loaded, rows, batch, [kept[index] for index in shown])

@@ -25,12 +25,23 @@ def generate(
     truncation: Annotated[
         float, typer.Option(help="StyleGAN2 truncation psi toward the class's mean w (1: none).")
     ] = 1.0,
-    batch_size: Annotated[int, typer.Option(help="Images per denoiser pass (changes no image).")] = 16,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Images per denoiser pass (changes no image; default: 64 on a GPU, 16 on a CPU)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed: image i of class c uses derive_seed(seed, c, i).")] = 0,
     device: DeviceOption = None,
     precision: Annotated[
-        str, typer.Option(help="U-Net precision: auto (fp16 on CUDA), fp32, fp16, bf16.")
+        str,
+        typer.Option(help="U-Net precision: auto (bf16 on a GPU that has it, else fp16), fp32, fp16, bf16."),
     ] = "auto",
+    compile_unet: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the U-Net (LDM, SD): for large pools on a GPU; the first pass compiles.",
+        ),
+    ] = False,
     name: Annotated[
         str | None, typer.Option(help="Generator name in pool.json (default: model folder name).")
     ] = None,
@@ -59,6 +70,7 @@ def generate(
         seed=seed,
         device=device,
         precision=precision,
+        compile_unet=compile_unet,
         name=name,
         save_intermediates=save_intermediates,
         intermediate_steps=intermediate_steps,

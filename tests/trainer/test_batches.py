@@ -136,3 +136,20 @@ def test_a_restored_state_is_put_back_on_the_runs_device(tmp_path) -> None:
     state.value.zero_()
     assert restore_checkpoint(accelerator, folder)["step"] == 1
     assert state.value.tolist() == [7.0, 7.0] and state.moved_to == accelerator.device
+
+
+def test_compile_goes_to_accelerate_and_stylegan2_refuses_it() -> None:
+    # the settings, not an Accelerator: accelerate keeps one state per process, and a compiling
+    # one would compile every later test's models in this worker
+    from trainer.core.loop import accelerator_settings
+    from trainer.stylegan2.options import stylegan2_options
+
+    assert accelerator_settings(LDMOptions(compile_model=True))["dynamo_backend"] == "inductor"
+    assert accelerator_settings(LDMOptions())["dynamo_backend"] == "no"
+    assert accelerator_settings(LDMOptions())["mixed_precision"] == (
+        "bf16" if torch.cuda.is_available() else "no"
+    )
+    timeout = accelerator_settings(LDMOptions())["kwargs_handlers"][0].timeout
+    assert timeout.total_seconds() == 2 * 3600
+    with pytest.raises(HistosynthError, match="^--compile: R1 and the path-length penalty"):
+        stylegan2_options("tiny", compile_model=True)

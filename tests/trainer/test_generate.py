@@ -55,6 +55,28 @@ def test_images_do_not_depend_on_batch_size_but_on_the_seed(tiny_models, tmp_pat
         assert image.size == (32, 32) and image.mode == "RGB"
 
 
+def test_every_u_net_pass_of_a_run_has_one_shape(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch rounded up to a multiple of PAD_TO, the last batch padded to it: one shape per
+    run, so that compiled kernels (and CUDA graphs) serve every pass."""
+    from diffusers import UNet2DConditionModel
+
+    shapes: list[int] = []
+    forward = UNet2DConditionModel.forward
+
+    def recorded(self, sample, *args, **kwargs):
+        shapes.append(sample.shape[0])
+        return forward(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recorded)
+    generate_pool(tiny_models.ldm, tmp_path / "b10", per_class=7, steps=2, batch_size=10)  # 14: 10 + 4
+    assert shapes == [16] * 4  # two batches of two steps, each on 16 rows
+    shapes.clear()
+    generate_pool(tiny_models.ldm, tmp_path / "default", per_class=1, steps=2)
+    assert shapes == [16] * 2  # the CPU's default batch of 16, padded
+
+
 def test_a_generated_pool_feeds_evaluate_fid_and_study_create(
     tiny_models, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

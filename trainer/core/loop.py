@@ -48,20 +48,31 @@ _REGISTERED: weakref.WeakKeyDictionary[Accelerator, list[Any]] = weakref.WeakKey
 
 
 def make_accelerator(options: TrainOptions) -> Accelerator:
-    """An `Accelerator` with the run's mixed precision and a process-group timeout of
-    `PROCESS_GROUP_TIMEOUT`: `auto` is bf16 on a GPU that has it, fp16 (with a loss scaler) on
-    one that has not, and none on the CPU; float32 matmuls and convolutions may use TF32."""
+    """An `Accelerator` for the run (`accelerator_settings`); TF32 on where CUDA is."""
+    if torch.cuda.is_available():  # what stays in float32 runs on the tensor cores (TF32)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(**accelerator_settings(options))
+
+
+def accelerator_settings(options: TrainOptions) -> dict[str, Any]:
+    """The run's mixed precision, compilation and process-group timeout, as `Accelerator` takes them.
+
+    `auto` precision is bf16 on a GPU that has it, fp16 (with a loss scaler) on one that has not,
+    and none on the CPU; `compile_model` compiles the models accelerate prepares (inductor);
+    processes wait `PROCESS_GROUP_TIMEOUT` for one another at a collective. (accelerate keeps
+    one state per process: the first accelerator's settings hold for the process's later runs.)
+    """
     precision = options.mixed_precision
     if precision == "auto":
         precision = "no"
         if torch.cuda.is_available():
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if torch.cuda.is_available():  # what stays in float32 runs on the tensor cores (TF32)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(
-        mixed_precision=precision, kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)]
-    )
+    return {
+        "mixed_precision": precision,
+        "dynamo_backend": "inductor" if options.compile_model else "no",
+        "kwargs_handlers": [InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)],
+    }
 
 
 def register_states(accelerator: Accelerator, *states: Any) -> None:

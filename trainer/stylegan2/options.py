@@ -84,6 +84,11 @@ class StyleGAN2Options(TrainOptions):
                 f"--mixed-precision {self.mixed_precision}: R1 and the path-length penalty take gradients "
                 "of gradients, which fp16 loss scaling does not cover; use no or bf16"
             )
+        if self.compile_model:
+            raise HistosynthError(
+                "--compile: R1 and the path-length penalty backpropagate through a gradient, "
+                "which torch.compile does not support; train StyleGAN2 without it"
+            )
         for name in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "ada_speed"):
             if getattr(self, name) < 1:
                 raise HistosynthError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
