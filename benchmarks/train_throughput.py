@@ -8,8 +8,13 @@
    the CPU as little as a GPU step does (it waits `--step-ms` for the "device"), with
    `--workers` DataLoader workers (the paper presets' default: the cores, at most 8) against
    none (the tiles decoded between steps, the old default), images per second.
+3. StyleGAN2's G phase: the non-saturating loss's forward and backward with D frozen (what
+   `train stylegan2` does now: only G's weight gradients are computed) against D trainable (its
+   weight gradients computed, then thrown away by D's next `zero_grad`), the paper's networks at
+   `--gan-size` px, seconds per phase.
 
 Usage: .venv/bin/python benchmarks/train_throughput.py [--tiles 192] [--step-ms 40] [--workers 2]
+    [--gan-size 64] [--gan-batch 8]
 """
 
 from __future__ import annotations
@@ -108,15 +113,50 @@ def bench_loader(tiles: int, step_ms: float, workers: int, repeats: int) -> None
     )
 
 
+def g_phase_seconds(generator, discriminator, labels: torch.Tensor, frozen: bool, repeats: int) -> float:
+    import torch.nn.functional as F
+
+    discriminator.requires_grad_(not frozen)
+    times = []
+    for _ in range(repeats + 1):  # the first warms the allocator
+        generator.zero_grad(set_to_none=True)
+        discriminator.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        z = torch.randn(labels.shape[0], generator.config.z_dim)
+        loss = F.softplus(-discriminator(generator(z, labels), labels)).mean()
+        loss.backward()
+        times.append(time.perf_counter() - start)
+    discriminator.requires_grad_(True)
+    return min(times[1:])
+
+
+def bench_gan_phase(size: int, batch: int, repeats: int) -> None:
+    from trainer.stylegan2.networks import build_networks
+    from trainer.stylegan2.options import stylegan2_options
+
+    torch.manual_seed(0)
+    generator, discriminator = build_networks(stylegan2_options("paper", size=size), 2)
+    labels = torch.arange(batch) % 2
+    trainable = g_phase_seconds(generator, discriminator, labels, False, repeats)
+    frozen = g_phase_seconds(generator, discriminator, labels, True, repeats)
+    print(
+        f"[StyleGAN2 G phase, paper networks at {size} px, batch {batch}] D frozen {frozen:.3f} s, "
+        f"D trainable {trainable:.3f} s: {trainable / frozen:.2f}x faster"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=192)
     parser.add_argument("--step-ms", type=float, default=40.0)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--gan-size", type=int, default=64)
+    parser.add_argument("--gan-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     bench_ema(args.repeats)
     bench_loader(args.tiles, args.step_ms, args.workers, args.repeats)
+    bench_gan_phase(args.gan_size, args.gan_batch, args.repeats)
 
 
 if __name__ == "__main__":

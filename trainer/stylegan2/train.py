@@ -33,9 +33,11 @@ rollbacks a further collapse stops the run with a message saying what to do.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -271,7 +273,6 @@ class StyleGAN2Run:
         and steps G once, its gradient all-reduced after the last micro-batch only.
         """
         options, plan = self.options, self.plan
-        networks = (self.generator, self.discriminator)
         drawn: list[torch.Tensor] = []
 
         def main_loss(rows: slice) -> torch.Tensor:
@@ -279,9 +280,10 @@ class StyleGAN2Run:
             drawn.append(z)
             return F.softplus(-self.discriminator(self.augment(fake), labels[rows])).mean()
 
-        self.g_optimizer.zero_grad(set_to_none=True)
-        g_loss = accumulate_backward(self.accelerator, networks, plan.micro_rows(), main_loss)
-        self.g_optimizer.step()
+        with self.training_only(self.generator) as networks:
+            self.g_optimizer.zero_grad(set_to_none=True)
+            g_loss = accumulate_backward(self.accelerator, networks, plan.micro_rows(), main_loss)
+            self.g_optimizer.step()
         if options.pl_weight > 0 and index % options.pl_interval == 0:
             count = max(1, labels.shape[0] // options.pl_batch_shrink)
 
@@ -292,9 +294,10 @@ class StyleGAN2Run:
                 )
                 return lengths * options.pl_weight * options.pl_interval
 
-            self.g_optimizer.zero_grad(set_to_none=True)
-            accumulate_backward(self.accelerator, networks, plan.micro_rows(count), penalty)
-            self.g_optimizer.step()
+            with self.training_only(self.generator) as networks:
+                self.g_optimizer.zero_grad(set_to_none=True)
+                accumulate_backward(self.accelerator, networks, plan.micro_rows(count), penalty)
+                self.g_optimizer.step()
         self.plain_generator.update_w_avg(torch.cat(drawn), labels)
         return g_loss
 
@@ -304,7 +307,6 @@ class StyleGAN2Run:
         """D main (logistic loss on reals and fresh fakes), then R1 where due; the main loss,
         each phase over the micro-batches of this process's share, as G's."""
         options, plan = self.options, self.plan
-        networks = (self.generator, self.discriminator)
 
         def main_loss(rows: slice) -> torch.Tensor:
             with torch.no_grad():
@@ -315,9 +317,10 @@ class StyleGAN2Run:
             self.monitor.record_logits(real_logits, fake_logits)
             return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
 
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss = accumulate_backward(self.accelerator, networks, plan.micro_rows(), main_loss)
-        self.d_optimizer.step()
+        with self.training_only(self.discriminator) as networks:
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss = accumulate_backward(self.accelerator, networks, plan.micro_rows(), main_loss)
+            self.d_optimizer.step()
         _, gamma = self.rates()
         if gamma > 0 and index % options.r1_interval == 0:
 
@@ -325,10 +328,27 @@ class StyleGAN2Run:
                 r1 = r1_penalty(self.discriminator, self.augment, images[rows], labels[rows])
                 return r1 * (gamma / 2) * options.r1_interval
 
-            self.d_optimizer.zero_grad(set_to_none=True)
-            accumulate_backward(self.accelerator, networks, plan.micro_rows(), penalty)
-            self.d_optimizer.step()
+            with self.training_only(self.discriminator) as networks:
+                self.d_optimizer.zero_grad(set_to_none=True)
+                accumulate_backward(self.accelerator, networks, plan.micro_rows(), penalty)
+                self.d_optimizer.step()
         return d_loss
+
+    @contextlib.contextmanager
+    def training_only(self, active: torch.nn.Module) -> Iterator[tuple[torch.nn.Module]]:
+        """A phase that trains `active` alone, as StyleGAN2's phases do: the other network is
+        frozen, so no gradient of its weights is computed (G's loss still flows through D to
+        the images), and its forward prepares no all-reduce (DDP's `no_sync`); yields the
+        networks whose gradients the phase synchronises."""
+        inactive = self.discriminator if active is self.generator else self.generator
+        trainable = [parameter.requires_grad for parameter in inactive.parameters()]
+        inactive.requires_grad_(False)
+        try:
+            with self.accelerator.no_sync(inactive):
+                yield (active,)
+        finally:
+            for parameter, flag in zip(inactive.parameters(), trainable, strict=True):
+                parameter.requires_grad_(flag)
 
     def adjust_augmentation(self) -> None:
         """Move ADA's p by r_t summed over every process's images."""
