@@ -172,7 +172,11 @@ def training(scale: Scale, device: torch.device, folder: Path, steps: int) -> di
         from trainer.autoencoder.train import AutoencoderSettings
         from trainer.autoencoder.train import train_autoencoder as train
 
-        options = autoencoder_options("kl", scale.preset, max_steps=max_steps, epochs=10_000, perceptual=True)
+        # bf16 in the tiny run too, so that the precision changes between commands here as on a GPU
+        precision = "bf16" if scale.preset == "tiny" else "auto"
+        options = autoencoder_options(
+            "kl", scale.preset, max_steps=max_steps, epochs=10_000, perceptual=True, mixed_precision=precision
+        )
         settings = AutoencoderSettings(options, perceptual_weights=vgg, resume=resume, progress=False)
         return train(pool, autoencoder, settings)
 
@@ -194,8 +198,18 @@ def training(scale: Scale, device: torch.device, folder: Path, steps: int) -> di
 
     commands = {"autoencoder": train_autoencoder, "ldm": train_ldm, "stylegan2": train_stylegan2}
     for name, train in commands.items():
+        fresh_accelerate_state()
         results[name] = recorded(lambda train=train: timed_resume(train, steps, device))
     return results
+
+
+def fresh_accelerate_state() -> None:
+    """Forget accelerate's per-process state, as a new `histosynth train` process starts with:
+    accelerate keeps one per process and refuses another mixed precision (the autoencoder and
+    the LDM run in bf16 on a GPU, StyleGAN2 in fp32). accelerate's own tests reset it so."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
 
 
 def timed_resume(train: Callable[[int, bool], Path], steps: int, device: torch.device) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def accelerator_settings(options: TrainOptions) -> dict[str, Any]:
     `auto` precision is bf16 on a GPU that has it, fp16 (with a loss scaler) on one that has not,
     and none on the CPU; `compile_model` compiles the models accelerate prepares (inductor);
     processes wait `PROCESS_GROUP_TIMEOUT` for one another at a collective. (accelerate keeps
-    one state per process: the first accelerator's settings hold for the process's later runs.)
+    one state per process: a later run in the same process with another precision is refused,
+    and the first run's compilation setting holds for the later ones.)
     """
     precision = options.mixed_precision
     if precision == "auto":
