@@ -201,7 +201,10 @@ RESUMABLE_CHANGES = (
     "keep_checkpoints",
     "num_workers",
     "max_rollbacks",
-    "per_device_batch_size",  # memory only: the step's gradient is the same in one pass or several
+    # a memory setting: a diffusion step is the same in one pass or several; the autoencoder's
+    # adaptive weight and StyleGAN2's path-length mean follow each pass (as under CompVis' and
+    # NVIDIA's accumulation), so those runs change slightly with it
+    "per_device_batch_size",
 )
 
 

@@ -97,19 +97,23 @@ def latent_cache(
         workers: DataLoader processes that decode the tiles.
         progress: show a bar while building (the main process's share).
     """
+    # bf16 where the run trains in bf16 on a GPU (the encoder twice as fast), float32 otherwise;
+    # the key holds it, so a cache encoded in one precision never stands in for the other
+    encode_bf16 = accelerator.device.type == "cuda" and accelerator.mixed_precision == "bf16"
     key_text = json.dumps(
         {
             "version": CACHE_VERSION,
             "autoencoder": model_hash(autoencoder_folder),
             "pool": pool.fingerprint,
             "size": size,
+            "encoded_in": "bf16" if encode_bf16 else "fp32",
         },
         sort_keys=True,
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
     folder = cache_dir() / "latents" / key
     if not (folder / "meta.json").is_file():
-        _build(autoencoder, kind, pool, size, folder, accelerator, batch_size, workers, progress)
+        _build(autoencoder, kind, pool, size, folder, accelerator, batch_size, workers, progress, encode_bf16)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     moments = np.load(folder / "moments.npy", mmap_mode="r")
     return LatentCache(folder=folder, moments=moments, kind=kind, std=float(meta["std"]))
@@ -140,6 +144,7 @@ def _build(
     batch_size: int,
     workers: int,
     progress: bool | None,
+    bf16: bool,
 ) -> None:
     """Encode the pool into `folder`, each process its share, the main one sealing the result."""
     device, main = accelerator.device, accelerator.is_main_process
@@ -168,6 +173,7 @@ def _build(
             workers,
             device,
             shown,
+            bf16,
         )
         totals = accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=device), "sum").tolist()
         if main:
@@ -196,6 +202,7 @@ def _encode_share(
     workers: int,
     device: torch.device,
     progress: bool | None,
+    bf16: bool,
 ) -> list[float]:
     """Encode `tiles` (4 rotations each) into the partial memory map; the share's sums of the
     latents, of their squares (plus the KL posterior's variance) and the count, for the std."""
@@ -207,8 +214,8 @@ def _encode_share(
         pin_memory=device.type == "cuda",
     )
     total, squares, count = 0.0, 0.0, 0
-    # bf16 on a GPU halves the encoder's time; the moments are stored in float32 either way
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # the moments are stored in float32 either way
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = tiles.start
     with progress_bar(progress) as bar, torch.no_grad(), autocast:
         task = bar.add_task("encode latents (4 rotations)", total=len(tiles))
