@@ -191,6 +191,13 @@ def browser(chromium):
         context.close()
 
 
+def log_in(page, base: str, name: str, secret: str) -> None:
+    """Log `name` in through the login form at `base` (a server's URL, or a proxy's sub-path)."""
+    page.goto(f"{base}/login?name={name}")
+    page.fill("#secret", secret)
+    page.click("#login")
+
+
 def wait_for_tile(page, position: int) -> None:
     """Wait until the tile at `position` is on screen and loaded, continuing past a block's pause."""
     page.wait_for_selector(f"#tile-img[data-position='{position}'], #block-done", timeout=30_000)

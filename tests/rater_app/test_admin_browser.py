@@ -15,7 +15,7 @@ import pytest
 from rater_app.create import create_study
 from rater_app.raters import add_raters
 
-from .conftest import wait_for_tile
+from .conftest import log_in, wait_for_tile
 from .simulated_rater import simulated_rater
 
 pytestmark = pytest.mark.browser
@@ -28,12 +28,6 @@ def study(tmp_path, make_pool, write_study) -> tuple[Path, dict[str, str]]:
     admin = create_study(write_study(sources, images_per_cell=2), db).admin_secret
     secrets = {r.name: r.secret for r in add_raters(str(db), "pilot", ["ann", "ben"])}
     return db, {**secrets, "admin": admin}
-
-
-def log_in(page, base: str, name: str, secret: str) -> None:
-    page.goto(f"{base}/login?name={name}")
-    page.fill("#secret", secret)
-    page.click("#login")
 
 
 def row_text(page, name: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 from rater_app.create import create_study
 
 from ..conftest import build_pool, histosynth
-from .conftest import fresh_raters, study_toml, wait_for_tile
+from .conftest import fresh_raters, log_in, study_toml, wait_for_tile
 
 pytestmark = pytest.mark.browser
 
@@ -59,12 +59,6 @@ def served(plain_study) -> Served:
     secrets = fresh_raters(db, "ann", "ben")
     ann, ben = secrets
     return Served(db, url, admin, ann, ben, secrets)
-
-
-def log_in(page, base: str, name: str, secret: str) -> None:
-    page.goto(f"{base}/login?name={name}")
-    page.fill("#secret", secret)
-    page.click("#login")
 
 
 def wait_for_position(page, position: int) -> None:

@@ -29,7 +29,7 @@ import pytest
 from rater_app.create import create_study
 
 from ..conftest import build_pool
-from .conftest import RunningServer, free_port, fresh_raters, study_toml, wait_for_tile
+from .conftest import RunningServer, free_port, fresh_raters, log_in, study_toml, wait_for_tile
 from .simulated_rater import simulated_rater
 
 pytestmark = pytest.mark.browser
@@ -159,7 +159,7 @@ def test_a_rater_and_the_admin_work_through_caddy_at_the_sub_path(study, caddy, 
     page = context.new_page()
     page.goto(caddy.url)  # without the slash: Caddy sends it to the page, the page to the login
     assert page.url == f"{caddy.url}/login"
-    _log_in(page, caddy.url, ann, secret)
+    log_in(page, caddy.url, ann, secret)
     wait_for_tile(page, 1)
     for position, key in enumerate(KEYS[:2], start=1):
         page.keyboard.press(key)
@@ -175,7 +175,7 @@ def test_a_rater_and_the_admin_work_through_caddy_at_the_sub_path(study, caddy, 
     admin = browser.new_context(ignore_https_errors=True, accept_downloads=True)
     admin.on("response", lambda response: answers.append((response.url, response.status)))
     board = admin.new_page()
-    _log_in(board, caddy.url, "admin", study.admin)
+    log_in(board, caddy.url, "admin", study.admin)
     board.wait_for_function(
         f"() => document.querySelector(\"#rater-table tr[data-rater='{ann}']\")?.innerText.includes('4 / 8')",
         timeout=30_000,
@@ -253,12 +253,6 @@ def test_the_app_itself_answers_at_its_own_paths_and_writes_public_ones(study) -
     page = httpx.get(f"{base}/", headers={**session, "Accept": "text/html"}).text
     roots = set(re.findall(r'"root":\s*"([^"]*)"', page))
     assert roots and all(root.rstrip("/").endswith(PREFIX) for root in roots), roots
-
-
-def _log_in(page, base: str, name: str, secret: str) -> None:
-    page.goto(f"{base}/login?name={name}")
-    page.fill("#secret", secret)
-    page.click("#login")
 
 
 def _failed_login_from(app: RunningServer, name: str) -> str:
