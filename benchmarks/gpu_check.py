@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -215,20 +217,26 @@ def fresh_accelerate_state() -> None:
 def timed_resume(train: Callable[[int, bool], Path], steps: int, device: torch.device) -> dict[str, Any]:
     """Run 2 steps, then resume to 2 + `steps`, timing the resumed run's step loop alone."""
     train(2, False)
+    gc.collect()  # the fresh run's objects, so that the peak below is the resumed run's own
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     from trainer.core.model_folder import read_model_info
 
     with step_clock() as clock:
         info = read_model_info(train(2 + steps, True))
-    loop = clock["loop"] - clock["checkpoints"]
+    # the median step: not the first (workers starting, cuDNN choosing its kernels, compiling)
+    # nor one that ends in a StyleGAN2 check
+    step_seconds = statistics.median(clock["steps"])
     figures = {
         "resumed_on": device.type,
         "steps_timed": steps,
         "global_batch_size": info["global_batch_size"],
-        "steps_per_second": round(steps / loop, 3),
-        "images_per_second": round(steps * info["global_batch_size"] / loop, 1),
+        "steps_per_second": round(1 / step_seconds, 3),
+        "images_per_second": round(info["global_batch_size"] / step_seconds, 1),
+        "first_step_seconds": round(clock["steps"][0], 2),
+        "loop_seconds": round(clock["loop"] - clock["checkpoints"], 1),
         "checkpoint_seconds": round(clock["checkpoints"], 1),
         "learning_rate": info["learning_rate"],
         "steps": info["steps"],
@@ -239,21 +247,30 @@ def timed_resume(train: Callable[[int, bool], Path], steps: int, device: torch.d
 
 
 @contextlib.contextmanager
-def step_clock() -> Iterator[dict[str, float]]:
-    """Time every `run_steps` loop and every checkpoint save inside the block (a benchmark's
-    patch of the trainer's shared loop; the commands themselves are unchanged)."""
+def step_clock() -> Iterator[dict[str, Any]]:
+    """Time every `run_steps` loop, each of its steps (the device synchronised around it) and
+    every checkpoint save inside the block (a benchmark's patch of the trainer's shared loop;
+    the commands themselves are unchanged)."""
     import trainer.autoencoder.train
     import trainer.core.loop
     import trainer.diffusion.denoising
     import trainer.stylegan2.train
 
-    clock = {"loop": 0.0, "checkpoints": 0.0}
+    clock: dict[str, Any] = {"loop": 0.0, "checkpoints": 0.0, "steps": []}
     run_steps, save_checkpoint = trainer.core.loop.run_steps, trainer.core.loop.save_checkpoint
 
-    def timed_run_steps(accelerator, dataset, options, **kwargs):
+    def timed_run_steps(accelerator, dataset, options, *, step, **kwargs):
+        def timed_step(images, labels, index):
+            synchronize()
+            begun = time.perf_counter()
+            loss = step(images, labels, index)
+            synchronize()
+            clock["steps"].append(time.perf_counter() - begun)
+            return loss
+
         start = time.perf_counter()
         try:
-            return run_steps(accelerator, dataset, options, **kwargs)
+            return run_steps(accelerator, dataset, options, step=timed_step, **kwargs)
         finally:
             synchronize()
             clock["loop"] += time.perf_counter() - start

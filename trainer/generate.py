@@ -37,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 MARKER = ".histosynth-generate.json"
 SAMPLERS = ("ldm", "sd-finetune", "stylegan2")
-IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "truncation", "seed")
+# what makes a pool's images what they are: a folder is continued only by a run that agrees on all
+IDENTITY = ("checkpoint", "sampler", "steps", "eta", "guidance", "truncation", "precision", "seed")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}
 # Images per denoiser pass when `batch_size` is not given: what fills a GPU, and a CPU's cache.
 CUDA_BATCH, CPU_BATCH = 64, 16
 
@@ -125,6 +127,8 @@ def generate_pool(
         "eta": None if stylegan else eta,
         "guidance": None if stylegan else guidance,
         "truncation": truncation if stylegan else None,
+        # the U-Net's precision changes the images (bf16 rounds the noise predictions)
+        "precision": None if stylegan else DTYPE_NAMES[_dtype(target, precision)],
         "seed": seed,
     }
     if state.is_main_process:
@@ -138,7 +142,7 @@ def generate_pool(
         draw = _stylegan2_drawer(model, info, target, truncation)
     else:
         rows = Path(save_intermediates) if save_intermediates else None
-        dtype = _dtype(target, precision)
+        dtype = PRECISIONS[identity["precision"]]
         from trainer.diffusion.ldm import PAD_TO
 
         shape = -(-batch_size // PAD_TO) * PAD_TO  # one U-Net shape for the whole run
@@ -273,7 +277,7 @@ def _ldm_drawer(
 
 def _seal(out: Path, identity: dict[str, Any], info: dict[str, Any], per_class: int, model: Path) -> None:
     """Replace the pool's in-progress marker by its `pool.json`, with a sha256 per file."""
-    extra = {key: identity[key] for key in ("eta", "guidance", "truncation")}
+    extra = {key: identity[key] for key in ("eta", "guidance", "truncation", "precision")}
     extra.update(per_class=per_class, model_kind=info["kind"], model_folder=str(model))
     write_manifest(
         out,

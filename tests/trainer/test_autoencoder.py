@@ -203,6 +203,35 @@ def test_resume_refuses_changed_settings_and_a_fresh_run_refuses_an_old_one(
                 autoencoder_options("kl", "tiny", perceptual=False, max_steps=2), resume=True
             ),
         )  # names, not sha256
+    with pytest.raises(HistosynthError, match="other settings \\(block_out_channels\\)"):  # not a load error
+        train_autoencoder(
+            pool,
+            out,
+            AutoencoderSettings(
+                autoencoder_options(
+                    "kl",
+                    "tiny",
+                    perceptual=False,
+                    max_steps=2,
+                    fingerprint="sha256",
+                    block_out_channels=(8, 16, 16, 32),
+                ),
+                resume=True,
+            ),
+        )
+    run_file = out / "checkpoints" / "step-1" / "run.json"
+    run = json.loads(run_file.read_text())
+    del run["record_version"]  # as a checkpoint from before --batch-size was global
+    run_file.write_text(json.dumps(run))
+    with pytest.raises(HistosynthError, match="--batch-size was per process \\(run record version 1"):
+        train_autoencoder(
+            pool,
+            out,
+            AutoencoderSettings(
+                autoencoder_options("kl", "tiny", perceptual=False, max_steps=2, fingerprint="sha256"),
+                resume=True,
+            ),
+        )
     assert read_model_info(out)["steps"] == 1
     shutil.rmtree(out / "checkpoints")
     with pytest.raises(HistosynthError, match="holds a model but no checkpoint"):

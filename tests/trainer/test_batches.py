@@ -13,12 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 
 from histosynth.errors import HistosynthError
 from trainer.core.batches import BatchPlan
 from trainer.core.checkpoints import save_checkpoint
-from trainer.core.loop import register_states, restore_checkpoint, total_steps
+from trainer.core.loop import plain_model, register_states, restore_checkpoint, total_steps
 from trainer.core.options import effective_learning_rate
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, training_scheduler
 from trainer.diffusion.ldm import ClassEmbedder, build_unet
@@ -153,3 +154,19 @@ def test_compile_goes_to_accelerate_and_stylegan2_refuses_it() -> None:
     assert timeout.total_seconds() == 2 * 3600
     with pytest.raises(HistosynthError, match="^--compile: R1 and the path-length penalty"):
         stylegan2_options("tiny", compile_model=True)
+
+
+def test_the_plain_network_of_a_compiled_ddp_model_leaves_the_model_as_prepared(tmp_path) -> None:
+    """accelerate prepares `--compile` on several GPUs as compile(DDP(network)); taking the network
+    out (to save it, to read its last layer) must not take DDP out of the prepared model, or the
+    gradients are no longer all-reduced and the checkpoint keys change."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", world_size=1, rank=0)
+    try:
+        network = torch.nn.Linear(3, 2)
+        prepared = torch.compile(torch.nn.parallel.DistributedDataParallel(network))  # compiled lazily
+        keys = list(prepared.state_dict())
+        assert plain_model(Accelerator(cpu=True), prepared) is network
+        assert isinstance(prepared._orig_mod, torch.nn.parallel.DistributedDataParallel)
+        assert list(prepared.state_dict()) == keys == ["_orig_mod.module.weight", "_orig_mod.module.bias"]
+    finally:
+        dist.destroy_process_group()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,22 @@ def test_an_ldm_on_two_processes_is_the_one_process_run(tmp_path: Path, tiny_mod
     # gradient's rounding into a step of up to the rate, so bound the worst case by the rate
     assert float(differences.median()) < 1e-6
     assert float(differences.max()) <= 2 * one["learning_rate"] * one["steps"]
+
+
+def test_a_tile_that_fails_in_one_process_stops_both(tmp_path: Path, tiny_models) -> None:
+    """A tile that cannot be decoded in the second process's share of the latent cache: that
+    process names it, the first one (which encoded its share) says another process failed, and
+    neither waits for the other at the statistics' sum."""
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_models.pool, pool)
+    broken = sorted(pool.glob("*/*.png"))[-1]  # the last class's last tile: the second half
+    broken.write_bytes(broken.read_bytes()[:60])  # its header (the size) intact, its pixels cut
+    result = torchrun(
+        *("train", "ldm", "--autoencoder", tiny_models.autoencoder, "--data", pool, "--out", tmp_path / "m"),
+        *("--preset", "tiny", "--max-steps", "1", "--workers", "0", "--no-progress"),
+        env={"HISTOSYNTH_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert result.returncode != 0
+    assert broken.name in result.stderr
+    assert not (tmp_path / "m" / "histosynth.json").exists()
+    assert not list((tmp_path / "cache" / "latents").iterdir())  # the partial cache removed

@@ -177,8 +177,11 @@ def test_refusals_are_one_line_and_write_nothing(tiny_models, tmp_path: Path, cl
     generate_pool(tiny_models.ldm, out, per_class=1, steps=3)
     with pytest.raises(HistosynthError, match="holds another pool \\(steps, seed differ"):
         generate_pool(tiny_models.ldm, out, per_class=1, steps=4, seed=5)
+    with pytest.raises(HistosynthError, match="precision differ from this run: precision='fp32'"):
+        generate_pool(tiny_models.ldm, out, per_class=1, steps=3, precision="bf16")  # other images
     more = generate_pool(tiny_models.ldm, out, per_class=2, steps=3)  # same pool: extended, not refused
     assert len(read_manifest(more)["files"]) == 4
+    assert read_manifest(more)["precision"] == "fp32"
     stranger = tmp_path / "stranger"
     (stranger / "ADI").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(stranger / "ADI" / "x.png")

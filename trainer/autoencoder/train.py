@@ -12,7 +12,8 @@ with g = -mean(D(x')) from the PatchGAN, lambda its adaptive weight (`discrimina
 disc_factor 0 before `disc_start`. The discriminator takes the hinge loss on its own optimizer.
 Both optimizers are Adam(betas 0.5, 0.9), as CompVis. CompVis keeps the KL loss's log-variance
 at its initial 0 (it is not in the optimizer), so it is left out here. Before `disc_start` the
-discriminator is not run at all, which changes nothing the autoencoder learns.
+discriminator is not run at all, which changes nothing the autoencoder learns; after it, each
+phase trains one network, the other frozen (no gradient of D's weights in the autoencoder's phase).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from trainer.autoencoder.discriminator import PatchDiscriminator, adaptive_weigh
 from trainer.autoencoder.model import build_autoencoder
 from trainer.autoencoder.options import AutoencoderOptions, autoencoder_options
 from trainer.autoencoder.perceptual import load_lpips
-from trainer.core.batches import accumulate_backward
+from trainer.core.batches import accumulate_backward, training_only
 from trainer.core.data import TileDataset, read_training_pool
 from trainer.core.loop import (
     batch_record,
     make_accelerator,
+    plain_model,
     publish_on_main_process,
     resume_step,
     run_plan,
@@ -129,13 +131,12 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
     plan = run_plan(accelerator, options)
     run = run_record(KINDS[kind], options, pool)
     start = resume_step(accelerator, out, settings.resume, options, run)
-    last_layer = accelerator.unwrap_model(model).autoencoder.decoder.conv_out.weight
+    last_layer = plain_model(accelerator, model).autoencoder.decoder.conv_out.weight
 
     def step(images: torch.Tensor, labels: torch.Tensor, index: int) -> torch.Tensor:
         generator = torch.Generator(accelerator.device)
         generator.manual_seed(derive_seed(options.seed, "autoencoder-step", index, accelerator.process_index))
         adversarial = index >= options.disc_start
-        networks = (model, discriminator)
         reconstructions: list[torch.Tensor] = []
 
         def autoencoder_loss(rows: slice) -> torch.Tensor:
@@ -164,14 +165,16 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
             with accelerator.autocast():
                 return hinge_loss(discriminator(images[rows]), discriminator(reconstructed[rows]))
 
-        optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_backward(accelerator, networks, plan.micro_rows(), autoencoder_loss)
-        optimizer.step()
+        with training_only(accelerator, model, discriminator) as networks:
+            optimizer.zero_grad(set_to_none=True)
+            loss = accumulate_backward(accelerator, networks, plan.micro_rows(), autoencoder_loss)
+            optimizer.step()
         schedulers[0].step()
         if adversarial:
             reconstructed = torch.cat(reconstructions)
+            # the reconstructions are detached: the autoencoder takes no part in D's phase
             disc_optimizer.zero_grad(set_to_none=True)
-            accumulate_backward(accelerator, networks, plan.micro_rows(), discriminator_loss)
+            accumulate_backward(accelerator, (discriminator,), plan.micro_rows(), discriminator_loss)
             disc_optimizer.step()
             schedulers[1].step()
         return loss
@@ -192,7 +195,7 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
     publish_on_main_process(
         accelerator,
         out,
-        accelerator.unwrap_model(model).autoencoder.save_pretrained,
+        plain_model(accelerator, model).autoencoder.save_pretrained,
         kind=KINDS[kind],
         classes=pool.classes,
         settings={**to_record(options), "effective_learning_rate": rate},

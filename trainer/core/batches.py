@@ -13,7 +13,7 @@ the step is the gradient of the global batch's mean loss, as on one device.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -120,3 +120,21 @@ def accumulate_backward(
             accelerator.backward(loss * weight)
         total = total + loss.detach().float() * weight
     return total
+
+
+@contextlib.contextmanager
+def training_only(
+    accelerator: Accelerator, active: nn.Module, inactive: nn.Module
+) -> Iterator[tuple[nn.Module]]:
+    """A phase of an adversarial step that trains `active` alone: `inactive` is frozen, so no
+    gradient of its weights is computed (the loss still flows through it to its inputs) and its
+    forward prepares no all-reduce (DDP's `no_sync`); yields the networks whose gradients the
+    phase synchronises, for `accumulate_backward`. The frozen flags are restored afterwards."""
+    trainable = [parameter.requires_grad for parameter in inactive.parameters()]
+    inactive.requires_grad_(False)
+    try:
+        with accelerator.no_sync(inactive):
+            yield (active,)
+    finally:
+        for parameter, flag in zip(inactive.parameters(), trainable, strict=True):
+            parameter.requires_grad_(flag)

@@ -27,7 +27,13 @@ from accelerate.utils import InitProcessGroupKwargs
 from histosynth.errors import HistosynthError
 from histosynth.progress import progress_bar, progress_enabled
 from trainer.core.batches import BatchPlan, batch_plan
-from trainer.core.checkpoints import check_resumable, load_checkpoint, prepare_out_folder, save_checkpoint
+from trainer.core.checkpoints import (
+    check_resumable,
+    load_checkpoint,
+    prepare_out_folder,
+    read_run,
+    save_checkpoint,
+)
 from trainer.core.data import TileDataset, TrainingPool, epoch_batches, steps_per_epoch
 from trainer.core.model_folder import publish_model, write_model_info
 from trainer.core.options import TrainOptions, changed_settings, from_record, to_record
@@ -42,6 +48,9 @@ LOSS_EVERY = 25
 # How long a process waits at a collective for the others: the main process may spend minutes
 # alone (a pool's fingerprint, a checkpoint of a large model), beyond NCCL's default of 10.
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
+# the checkpoints' run record: version 2 is the one whose `batch_size` is the global batch (in
+# version 1, unnumbered, it was each process's, and the rate scaled with the processes)
+RECORD_VERSION = 2
 
 # The objects each accelerator's checkpoints hold beside its prepared ones (`register_states`).
 _REGISTERED: weakref.WeakKeyDictionary[Accelerator, list[Any]] = weakref.WeakKeyDictionary()
@@ -99,6 +108,7 @@ def run_record(kind: str, options: TrainOptions, pool: TrainingPool, **facts: An
     setting, the classes and the pool's fingerprint, plus a model's own `facts` (the frozen
     autoencoder's hash, say)."""
     return {
+        "record_version": RECORD_VERSION,
         "kind": kind,
         "settings": to_record(options),
         "classes": pool.classes,
@@ -132,7 +142,15 @@ def resume_step(
         if resume:
             logger.info("%s holds no checkpoint yet; starting a new run", out)
         return 0
-    stored = restore_checkpoint(accelerator, checkpoint)
+    # every check before any weight is loaded: another network size or --compile would otherwise
+    # fail in the loading, on mismatched tensors, instead of naming the setting
+    stored = read_run(checkpoint)
+    version = stored.get("record_version", 1)
+    if version != RECORD_VERSION:
+        raise HistosynthError(
+            f"{checkpoint}: written by a histosynth whose --batch-size was per process (run record "
+            f"version {version}, this one reads {RECORD_VERSION}); start the run again"
+        )
     # settings first: another --fingerprint mode would otherwise read as another pool
     changed = changed_settings(from_record(type(options), stored["settings"]), options)
     if changed:
@@ -141,6 +159,7 @@ def resume_step(
             "resume with the options it was started with"
         )
     check_resumable(stored, checkpoint, fingerprint=run["data_fingerprint"], classes=run["classes"])
+    restore_checkpoint(accelerator, checkpoint)
     logger.info("resuming %s from step %d", out, stored["step"])
     return int(stored["step"])
 
@@ -158,6 +177,17 @@ def batch_record(plan: BatchPlan, steps: int, learning_rate: float, rule: str) -
         "learning_rate_rule": rule,
         "images_seen": steps * plan.global_size,
     }
+
+
+def plain_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a prepared model (no DDP, no torch.compile), leaving `model` as it is.
+
+    accelerate's `unwrap_model` keeps a compiled model compiled by putting the bare network in
+    its place inside the compiled wrapper, which drops DDP from the prepared model itself: on
+    several GPUs with `--compile` the gradients would no longer be all-reduced (each process
+    training its own copy) and the checkpoints' keys would change between save and resume.
+    """
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 def restore_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch import nn
 from histosynth.sampling import derive_seed
 from trainer.core.batches import BatchPlan, accumulate_backward
 from trainer.core.data import TrainingPool
-from trainer.core.loop import register_states, run_plan, run_steps
+from trainer.core.loop import plain_model, register_states, run_plan, run_steps
 from trainer.core.options import effective_learning_rate
 from trainer.diffusion.latents import LatentCache, LatentDataset, latent_cache, sample_latents
 from trainer.diffusion.options import LDMOptions, SDFinetuneOptions
@@ -218,7 +218,7 @@ class DenoiserTraining:
         denoiser, optimizer, lr_schedule = accelerator.prepare(denoiser, optimizer, lr_schedule)
         ema = ema_parameters = None
         if ema_decay is not None:
-            ema_parameters = list(accelerator.unwrap_model(denoiser).unet.parameters())
+            ema_parameters = list(plain_model(accelerator, denoiser).unet.parameters())
             # on a GPU one fused update instead of a launch per tensor; on a CPU the fused form is
             # slower (benchmarks/train_throughput.py: 0.71x), so the loop stays there
             ema = EMAModel(ema_parameters, decay=ema_decay, foreach=accelerator.device.type == "cuda")

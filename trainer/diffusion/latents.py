@@ -32,6 +32,7 @@ from accelerate.utils import broadcast_object_list
 from diffusers import AutoencoderKL, VQModel
 
 from histosynth.cache import cache_dir
+from histosynth.errors import HistosynthError
 from histosynth.files import atomic_write_text, fsync_folder
 from histosynth.images import load_rgb
 from histosynth.progress import progress_bar
@@ -40,6 +41,8 @@ from trainer.core.model_folder import model_hash, read_model_info
 
 AUTOENCODER_KINDS = {"kl-autoencoder": AutoencoderKL, "vq-autoencoder": VQModel}
 CACHE_VERSION = 1
+# tiles per encoder pass, each in its 4 rotations: 64 images of 256 px at f8 fit a 24 GB card
+ENCODE_TILES = 16
 
 
 def load_autoencoder(folder: str | Path) -> tuple[AutoencoderKL | VQModel, dict[str, Any]]:
@@ -75,7 +78,7 @@ def latent_cache(
     size: int,
     accelerator: Accelerator,
     *,
-    batch_size: int = 64,
+    batch_size: int = ENCODE_TILES,
     workers: int = 0,
     progress: bool | None = None,
 ) -> LatentCache:
@@ -84,7 +87,11 @@ def latent_cache(
     Every process encodes its own contiguous share of the tiles into the one memory map (the
     cache folder must be on a disk all processes see), so N GPUs build it N times faster and no
     process waits alone at a barrier for the whole pool; the statistics are summed over the
-    processes, and the main process seals the folder.
+    processes, and the main process seals the folder. The main process alone decides whether to
+    build (a cache sealed by another run between two processes' looks would otherwise send one
+    process to build and the other to train, each waiting on the other for ever), and a failure
+    in any process's share is summed with the statistics, so that every process raises it
+    instead of waiting at the sum for the one that died.
 
     Args:
         autoencoder: the frozen model, on `accelerator.device`.
@@ -93,7 +100,7 @@ def latent_cache(
         pool: the training pool.
         size: tiles are resized to size x size before encoding.
         accelerator: the run's processes; every one of them must call this.
-        batch_size: tiles per encoder pass (each in its 4 rotations).
+        batch_size: tiles per encoder pass (each in its 4 rotations, so 4x as many images).
         workers: DataLoader processes that decode the tiles.
         progress: show a bar while building (the main process's share).
     """
@@ -112,7 +119,7 @@ def latent_cache(
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
     folder = cache_dir() / "latents" / key
-    if not (folder / "meta.json").is_file():
+    if broadcast_object_list([not (folder / "meta.json").is_file()])[0]:
         _build(autoencoder, kind, pool, size, folder, accelerator, batch_size, workers, progress, encode_bf16)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     moments = np.load(folder / "moments.npy", mmap_mode="r")
@@ -161,23 +168,31 @@ def _build(
     share = -(-n // accelerator.num_processes)
     first, stop = accelerator.process_index * share, min(n, (accelerator.process_index + 1) * share)
     shown = progress if main else False
+    failure: Exception | None = None
     try:
-        sums = _encode_share(
-            autoencoder,
-            kind,
-            pool.files,
-            size,
-            partial,
-            range(first, stop),
-            batch_size,
-            workers,
-            device,
-            shown,
-            bf16,
-        )
-        totals = accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=device), "sum").tolist()
+        try:
+            sums = _encode_share(
+                autoencoder,
+                kind,
+                pool.files,
+                size,
+                partial,
+                range(first, stop),
+                batch_size,
+                workers,
+                device,
+                shown,
+                bf16,
+            )
+        except Exception as error:  # summed below as a failure, raised here after the sum
+            failure, sums = error, [0.0, 0.0, 0.0]
+        summed = torch.tensor([*sums, float(failure is not None)], dtype=torch.float64, device=device)
+        total, squares, count, failures = accelerator.reduce(summed, "sum").tolist()
+        if failure is not None:
+            raise failure
+        if failures:
+            raise HistosynthError(f"latent cache {folder}: {int(failures)} other process(es) failed")
         if main:
-            total, squares, count = totals
             variance = squares / count - (total / count) ** 2
             meta = {"kind": kind, "size": size, "tiles": n, "std": variance**0.5}
             atomic_write_text(partial / "meta.json", json.dumps(meta, indent=2) + "\n")

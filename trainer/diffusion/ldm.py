@@ -42,7 +42,14 @@ from torch import nn
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
 from trainer.core.data import TrainingPool, read_training_pool
-from trainer.core.loop import batch_record, make_accelerator, publish_on_main_process, resume_step, run_record
+from trainer.core.loop import (
+    batch_record,
+    make_accelerator,
+    plain_model,
+    publish_on_main_process,
+    resume_step,
+    run_record,
+)
 from trainer.core.model_folder import model_hash, read_model_info
 from trainer.core.options import RunSettings, learning_rate_rule, to_record
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
@@ -188,7 +195,7 @@ def _publish(
     """The model folder: the EMA U-Net (as CompVis samples it), the class embedder, the schedule
     and a copy of the autoencoder, sealed by `histosynth.json`."""
     accelerator, options, ema = training.accelerator, training.options, training.ema
-    model = accelerator.unwrap_model(training.denoiser)
+    model = plain_model(accelerator, training.denoiser)
     unet_parameters = training.ema_parameters
 
     def write(staging: Path) -> None:

@@ -38,7 +38,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from histosynth.errors import HistosynthError
 from trainer.core.data import read_training_pool
-from trainer.core.loop import batch_record, make_accelerator, publish_on_main_process, resume_step, run_record
+from trainer.core.loop import (
+    batch_record,
+    make_accelerator,
+    plain_model,
+    publish_on_main_process,
+    resume_step,
+    run_record,
+)
 from trainer.core.model_folder import model_hash
 from trainer.core.options import RunSettings, learning_rate_rule, to_record
 from trainer.diffusion.denoising import Denoiser, DenoiserTraining, encode_pool, training_scheduler
@@ -210,7 +217,7 @@ def train_sd_finetune(
     record = run_record(KIND, options, pool, base={"path": str(base), "vae_sha256": model_hash(base / "vae")})
     start = resume_step(accelerator, out, settings.resume, options, record)
     done = training.train(pool, out, start, record, "fine-tune stable diffusion", progress)
-    model = accelerator.unwrap_model(training.denoiser)
+    model = plain_model(accelerator, training.denoiser)
 
     def write(staging: Path) -> None:
         model.unet.register_to_config(sample_size=options.size // 8)  # generate at the trained size

@@ -37,7 +37,6 @@ import contextlib
 import copy
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,12 +48,13 @@ from accelerate.utils import broadcast_object_list
 
 from histosynth.errors import HistosynthError
 from histosynth.sampling import derive_seed
-from trainer.core.batches import accumulate_backward
+from trainer.core.batches import accumulate_backward, training_only
 from trainer.core.checkpoints import checkpoint_folders, read_run, save_checkpoint
 from trainer.core.data import TileDataset, TrainingPool, read_training_pool
 from trainer.core.loop import (
     batch_record,
     make_accelerator,
+    plain_model,
     publish_on_main_process,
     register_states,
     restore_checkpoint,
@@ -166,7 +166,7 @@ class StyleGAN2Run:
         for part in (self.ema, self.augment, self.pl_mean):
             part.to(self.device)
         register_states(accelerator, self.ema, self.augment, self.pl_mean)
-        self.plain_generator = accelerator.unwrap_model(self.generator)
+        self.plain_generator = plain_model(accelerator, self.generator)
         self.monitor = CollapseMonitor(
             pool,
             options.size,
@@ -334,21 +334,10 @@ class StyleGAN2Run:
                 self.d_optimizer.step()
         return d_loss
 
-    @contextlib.contextmanager
-    def training_only(self, active: torch.nn.Module) -> Iterator[tuple[torch.nn.Module]]:
-        """A phase that trains `active` alone, as StyleGAN2's phases do: the other network is
-        frozen, so no gradient of its weights is computed (G's loss still flows through D to
-        the images), and its forward prepares no all-reduce (DDP's `no_sync`); yields the
-        networks whose gradients the phase synchronises."""
+    def training_only(self, active: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """A phase that trains `active` alone, as StyleGAN2's phases do (`training_only`)."""
         inactive = self.discriminator if active is self.generator else self.generator
-        trainable = [parameter.requires_grad for parameter in inactive.parameters()]
-        inactive.requires_grad_(False)
-        try:
-            with self.accelerator.no_sync(inactive):
-                yield (active,)
-        finally:
-            for parameter, flag in zip(inactive.parameters(), trainable, strict=True):
-                parameter.requires_grad_(flag)
+        return training_only(self.accelerator, active, inactive)
 
     def adjust_augmentation(self) -> None:
         """Move ADA's p by r_t summed over every process's images."""
@@ -430,7 +419,7 @@ class StyleGAN2Run:
 
         def write(staging: Path) -> None:
             self.ema.save_pretrained(staging / "generator")
-            accelerator.unwrap_model(self.discriminator).save_pretrained(staging / "discriminator")
+            plain_model(accelerator, self.discriminator).save_pretrained(staging / "discriminator")
 
         learning_rate, gamma = self.rates()
         publish_on_main_process(
