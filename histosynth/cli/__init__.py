@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from histosynth.cli import evaluate, generate, importer, rate, study, train
+from histosynth.cli import evaluate, generate, importer, rate, reproduce, study, train
 from histosynth.errors import HistosynthError
 
 DEBUG_VARIABLE = "HISTOSYNTH_DEBUG"
@@ -35,6 +35,7 @@ app.add_typer(evaluate.app, name="evaluate")
 app.add_typer(train.app, name="train")
 app.command("generate")(generate.generate)
 app.add_typer(importer.app, name="import")
+app.command("reproduce")(reproduce.reproduce)
 
 
 def main() -> None:
