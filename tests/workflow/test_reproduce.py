@@ -113,6 +113,18 @@ def test_a_tiny_run_makes_every_output_once_and_reruns_only_what_a_deleted_pool_
     assert (run / "pools/klf8/pool.json").stat().st_mtime_ns == kept
     assert (run / "results/fid/fid.csv").stat().st_mtime_ns > kept  # its dependants ran again
 
+    # a tile added to the test pool: the steps that read it run again, and only those
+    kept = {path: path.stat().st_mtime_ns for path in run.glob("*/*/*.json") if "models" in path.parts}
+    fid = (run / "results/fid/fid.csv").stat().st_mtime_ns
+    memorized = (run / "results/memorization/memorization.csv").stat().st_mtime_ns
+    write_pool(workspace / "more", 1, seed=3)
+    shutil.move(workspace / "more" / "ADI" / "ADI-0.png", workspace / "test" / "ADI" / "ADI-extra.png")
+    retested = histosynth_process(*arguments(), cwd=workspace, timeout=600)
+    assert retested.returncode == 0, retested.stderr[-3000:]
+    assert (run / "results/memorization/memorization.csv").stat().st_mtime_ns > memorized
+    assert (run / "results/fid/fid.csv").stat().st_mtime_ns == fid  # FID reads the training pool only
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept
+
 
 def test_bad_input_gets_one_line_before_anything_runs(workspace: Path, tmp_path: Path) -> None:
     other = write_pool(tmp_path / "other", 2, seed=2, classes=("ADI", "TUM"))
