@@ -12,9 +12,13 @@
    `train stylegan2` does now: only G's weight gradients are computed) against D trainable (its
    weight gradients computed, then thrown away by D's next `zero_grad`), the paper's networks at
    `--gan-size` px, seconds per phase.
+4. Memory layout: a training step (forward and backward) of the paper's KL autoencoder (f = 8,
+   `--layout-size` px) in channels_last against the default layout, alternating, seconds per
+   step. `trainer.core.loop.memory_format` uses channels_last on a GPU only; this is the CPU
+   side of that choice.
 
 Usage: .venv/bin/python benchmarks/train_throughput.py [--tiles 192] [--step-ms 40] [--workers 2]
-    [--gan-size 64] [--gan-batch 8]
+    [--gan-size 64] [--gan-batch 8] [--layout-size 64]
 """
 
 from __future__ import annotations
@@ -145,6 +149,34 @@ def bench_gan_phase(size: int, batch: int, repeats: int) -> None:
     )
 
 
+def layout_step_seconds(network, images: torch.Tensor, layout: torch.memory_format) -> float:
+    network.to(memory_format=layout)
+    images = images.contiguous(memory_format=layout)
+    start = time.perf_counter()
+    network(images).sample.square().mean().backward()
+    return time.perf_counter() - start
+
+
+def bench_layout(size: int, repeats: int) -> None:
+    from trainer.autoencoder.model import build_autoencoder
+    from trainer.autoencoder.options import autoencoder_options
+
+    torch.manual_seed(0)
+    network = build_autoencoder(autoencoder_options("kl", "paper"))
+    images = torch.randn(4, 3, size, size)
+    layouts = {"channels_last": torch.channels_last, "default": torch.contiguous_format}
+    times: dict[str, list[float]] = {name: [] for name in layouts}
+    for _ in range(repeats + 1):  # the first of each warms the allocator
+        for name, layout in layouts.items():
+            times[name].append(layout_step_seconds(network, images, layout))
+    best = {name: min(values[1:]) for name, values in times.items()}
+    print(
+        f"[memory layout, paper KL autoencoder, batch 4 at {size} px] channels_last "
+        f"{best['channels_last']:.3f} s, default {best['default']:.3f} s: "
+        f"channels_last is {best['default'] / best['channels_last']:.2f}x the default's speed on a CPU"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=192)
@@ -152,11 +184,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--gan-size", type=int, default=64)
     parser.add_argument("--gan-batch", type=int, default=8)
+    parser.add_argument("--layout-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     bench_ema(args.repeats)
     bench_loader(args.tiles, args.step_ms, args.workers, args.repeats)
     bench_gan_phase(args.gan_size, args.gan_batch, args.repeats)
+    bench_layout(args.layout_size, args.repeats)
 
 
 if __name__ == "__main__":

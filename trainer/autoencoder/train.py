@@ -36,6 +36,7 @@ from trainer.core.batches import accumulate_backward, training_only
 from trainer.core.data import TileDataset, read_training_pool
 from trainer.core.loop import (
     batch_record,
+    in_memory_format,
     make_accelerator,
     plain_model,
     publish_on_main_process,
@@ -123,11 +124,13 @@ def train_autoencoder(data: str | Path, out: str | Path, settings: AutoencoderSe
         get_scheduler("constant_with_warmup", opt, num_warmup_steps=warmup)
         for opt in (optimizer, disc_optimizer)
     ]
+    in_memory_format(accelerator.device, model, discriminator)
     model, discriminator, optimizer, disc_optimizer, *schedulers = accelerator.prepare(
         model, discriminator, optimizer, disc_optimizer, *schedulers
     )
     if lpips_model is not None:
         lpips_model.to(accelerator.device)
+        in_memory_format(accelerator.device, lpips_model)
     plan = run_plan(accelerator, options)
     run = run_record(KINDS[kind], options, pool)
     start = resume_step(accelerator, out, settings.resume, options, run)

@@ -38,6 +38,7 @@ from histosynth.sampling import derive_seed
 from trainer.classifier.options import ClassifierOptions
 from trainer.classifier.stain import load_prepared
 from trainer.core.data import rotation
+from trainer.core.loop import memory_format
 
 with warnings.catch_warnings():
     # fastai.layers compiles two activations with torch.jit.script at import, which torch deprecates.
@@ -196,6 +197,7 @@ def build_learner(
     Returns:
         The `fastai.learner.Learner`.
     """
+    import fastai.callback.channelslast  # noqa: F401  (adds Learner.to_channelslast)
     import fastai.callback.fp16  # noqa: F401  (adds Learner.to_fp16 and to_bf16)
     from fastai.callback.progress import ProgressCallback
     from fastai.data.core import DataLoaders
@@ -237,6 +239,8 @@ def build_learner(
         learn.to_fp16()
     elif precision == "bf16":
         learn.to_bf16()
+    if memory_format(dls.device) is torch.channels_last:  # the ResNet's convolutions in NHWC on a GPU
+        learn.to_channelslast(use_amp=False)  # the precision is set above
     return learn
 
 

@@ -85,6 +85,23 @@ def accelerator_settings(options: TrainOptions) -> dict[str, Any]:
     }
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """How a run's convolutional networks and image batches lie in memory on `device`.
+
+    channels_last (NHWC) on a GPU, where cuDNN's tensor-core convolutions work in it and would
+    otherwise transpose every activation twice; the default layout on a CPU, where oneDNN picks
+    its own blocked layout either way and a training step measured no faster in NHWC
+    (`benchmarks/train_throughput.py`).
+    """
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def in_memory_format(device: torch.device, *networks: torch.nn.Module) -> None:
+    """Lay out the 4-d weights of `networks` as `memory_format(device)` says (before `prepare`)."""
+    for network in networks:
+        network.to(memory_format=memory_format(device))
+
+
 def register_states(accelerator: Accelerator, *states: Any) -> None:
     """Save and restore `states` (an EMA, ADA's state, ...) with the run's checkpoints.
 
@@ -246,7 +263,8 @@ def run_steps(
     plan = run_plan(accelerator, options)
     total = total_steps(options, n_tiles)
     batches = _batches_from(n_tiles, plan, options, start, total)
-    cuda = accelerator.device.type == "cuda"
+    device = accelerator.device
+    cuda, layout = device.type == "cuda", memory_format(device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=options.num_workers, pin_memory=cuda
     )
@@ -255,8 +273,8 @@ def run_steps(
     with progress_bar(shown, fields=("loss",), transient=False) as bar:
         task = bar.add_task(description, total=total, completed=done, loss=math.nan)
         for images, labels in loader:
-            device = accelerator.device
-            loss = step(images.to(device, non_blocking=cuda), labels.to(device, non_blocking=cuda), done)
+            images = images.to(device, non_blocking=cuda, memory_format=layout)
+            loss = step(images, labels.to(device, non_blocking=cuda), done)
             done += 1
             if shown and (done % LOSS_EVERY == 0 or done == total):
                 bar.update(task, advance=1, loss=float(loss))

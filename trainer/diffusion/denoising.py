@@ -24,7 +24,7 @@ from torch import nn
 from histosynth.sampling import derive_seed
 from trainer.core.batches import BatchPlan, accumulate_backward
 from trainer.core.data import TrainingPool
-from trainer.core.loop import plain_model, register_states, run_plan, run_steps
+from trainer.core.loop import in_memory_format, plain_model, register_states, run_plan, run_steps
 from trainer.core.options import effective_learning_rate
 from trainer.diffusion.latents import LatentCache, LatentDataset, latent_cache, sample_latents
 from trainer.diffusion.options import LDMOptions, SDFinetuneOptions
@@ -215,6 +215,7 @@ class DenoiserTraining:
             optimizer,
             num_warmup_steps=options.lr_warmup_steps * accelerator.num_processes,
         )
+        in_memory_format(accelerator.device, denoiser)
         denoiser, optimizer, lr_schedule = accelerator.prepare(denoiser, optimizer, lr_schedule)
         ema = ema_parameters = None
         if ema_decay is not None:

@@ -44,6 +44,7 @@ from histosynth.sampling import derive_seed
 from trainer.core.data import TrainingPool, read_training_pool
 from trainer.core.loop import (
     batch_record,
+    in_memory_format,
     make_accelerator,
     plain_model,
     publish_on_main_process,
@@ -295,6 +296,7 @@ def load_ldm(
     unet = unet.to(device).eval().requires_grad_(False)
     embedder = embedder.to(device).eval().requires_grad_(False)
     vae = vae.to(device).eval().requires_grad_(False)
+    in_memory_format(device, unet, vae)
     return LatentDiffusionModel(folder, info, unet, embedder, vae, device, dtype)
 
 

@@ -19,6 +19,9 @@ class StyleGAN2Options(TrainOptions):
         mapping_layers: layers of the mapping network (8).
         channel_base, channel_max: feature maps channel_base / resolution, at most channel_max.
         mbstd_group: minibatch-standard-deviation group size (4).
+        reduced_precision_resolutions: the highest resolutions that train in bfloat16 on a GPU
+            that has it (StyleGAN2-ADA's mixed precision for its 4 highest, there fp16).
+        conv_clamp: every layer's output limited to +- this (256 beside reduced precision; None).
         r1_gamma: R1 weight gamma (0.5 in the paper).
         r1_interval: D steps per R1 step (16).
         pl_weight: path-length weight (2).
@@ -52,6 +55,8 @@ class StyleGAN2Options(TrainOptions):
     channel_base: int = 512
     channel_max: int = 32
     mbstd_group: int = 4
+    reduced_precision_resolutions: int = 0
+    conv_clamp: float | None = None
     r1_gamma: float = 0.5
     r1_interval: int = 16
     pl_weight: float = 2.0
@@ -89,6 +94,12 @@ class StyleGAN2Options(TrainOptions):
                 "--compile: R1 and the path-length penalty backpropagate through a gradient, "
                 "which torch.compile does not support; train StyleGAN2 without it"
             )
+        if self.reduced_precision_resolutions < 0:
+            raise HistosynthError(
+                f"reduced_precision_resolutions {self.reduced_precision_resolutions}: must not be negative"
+            )
+        if self.conv_clamp is not None and self.conv_clamp <= 0:
+            raise HistosynthError(f"conv_clamp {self.conv_clamp}: must be positive (None: no clamp)")
         for name in ("r1_interval", "pl_interval", "pl_batch_shrink", "ada_interval", "ada_speed"):
             if getattr(self, name) < 1:
                 raise HistosynthError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
@@ -111,7 +122,8 @@ class StyleGAN2Options(TrainOptions):
 STYLEGAN2_PRESETS: dict[str, dict[str, Any]] = {
     # Niehues et al. 2024: z and w 512-d, R1 gamma 0.5, style mixing 0.9, path length 2,
     # Adam(0, 0.99, 1e-8), lr 0.001 for G and D, batch 64, 16 epochs; StyleGAN2 config F's
-    # mapping (8 layers) and EMA (10k images); ADA's p-speed (500k images) and target (0.6).
+    # mapping (8 layers) and EMA (10k images); ADA's p-speed (500k images) and target (0.6),
+    # and its mixed precision (4 highest resolutions, conv clamp 256; here in bfloat16).
     "paper": dict(
         num_workers=PAPER_WORKERS,
         epochs=16,
@@ -125,6 +137,8 @@ STYLEGAN2_PRESETS: dict[str, dict[str, Any]] = {
         mapping_layers=8,
         channel_base=16384,
         channel_max=512,
+        reduced_precision_resolutions=4,
+        conv_clamp=256.0,
         ema_half_life=10_000,
         ada_speed=500_000,
         monitor_samples=16,

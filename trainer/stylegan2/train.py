@@ -53,6 +53,7 @@ from trainer.core.checkpoints import checkpoint_folders, read_run, save_checkpoi
 from trainer.core.data import TileDataset, TrainingPool, read_training_pool
 from trainer.core.loop import (
     batch_record,
+    in_memory_format,
     make_accelerator,
     plain_model,
     publish_on_main_process,
@@ -160,6 +161,7 @@ class StyleGAN2Run:
         rate = options.learning_rate
         g_optimizer = lazy_adam(generator.parameters(), rate, options.pl_interval, options)
         d_optimizer = lazy_adam(discriminator.parameters(), rate, options.r1_interval, options)
+        in_memory_format(accelerator.device, generator, discriminator, self.ema)
         self.generator, self.discriminator, self.g_optimizer, self.d_optimizer = accelerator.prepare(
             generator, discriminator, g_optimizer, d_optimizer
         )
