@@ -9,6 +9,7 @@ models and tables; changing only how it runs (cores, executor, profile) is not a
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,36 @@ def check_settings(settings: ReproduceSettings) -> dict[str, Any]:
         else None,
         "python": sys.executable,
         "gpus_per_job": settings.gpus if settings.gpus is not None else int(settings.preset == "paper"),
+        "command": command_line(settings),
     }
     _check_out_folder(Path(settings.out), config)
     return config
+
+
+def command_line(settings: ReproduceSettings) -> str:
+    """The `histosynth reproduce` command that runs `settings` (what `reproduce.json` records)."""
+    options: list[tuple[str, Any]] = [
+        ("--data", settings.data),
+        ("--test", settings.test),
+        ("--out", settings.out),
+        ("--preset", settings.preset),
+        ("--generators", ",".join(settings.generators)),
+        ("--sd-base", settings.sd_base),
+        ("--per-class", settings.per_class),
+        ("--seeds", settings.seeds),
+        ("--max-steps", settings.max_steps),
+        ("--extractor", settings.extractor),
+        ("--inception-weights", settings.inception_weights),
+        ("--gpus", settings.gpus),
+        ("--cores", settings.cores),
+        ("--executor", settings.executor),
+        ("--profile", settings.profile),
+    ]
+    words = ["histosynth", "reproduce"]
+    for flag, value in options:
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def default_generators(sd_base: Path | None) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ reused. A folder whose step finished before (its record is in `.provenance/`) is
 again because an input changed: it is emptied first, so that no model resumes onto other data.
 A folder without a record was left by a killed run: the train and generate commands continue it
 (`--resume`, and generate skips the images it already wrote). The record says, per output, the
-command, its inputs' fingerprints and its files' sha256 (to be gathered into `reproduce.json`).
+command, its inputs' fingerprints and its files' sha256 (gathered into `reproduce.json`).
 """
 
 from __future__ import annotations

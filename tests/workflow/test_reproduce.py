@@ -6,6 +6,7 @@ train command capped at 2 steps (plumbing: whether the tiny presets learn is mea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -98,6 +99,13 @@ def test_a_tiny_run_makes_every_output_once_and_reruns_only_what_a_deleted_pool_
     )
     assert list(record["inputs"]) == ["models/klf8/histosynth.json"]
     assert len(record["outputs"]) == 3 * 4 + 1  # 4 images per class and pool.json
+    check_provenance(run)
+    report = (run / "REPORT.md").read_text()
+    fid_row = next(line for line in fid.splitlines() if line.startswith("ADI,KLF8-DM,"))
+    assert f"| KLF8-DM | {float(fid_row.split(',')[2]):.1f} |" in report  # this run's FID ...
+    assert "| KLF8-DM (paper) | 73.2 | 12.4 | 10.3 |" in report  # ... beside Table 2's ADI, STR, TUM
+    assert "| synthetic (paper) | 0.99 | 0.57 | 0.95 | 0.80 |" in report
+    assert "91.6 ± 5.3" in report and "study/study.toml" in report
 
     again = histosynth_process(*arguments(), cwd=workspace)
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr[-2000:]
@@ -120,6 +128,26 @@ def test_a_tiny_run_makes_every_output_once_and_reruns_only_what_a_deleted_pool_
     assert (run / "results/memorization/memorization.csv").stat().st_mtime_ns > memorized
     tested = json.loads((run / ".provenance/classifier.json").read_text())["inputs"]
     assert tested[str(workspace / "test")] == fingerprint(workspace / "test")  # the new test pool
+    check_provenance(run)  # the report was made again, with the new records
+
+
+def check_provenance(run: Path) -> None:
+    """reproduce.json holds every step's record, and its hashes are those of the files on disk."""
+    provenance = json.loads((run / "reproduce.json").read_text())
+    assert provenance["histosynth_version"] and provenance["config"]["generators"] == ["klf8", "stylegan2"]
+    assert provenance["command"].startswith("histosynth reproduce --data data --test test --out run ")
+    assert set(provenance["steps"]) == {
+        *("autoencoder-kl", "klf8", "stylegan2", "pool-klf8", "pool-stylegan2", "fid", "tsne"),
+        *("msssim-kl", "memorization", "classifier"),
+    }
+    for step in provenance["steps"].values():
+        for name, digest in step["outputs"].items():
+            assert hashlib.sha256((run / name).read_bytes()).hexdigest() == digest, name
+    fid_inputs = provenance["steps"]["fid"]["inputs"]
+    assert (
+        fid_inputs["pools/klf8/pool.json"]
+        == "sha256:" + hashlib.sha256((run / "pools/klf8/pool.json").read_bytes()).hexdigest()
+    )
 
 
 def test_bad_input_gets_one_line_before_anything_runs(workspace: Path, tmp_path: Path) -> None:
