@@ -169,3 +169,16 @@ def test_bad_input_gets_one_line_before_anything_runs(workspace: Path, tmp_path:
         assert not (tmp_path / "new").exists()
     taken = histosynth(*base, "--generators", "klf8", "--out", tmp_path / "taken")
     assert taken.returncode == 1 and "holds another run (data, test, preset" in taken.stderr, taken.stderr
+
+
+def test_a_pools_fingerprint_tells_a_tile_edited_in_place_at_the_same_size(tmp_path: Path) -> None:
+    pool = write_pool(tmp_path / "pool", 2, seed=4)
+    tile = pool / "ADI" / "ADI-0.png"
+    before, size = fingerprint(pool), tile.stat().st_size
+    assert fingerprint(pool) == before  # the same pool, the same fingerprint
+    data = bytearray(tile.read_bytes())
+    data[-20] ^= 0xFF  # one byte changed: the size stays
+    tile.write_bytes(bytes(data))
+    # an edit made later than the first write (a coarse file-system clock could give both one time)
+    os.utime(tile, ns=(tile.stat().st_atime_ns, tile.stat().st_mtime_ns + 1_000_000))
+    assert tile.stat().st_size == size and fingerprint(pool) != before
